@@ -1,0 +1,134 @@
+"""Command line: `python -m engine [run] --config FILE`, `gen-repo`, `show-config`.
+
+Exit status: 0 pass, 1 a failing check, 2 bad config or set-up failure (never a traceback for
+input the user can fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import orjson
+
+from .config import Config, ConfigError, config_to_dict, load_config, parse_duration, resolve_config_path
+from .server import ServerSetupError
+
+EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
+SUBCOMMANDS = ("run", "gen-repo", "show-config")
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default="smoke.toml", metavar="FILE",
+                        help="TOML config; a name without a file here resolves to a shipped config "
+                             "(smoke, long, very-long, perf). Default: smoke.toml")
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("overrides (win over the config file)")
+    group.add_argument("--duration", metavar="D", help='run duration, e.g. "90s", "7h", "6d12h"')
+    group.add_argument("--workers", type=int, metavar="N", help="number of worker processes")
+    group.add_argument("--seed", type=int, metavar="N", help="run seed (every random choice derives from it)")
+    group.add_argument("--url", metavar="HOST:PORT", help="attach to the running server at this HTTP address")
+    group.add_argument("--results-dir", metavar="DIR", help="where the run directory is created")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="Endurance, stress and perf-regression engine for NVIDIA Triton Inference Server. "
+                    "Without a subcommand, `run` is implied.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="prepare the models, start or attach to the server, run the config",
+                         description="Generate the model repository, launch the bundled tritonserver (or the "
+                                     "configured binary, or attach to [server] url), check that every model answers "
+                                     "one validated request, and stop everything it started.")
+    _add_config_argument(run)
+    _add_overrides(run)
+    gen = sub.add_parser("gen-repo", help="write the config's model repository to a directory",
+                         description="Write the models of the config's [models] section to DIR "
+                                     "(python -m model_repo_gen offers the same with flags).")
+    _add_config_argument(gen)
+    gen.add_argument("--out", required=True, type=Path, metavar="DIR", help="repository directory to write")
+    show = sub.add_parser("show-config", help="print the resolved config (defaults filled in) as JSON",
+                          description="Load, validate and print the config with every default filled in.")
+    _add_config_argument(show)
+    _add_overrides(show)
+    return parser
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    argv = list(argv)
+    # `python -m engine --config X` means `run`: insert it unless a subcommand or help is asked for.
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "run")
+    return build_parser().parse_args(argv)
+
+
+def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    run, workers, server = config.run, config.workers, config.server
+    if getattr(args, "duration", None):
+        seconds = parse_duration(args.duration)
+        if seconds <= 0:
+            raise ConfigError(f"--duration {args.duration!r}: must be longer than zero")
+        run = dataclasses.replace(run, duration=seconds)
+    if getattr(args, "seed", None) is not None:
+        if args.seed < 0:
+            raise ConfigError(f"--seed {args.seed}: must be 0 or more")
+        run = dataclasses.replace(run, seed=args.seed)
+    if getattr(args, "results_dir", None):
+        run = dataclasses.replace(run, results_dir=args.results_dir)
+    if getattr(args, "workers", None) is not None:
+        if not 1 <= args.workers <= 1024:
+            raise ConfigError(f"--workers {args.workers}: must be from 1 to 1024")
+        workers = dataclasses.replace(workers, count=args.workers)
+    if getattr(args, "url", None):
+        server = dataclasses.replace(server, url=args.url, binary="", http_port=0, grpc_port=0, metrics_port=0)
+    return dataclasses.replace(config, run=run, workers=workers, server=server)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return _apply_overrides(load_config(resolve_config_path(args.config)), args)
+
+
+def _cmd_show_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(orjson.dumps(config_to_dict(_load(args)), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_PASS
+
+
+def _cmd_gen_repo(args: argparse.Namespace) -> int:
+    from model_repo_gen import generate_repository
+
+    config = load_config(resolve_config_path(args.config))
+    try:
+        specs = generate_repository(args.out, config.models)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"wrote {len(specs)} models to {args.out}: {', '.join(s.name for s in specs)}")
+    return EXIT_PASS
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .startup_check import run_startup_check
+
+    return run_startup_check(_load(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    handlers = {"run": _cmd_run, "gen-repo": _cmd_gen_repo, "show-config": _cmd_show_config}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    except ServerSetupError as exc:
+        print(f"server error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAIL

@@ -1,0 +1,54 @@
+"""Suite-wide guard: a test run must leave no server, stub or shared-memory region behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+TEST_SHM_PREFIXES = ("tee",)  # every region the project makes in tests starts with this
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                kids = [int(x) for x in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            out.extend(kids)
+            pending.extend(kids)
+    return out
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leftovers = [pid for pid in _descendants(os.getpid()) if "triton" in _command(pid)]
+    regions = [p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(TEST_SHM_PREFIXES)]
+    if not leftovers and not regions:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for pid in leftovers:
+        if reporter:
+            reporter.write_line(f"LEFTOVER process {pid}: {_command(pid)}", red=True)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for name in regions:
+        if reporter:
+            reporter.write_line(f"LEFTOVER shared memory /dev/shm/{name}", red=True)
+        (Path("/dev/shm") / name).unlink(missing_ok=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+

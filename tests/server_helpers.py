@@ -1,0 +1,35 @@
+"""Start the real bundled tritonserver for a test, and make sure it is gone afterwards."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from engine.server import LaunchedServer, LaunchOptions
+
+
+class RunningServer:
+    """What a test needs of a running server."""
+
+    def __init__(self, server: LaunchedServer) -> None:
+        self.server = server
+        self.http_url = server.endpoints.http
+        self.grpc_url = server.endpoints.grpc
+        self.metrics_url = server.endpoints.metrics
+        self.pid = server.pid
+
+
+@contextmanager
+def serve_repository(repo_dir: Path, work_dir: Path, extra_args: Sequence[str] = (),
+                     startup_timeout: float = 90.0) -> Iterator[RunningServer]:
+    """The bundled server on free loopback ports, serving `repo_dir`; stopped on exit, even on failure."""
+    server = LaunchedServer(LaunchOptions(
+        repository=Path(repo_dir), work_dir=Path(work_dir), startup_timeout=startup_timeout,
+        stop_timeout=15.0, extra_args=tuple(extra_args), shm_prefix=f"tee_test_{Path(work_dir).name}_",
+    ))
+    try:
+        server.start()
+        yield RunningServer(server)
+    finally:
+        server.stop()

@@ -1,0 +1,158 @@
+"""The telemetry wire format: every process that reports speaks it, the aggregator reads it.
+
+A message is one msgpack array ``[kind, sender, seq, body]``:
+
+- ``kind``: one of the ``KIND_*`` strings below;
+- ``sender``: who sent it (``"worker-3"``, ``"monitor"``);
+- ``seq``: numbered per sender from 0, so the receiver counts lost messages as gaps;
+- ``body``: a map whose shape the kind fixes.
+
+Request records travel *columnar*: one ``batch`` message holds hundreds of requests as raw
+little-endian numpy columns (``COLUMNS``), plus the name tables that the small integer codes of
+``model`` and ``scenario`` index. Decoding a column is ``np.frombuffer``: no per-record work.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+KIND_BATCH = "batch"  # body: {"protocol", "models", "scenarios", "columns": {name: bytes}, "count"}
+KIND_HEARTBEAT = "heartbeat"  # body: Heartbeat fields
+KIND_EVENT = "event"  # body: {"what", "model", "scenario", "text", "count", "time_ns"}
+KIND_RESOURCES = "resources"  # body: {"time_ns", "samples": {series name: value}}
+KINDS = (KIND_BATCH, KIND_HEARTBEAT, KIND_EVENT, KIND_RESOURCES)
+
+# Request outcome codes (the `status` column).
+STATUS_OK = 0
+STATUS_ERROR = 1  # the server or the transport failed the request
+STATUS_WRONG = 2  # answered, but the answer failed validation
+STATUS_EXPECTED_ERROR = 3  # a negative scenario got exactly the error it must get
+STATUS_MISSING_ERROR = 4  # a negative scenario did not get the error it must get
+STATUS_NAMES = ("ok", "error", "wrong", "expected_error", "missing_error")
+
+# Column name -> dtype. `start_ns` is CLOCK_MONOTONIC (time.monotonic_ns), the same clock in
+# every process of a host; with open-loop load it is the *intended* send time.
+COLUMNS: dict[str, np.dtype] = {
+    "start_ns": np.dtype("<i8"),
+    "latency_ns": np.dtype("<i8"),
+    "model": np.dtype("<u2"),
+    "scenario": np.dtype("<u2"),
+    "status": np.dtype("u1"),
+    "sequence_id": np.dtype("<u8"),  # 0 for stateless requests
+    "step": np.dtype("<i4"),  # position in the sequence (or the stream), -1 when none
+}
+
+
+def pack(kind: str, sender: str, seq: int, body: dict[str, Any]) -> bytes:
+    return msgpack.packb([kind, sender, seq, body], use_bin_type=True)
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: str
+    sender: str
+    seq: int
+    body: dict[str, Any]
+
+
+def unpack(data: bytes) -> Message:
+    kind, sender, seq, body = msgpack.unpackb(data, raw=False)
+    if kind not in KINDS:
+        raise ValueError(f"unknown telemetry message kind {kind!r} from {sender!r}")
+    return Message(kind, sender, seq, body)
+
+
+@dataclass(frozen=True)
+class RecordBatch:
+    """Decoded request records: numpy views over the message's bytes (read-only)."""
+
+    protocol: str
+    models: tuple[str, ...]
+    scenarios: tuple[str, ...]
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.columns["start_ns"])
+
+
+def decode_batch(message: Message) -> RecordBatch:
+    body = message.body
+    count = body["count"]
+    columns = {}
+    for name, dtype in COLUMNS.items():
+        column = np.frombuffer(body["columns"][name], dtype=dtype)
+        if len(column) != count:
+            raise ValueError(f"batch {message.seq} from {message.sender}: column {name} has {len(column)} rows, not {count}")
+        columns[name] = column
+    return RecordBatch(body["protocol"], tuple(body["models"]), tuple(body["scenarios"]), columns)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent every second by each worker: enough to tell a stalled server from a dead worker."""
+
+    time_ns: int
+    in_flight: int
+    oldest_in_flight_ns: int  # start time of the oldest request still in flight, 0 when none
+    # Open sequences: correlation id -> (model code, last progress time_ns, step).
+    open_sequences: dict[int, tuple[int, int, int]]
+    records_sent: int
+    records_dropped: int
+
+
+class RecordBuffer:
+    """Preallocated columns that a worker appends one request to at a time, then flushes whole.
+
+    `add` is on the hot path: seven stores into preallocated arrays, no allocation.
+    """
+
+    def __init__(self, models: tuple[str, ...], scenarios: tuple[str, ...], protocol: str, capacity: int = 512):
+        self.models = models
+        self.scenarios = scenarios
+        self.protocol = protocol
+        self.capacity = capacity
+        self._columns = {name: np.zeros(capacity, dtype) for name, dtype in COLUMNS.items()}
+        self._start = self._columns["start_ns"]
+        self._latency = self._columns["latency_ns"]
+        self._model = self._columns["model"]
+        self._scenario = self._columns["scenario"]
+        self._status = self._columns["status"]
+        self._sequence = self._columns["sequence_id"]
+        self._step = self._columns["step"]
+        self.count = 0
+
+    def add(self, start_ns: int, latency_ns: int, model: int, scenario: int, status: int,
+            sequence_id: int = 0, step: int = -1) -> bool:
+        """Append one record; True when the buffer is now full and must be flushed."""
+        i = self.count
+        self._start[i] = start_ns
+        self._latency[i] = latency_ns
+        self._model[i] = model
+        self._scenario[i] = scenario
+        self._status[i] = status
+        self._sequence[i] = sequence_id
+        self._step[i] = step
+        self.count = i + 1
+        return self.count == self.capacity
+
+    def take_body(self) -> dict[str, Any]:
+        """The batch body of what was added since the last take, and an empty buffer."""
+        n = self.count
+        body = {
+            "protocol": self.protocol,
+            "models": list(self.models),
+            "scenarios": list(self.scenarios),
+            "count": n,
+            "columns": {name: column[:n].tobytes() for name, column in self._columns.items()},
+        }
+        self.count = 0
+        return body
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
