@@ -1,0 +1,67 @@
+"""Sequence accumulator: OUTPUT = running sum of INPUT since the sequence's START.
+
+State is kept per correlation id (request.correlation_id(), an int or a str), in the input's
+dtype, added step by step. The server never tells a model that a sequence idled out, so state
+untouched for longer than `state_ttl_s` is dropped on every execute; with expire_state = "0"
+it never is (the deliberately leaking variant).
+"""
+
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from tee_model_common import Gauge, model_parameters
+
+INPUT, OUTPUT = "INPUT", "OUTPUT"
+START_FLAG, END_FLAG = 1, 2  # request.flags() bits
+
+
+def _flag(request, name, bit):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is not None:
+        return bool(tensor.as_numpy().reshape(-1)[0])
+    return bool(request.flags() & bit) if bit else True
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params, _ = model_parameters(args)
+        self.delay_s = float(params.get("execute_delay_ms", "0") or 0) / 1000.0
+        self.expire = params.get("expire_state", "1") == "1"
+        self.ttl_s = float(params.get("state_ttl_s", "15"))
+        self.state = {}  # correlation id -> [running sum (numpy scalar), last touched monotonic]
+        self.gauge = Gauge(pb_utils, "engine_model_sequence_states", "per-sequence states held now", args)
+        self.gauge.set(0)
+
+    def execute(self, requests):
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        now = time.monotonic()
+        if self.expire:
+            for key in [k for k, (_, touched) in self.state.items() if now - touched > self.ttl_s]:
+                del self.state[key]
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
+            if not _flag(request, "READY", 0):
+                # The Direct batcher's filler for an empty slot: answered, discarded, no state change.
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(OUTPUT, np.zeros_like(data))]))
+                continue
+            key = request.correlation_id()
+            corrid = pb_utils.get_input_tensor_by_name(request, "CORRID")
+            if corrid is not None and isinstance(key, int) and int(corrid.as_numpy().reshape(-1)[0]) != key:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"CORRID control {int(corrid.as_numpy().reshape(-1)[0])} != correlation id {key}")))
+                continue
+            if _flag(request, "START", START_FLAG) or key not in self.state:
+                entry = self.state[key] = [data.dtype.type(0), now]
+            else:
+                entry = self.state[key]
+            entry[0] = data.dtype.type(entry[0] + data.reshape(-1)[0])
+            entry[1] = now
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(OUTPUT, np.full_like(data, entry[0]))]))
+            if _flag(request, "END", END_FLAG):
+                del self.state[key]
+        self.gauge.set(len(self.state))
+        return responses

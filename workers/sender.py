@@ -1,0 +1,122 @@
+"""A worker's end of the telemetry pipe: numbered messages over a ZeroMQ PUSH socket.
+
+The worker must never block on a slow aggregator (that would turn an aggregator hiccup into a
+fake server stall), and must never lose a record silently. So sends are non-blocking; a message
+the socket cannot take now waits in a bounded backlog that is retried on the next send; what
+overflows the backlog is counted as dropped and reported in every heartbeat.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import zmq
+
+from .telemetry import (
+    KIND_BATCH,
+    KIND_EVENT,
+    KIND_HEARTBEAT,
+    Heartbeat,
+    RecordBuffer,
+    pack,
+)
+
+FLUSH_INTERVAL_NS = 100_000_000  # a batch leaves after 100 ms even when not full
+BACKLOG_LIMIT = 10_000  # messages held while the aggregator is not reading
+
+
+class TelemetrySender:
+    def __init__(self, endpoint: str, sender: str, buffer: RecordBuffer, *, context: zmq.Context | None = None,
+                 sndhwm: int = 1000) -> None:
+        self.sender = sender
+        self.buffer = buffer
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self._socket.setsockopt(zmq.LINGER, 2000)  # on close, up to 2 s to hand over what is queued
+        self._socket.connect(endpoint)
+        self._seq = 0
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._last_flush_ns = time.monotonic_ns()
+        self.records_sent = 0
+        self.records_dropped = 0
+        self.messages_dropped = 0
+
+    # -- hot path ---------------------------------------------------------------------------
+    def record(self, start_ns: int, latency_ns: int, model: int, scenario: int, status: int,
+               sequence_id: int = 0, step: int = -1) -> None:
+        if self.buffer.add(start_ns, latency_ns, model, scenario, status, sequence_id, step):
+            self.flush()
+
+    def maybe_flush(self, now_ns: int) -> None:
+        """Call from the worker's loop: sends a partial batch once it is 100 ms old."""
+        if self.buffer.count and now_ns - self._last_flush_ns >= FLUSH_INTERVAL_NS:
+            self.flush()
+
+    # -- messages ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        self._last_flush_ns = time.monotonic_ns()
+        if not self.buffer.count:
+            return
+        count = self.buffer.count
+        if self._send(KIND_BATCH, self.buffer.take_body()):
+            self.records_sent += count
+        else:
+            self.records_dropped += count
+
+    def heartbeat(self, heartbeat: Heartbeat) -> None:
+        body = {
+            "time_ns": heartbeat.time_ns,
+            "in_flight": heartbeat.in_flight,
+            "oldest_in_flight_ns": heartbeat.oldest_in_flight_ns,
+            "open_sequences": {str(k): list(v) for k, v in heartbeat.open_sequences.items()},
+            "records_sent": heartbeat.records_sent,
+            "records_dropped": heartbeat.records_dropped,
+        }
+        self._send(KIND_HEARTBEAT, body)
+
+    def event(self, what: str, model: str, scenario: str, text: str, count: int = 1) -> None:
+        self._send(KIND_EVENT, {"what": what, "model": model, "scenario": scenario, "text": text, "count": count,
+                                "time_ns": time.monotonic_ns()})
+
+    def send(self, kind: str, body: dict[str, Any]) -> bool:
+        return self._send(kind, body)
+
+    def _send(self, kind: str, body: dict[str, Any]) -> bool:
+        """Queue one numbered message; False when it had to be dropped (counted)."""
+        data = pack(kind, self.sender, self._seq, body)
+        self._seq += 1
+        self._drain_backlog()
+        if not self._backlog:
+            try:
+                self._socket.send(data, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+        if len(self._backlog) >= BACKLOG_LIMIT:
+            self.messages_dropped += 1
+            return False
+        self._backlog.append(data)
+        return True
+
+    def _drain_backlog(self) -> None:
+        while self._backlog:
+            try:
+                self._socket.send(self._backlog[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._backlog.popleft()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush what is buffered and hand the backlog to the socket, waiting up to `timeout_s`."""
+        self.flush()
+        deadline = time.monotonic() + timeout_s
+        while self._backlog and time.monotonic() < deadline:
+            self._drain_backlog()
+            if self._backlog:
+                time.sleep(0.01)
+        self.messages_dropped += len(self._backlog)
+        self._backlog.clear()
+        self._socket.close()
