@@ -72,7 +72,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     run, workers, server = config.run, config.workers, config.server
     if getattr(args, "duration", None):
-        seconds = parse_duration(args.duration)
+        try:
+            seconds = parse_duration(args.duration)
+        except ValueError as exc:
+            raise ConfigError(f"--duration: {exc}") from None
         if seconds <= 0:
             raise ConfigError(f"--duration {args.duration!r}: must be longer than zero")
         run = dataclasses.replace(run, duration=seconds)

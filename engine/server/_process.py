@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import time
@@ -48,12 +49,31 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# Error lines that every CPU-only start prints and that say nothing about the failure.
+_HARMLESS = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML", "DCGM unable to start",
+             "Unable to allocate pinned system memory")
+_ERROR_LINE = re.compile(r"^E\d{4} ")
+
+
 def _log_tail(path: Path, lines: int = 25) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no server log)"
     return "\n".join(text[-lines:]) or "(server log is empty)"
+
+
+def _failure_summary(path: Path) -> str:
+    """The server's own error lines (model load failures and the like), then its last words.
+
+    A plain tail is mostly the options table printed at exit; the E-lines say what went wrong."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no server log)"
+    errors = [line[:600] for line in text if _ERROR_LINE.match(line) and not any(h in line for h in _HARMLESS)]
+    last = [line for line in text[-3:] if line.strip() and not line.startswith(("+", "|"))]
+    return "\n".join([*errors[-8:], *last]) or _log_tail(path)
 
 
 class LaunchedServer:
@@ -85,7 +105,7 @@ class LaunchedServer:
             except _PortTaken:
                 if not pick_ports or attempt == _PORT_RETRIES:
                     raise ServerSetupError(
-                        f"tritonserver could not bind its ports ({self.endpoints}); log tail:\n{_log_tail(self.log_path)}"
+                        f"tritonserver could not bind its ports ({self.endpoints}):\n{_failure_summary(self.log_path)}"
                     ) from None
         return self
 
@@ -143,12 +163,11 @@ class LaunchedServer:
         deadline = time.monotonic() + self.options.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                tail = _log_tail(self.log_path)
                 self._reap_group()
-                if any(marker in tail for marker in _ADDRESS_IN_USE):
+                if any(marker in _log_tail(self.log_path, 40) for marker in _ADDRESS_IN_USE):
                     raise _PortTaken()
-                raise ServerSetupError(f"tritonserver exited with status {self._process.returncode} while starting; "
-                                       f"log {self.log_path}, tail:\n{tail}")
+                raise ServerSetupError(f"tritonserver exited with status {self._process.returncode} while starting "
+                                       f"(log {self.log_path}):\n{_failure_summary(self.log_path)}")
             if is_ready(self.endpoints.http, timeout=1.0):
                 self.started_at = time.monotonic()
                 self._known_stubs = {s.pid: s for s in find_stub_processes(self._process.pid)}
@@ -156,8 +175,8 @@ class LaunchedServer:
             time.sleep(0.1)
         # A model whose stub cannot start hangs the load forever and ignores SIGINT (TRITON_ON_CPU.md).
         self.stop()
-        raise ServerSetupError(f"tritonserver was not ready within {self.options.startup_timeout:g} s; "
-                               f"log {self.log_path}, tail:\n{_log_tail(self.log_path)}")
+        raise ServerSetupError(f"tritonserver was not ready within {self.options.startup_timeout:g} s "
+                               f"(log {self.log_path}):\n{_failure_summary(self.log_path)}")
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after `stop_timeout`; then make sure no stub outlives the server."""

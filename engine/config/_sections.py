@@ -1,0 +1,157 @@
+"""The config's sections as frozen dataclasses. Defaults reproduce Triton's own long-running
+stress suite (qa/L0_long_running_stress); every field says what it is in `metadata["help"]`.
+`[models]` is model_repo_gen.RepoOptions itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model_repo_gen.options import ALL_MODELS, RepoOptions
+
+REFERENCE_DURATION_S = 25_000.0  # the suite's nightly run, about 7 h
+LONG_DURATION_S = 480_000.0  # TRITON_PERF_LONG=1: the suite says "~6.5 days"; it is 5.6 days
+
+PROTOCOLS = ("grpc", "grpc_stream", "http")
+SHM_MODES = ("none", "system", "cuda", "auto")
+DETECTORS = ("leak", "stall", "drift", "errors", "wrong_answers")
+REPORT_FORMATS = ("terminal", "json", "html", "text")
+# Scenario -> weight, as the reference suite draws them (identity takes the ResNet scenario's place).
+DEFAULT_WEIGHTS: dict[str, int] = {
+    "timeout": 60,
+    "crashing_client": 60,
+    "sequence_no_end": 62,
+    "sequence_valid_no_end": 68,
+    "sequence_valid_valid": 68,
+    "sequence_no_start": 7,
+    "sequence_valid": 295,
+    "steady_load": 300,
+    "identity": 80,
+    "large_tensor": 20,
+    "streaming": 20,
+}
+SCENARIOS = tuple(DEFAULT_WEIGHTS)
+
+
+def _port(help_text: str) -> int:
+    return field(default=0, metadata={"min": 0, "max": 65535, "help": help_text})
+
+
+@dataclass(frozen=True)
+class RunSection:
+    duration: float = field(default=REFERENCE_DURATION_S, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "how long the run lasts"})
+    seed: int = field(default=-1, metadata={"min": 0, "help": "run seed; absent: drawn at load time and recorded"})
+    results_dir: str = field(default="results", metadata={"help": "directory that holds one directory per run"})
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    binary: str = field(default="", metadata={"help": 'tritonserver binary to launch; "" = the one in nvidia-pytriton'})
+    url: str = field(default="", metadata={"help": 'HTTP address of a running server to attach to; "" = launch one'})
+    grpc_url: str = field(default="", metadata={"help": 'gRPC address when attaching; "" = HTTP port + 1'})
+    metrics_url: str = field(default="", metadata={"help": 'metrics URL when attaching; "" = HTTP port + 2'})
+    host: str = field(default="127.0.0.1", metadata={"help": "address a launched server binds"})
+    http_port: int = _port("HTTP port of a launched server; 0 = a free one")
+    grpc_port: int = _port("gRPC port of a launched server; 0 = a free one")
+    metrics_port: int = _port("metrics port of a launched server; 0 = a free one")
+    startup_timeout: float = field(default=120.0, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "how long to wait for the server (and every model) to be ready"})
+    stop_timeout: float = field(default=30.0, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "how long a launched server gets to exit before SIGKILL"})
+    extra_args: tuple[str, ...] = field(default=(), metadata={"help": "more tritonserver arguments"})
+
+
+@dataclass(frozen=True)
+class WorkersSection:
+    count: int = field(default=8, metadata={"min": 1, "max": 1024, "help": "worker processes (the suite: 8 threads)"})
+    protocol: str = field(default="grpc", metadata={"choices": PROTOCOLS, "help": "how workers talk to the server"})
+    shm: str = field(default="auto", metadata={
+        "choices": SHM_MODES, "help": "shared memory for tensors; auto = CUDA with a GPU, else system"})
+    concurrency: int = field(default=1, metadata={"min": 1, "max": 1024, "help": "plans in flight per worker"})
+    correlation_id_block: int = field(default=1_048_576, metadata={
+        "min": 1, "help": "correlation ids each worker owns (the suite: 1,048,576 per thread)"})
+
+
+@dataclass(frozen=True)
+class ScenariosSection:
+    weights: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS), metadata={
+        "choices": SCENARIOS, "min": 0, "help": "scenario -> weight of the draw"})
+    sequence_length_mean: float = field(default=16.0, metadata={"min_exclusive": 0, "help": "mean sequence length"})
+    sequence_length_stddev: float = field(default=8.0, metadata={"min": 0, "help": "its standard deviation"})
+    sequence_deadline: float = field(default=25.0, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "a sequence that takes longer fails (the suite: 25 s)"})
+    timeout_client_deadline: float = field(default=0.1, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "client deadline of the timeout scenario"})
+    timeout_input_bytes: int = field(default=1 << 30, metadata={
+        "min": 4, "help": "input size of the timeout scenario (the suite: 1 GiB)"})
+    large_tensor_bytes: int = field(default=4 << 20, metadata={"min": 4, "help": "input size of large_tensor"})
+    crashing_client_lifetime: float = field(default=3.0, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "how long the crashing client sends before it is killed"})
+    steady_load_queue_low: float = field(default=0.010, metadata={
+        "unit": "duration", "min": 0, "help": "steady_load raises concurrency below this server queue time"})
+    steady_load_queue_high: float = field(default=0.100, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "steady_load lowers concurrency above this server queue time"})
+    steady_load_max_concurrency: int = field(default=4, metadata={"min": 1, "max": 1024, "help": "its upper bound"})
+    streaming_responses: int = field(default=8, metadata={"min": 0, "help": "responses per streaming request"})
+
+
+@dataclass(frozen=True)
+class DetectorsSection:
+    profile: str = field(default="long", metadata={
+        "choices": ("long", "smoke"), "help": "detector defaults for multi-hour runs or for short CI runs"})
+    enabled: tuple[str, ...] = field(default=DETECTORS, metadata={"choices": DETECTORS, "help": "detectors that run"})
+    fatal: tuple[str, ...] = field(default=(), metadata={
+        "choices": DETECTORS, "help": "detectors whose verdict ends the run at once"})
+
+
+@dataclass(frozen=True)
+class EmailSection:
+    smtp_host: str = field(default="", metadata={"help": 'SMTP server; "" = no e-mail'})
+    smtp_port: int = field(default=587, metadata={"min": 1, "max": 65535, "help": "SMTP port"})
+    starttls: bool = field(default=True, metadata={"help": "upgrade the connection with STARTTLS"})
+    sender: str = field(default="", metadata={"help": "From address"})
+    recipients: tuple[str, ...] = field(default=(), metadata={"help": "To addresses"})
+    username: str = field(default="", metadata={"help": "SMTP login; \"\" = no login"})
+    password_env: str = field(default="", metadata={"help": "NAME of the environment variable holding the password"})
+    subject_prefix: str = field(default="", metadata={"help": 'e.g. "Long" (the suite prefixes long runs)'})
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    formats: tuple[str, ...] = field(default=REPORT_FORMATS, metadata={"choices": REPORT_FORMATS, "help": "outputs"})
+    email: EmailSection = field(default_factory=EmailSection)
+
+
+@dataclass(frozen=True)
+class PerfSection:
+    models: tuple[str, ...] = field(default=("identity_fp32",), metadata={"choices": ALL_MODELS, "help": "models swept"})
+    protocols: tuple[str, ...] = field(default=("grpc", "http"), metadata={"choices": PROTOCOLS, "help": "protocols"})
+    shm_modes: tuple[str, ...] = field(default=("none",), metadata={
+        "choices": ("none", "system", "cuda"), "help": "tensor transports"})
+    batch_sizes: tuple[int, ...] = field(default=(1,), metadata={"min": 1, "help": "batch sizes"})
+    concurrency: tuple[int, ...] = field(default=(1, 16), metadata={"min": 1, "help": "closed-loop levels"})
+    request_rates: tuple[float, ...] = field(default=(), metadata={
+        "min_exclusive": 0, "help": "open-loop rates (requests/s); empty = closed loop only"})
+    input_elements: int = field(default=16, metadata={"min": 1, "help": "elements of the input tensor"})
+    window: float = field(default=5.0, metadata={"unit": "duration", "min_exclusive": 0, "help": "measurement window"})
+    warmup: float = field(default=2.0, metadata={"unit": "duration", "min": 0, "help": "not counted, per point"})
+    stability_windows: int = field(default=3, metadata={"min": 1, "help": "windows that must agree"})
+    stability_tolerance: float = field(default=0.10, metadata={"min_exclusive": 0, "help": "how closely they agree"})
+    max_windows: int = field(default=10, metadata={"min": 1, "help": "after this many, the point is unstable"})
+    baseline_throughput_tolerance: float = field(default=0.05, metadata={
+        "min": 0, "help": "allowed throughput loss against the baseline"})
+    baseline_p99_tolerance: float = field(default=0.10, metadata={"min": 0, "help": "allowed p99 growth"})
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    server: ServerSection = field(default_factory=ServerSection)
+    models: RepoOptions = field(default_factory=RepoOptions)
+    workers: WorkersSection = field(default_factory=WorkersSection)
+    scenarios: ScenariosSection = field(default_factory=ScenariosSection)
+    detectors: DetectorsSection = field(default_factory=DetectorsSection)
+    report: ReportSection = field(default_factory=ReportSection)
+    perf: PerfSection = field(default_factory=PerfSection)
+    source: Path | None = field(default=None, metadata={"help": "the file this config came from"})
