@@ -55,7 +55,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] = os.environ,
 
 def config_from_dict(data: dict[str, Any], *, source: Path | None = None, environ: Mapping[str, str] = os.environ,
                      gpu_count: Callable[[], int] = _gpu_count) -> Config:
-    reader = Reader(source.name if source else "<config>")
+    reader = Reader(str(source) if source else "<config>")
     for name, value in data.items():
         if name not in SECTIONS:
             close = difflib.get_close_matches(name, SECTIONS, n=1)

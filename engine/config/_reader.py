@@ -27,6 +27,16 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def suggest(name: str, known: list[str]) -> str | None:
+    """The known name the user most likely meant: a prefix match first (a shortened key), then
+    the closest spelling."""
+    prefixed = [k for k in known if k.startswith(name) and name]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    close = difflib.get_close_matches(name, known, n=1)
+    return close[0] if close else None
+
+
 def _type_name(value: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
             dict: "a table"}.get(type(value), type(value).__name__)
@@ -54,8 +64,8 @@ class Reader:
         return cls(**values)
 
     def _unknown(self, key: str, name: str, value: Any, known: list[str]) -> ConfigError:
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+        close = suggest(name, known)
+        hint = f"; did you mean '{close}'?" if close else f"; known keys: {', '.join(known)}"
         where = f"[{key}] " if key else ""
         return ConfigError(f"{self.source}: unknown key {where}{name} = {_show(value) if not isinstance(value, dict) else '{...}'}{hint}")
 
@@ -115,8 +125,8 @@ class Reader:
     def _check_bounds(self, result: Any, value: Any, key: str, meta: Any) -> None:
         choices = meta.get("choices")
         if choices is not None and result not in choices:
-            close = difflib.get_close_matches(str(result), [str(c) for c in choices], n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = suggest(str(result), [str(c) for c in choices])
+            hint = f"; did you mean '{close}'?" if close else ""
             shown = ", ".join(str(c) for c in choices)
             raise self.fail(key, value, f"must be one of: {shown}{hint}")
         low, high, above = meta.get("min"), meta.get("max"), meta.get("min_exclusive")
