@@ -2,10 +2,12 @@
 
 State is kept per correlation id (request.correlation_id(), an int or a str), in the input's
 dtype, added step by step. The server never tells a model that a sequence idled out, so state
-untouched for longer than `state_ttl_s` is dropped on every execute; with expire_state = "0"
-it never is (the deliberately leaking variant).
+untouched for longer than `state_ttl_s` is dropped, by a sweeper thread (an instance that gets
+no more traffic must still let go); with expire_state = "0" it never is (the deliberately leaking
+variant).
 """
 
+import threading
 import time
 
 import numpy as np
@@ -31,16 +33,32 @@ class TritonPythonModel:
         self.expire = params.get("expire_state", "1") == "1"
         self.ttl_s = float(params.get("state_ttl_s", "15"))
         self.state = {}  # correlation id -> [running sum (numpy scalar), last touched monotonic]
+        self.lock = threading.Lock()  # execute() and the sweeper share the state
         self.gauge = Gauge(pb_utils, "engine_model_sequence_states", "per-sequence states held now", args)
         self.gauge.set(0)
+        self.stopping = threading.Event()
+        if self.expire:
+            threading.Thread(target=self._sweep, name="state-sweeper", daemon=True).start()
+
+    def _sweep(self):
+        while not self.stopping.wait(min(1.0, self.ttl_s / 4)):
+            with self.lock:
+                now = time.monotonic()
+                for key in [k for k, (_, touched) in self.state.items() if now - touched > self.ttl_s]:
+                    del self.state[key]
+                self.gauge.set(len(self.state))
+
+    def finalize(self):
+        self.stopping.set()
 
     def execute(self, requests):
         if self.delay_s:
             time.sleep(self.delay_s)
+        with self.lock:
+            return self._answer(requests)
+
+    def _answer(self, requests):
         now = time.monotonic()
-        if self.expire:
-            for key in [k for k, (_, touched) in self.state.items() if now - touched > self.ttl_s]:
-                del self.state[key]
         responses = []
         for request in requests:
             data = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()

@@ -1,0 +1,122 @@
+"""The generator without a server: every name builds, configs parse back and carry the knobs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from model_repo_gen import (
+    ALL_MODELS,
+    FAULTY_MODELS,
+    HEALTHY_MODELS,
+    ONNX_MODELS,
+    TORCH_MODELS,
+    FaultOptions,
+    RepoOptions,
+    build_specs,
+    generate_repository,
+    render_config,
+)
+
+
+def _parse(text: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_every_model_builds_and_its_config_parses_back() -> None:
+    specs = build_specs(RepoOptions(models=ALL_MODELS))
+    assert [s.name for s in specs] == list(ALL_MODELS)
+    for spec in specs:
+        config = _parse(render_config(spec))
+        assert config.name == spec.name
+        assert config.max_batch_size == spec.max_batch_size
+        assert [i.name for i in config.input] == [t.name for t in spec.inputs]
+        assert [o.name for o in config.output] == [t.name for t in spec.outputs]
+        assert config.instance_group[0].count == spec.instance_count
+
+
+def test_knobs_reach_the_configs() -> None:
+    options = RepoOptions(
+        models=("identity_fp32", "sequence_int32", "sequence_nobatch_fp32", "zero_fp32", "zero_slow_fp32",
+                "decoupled_int32", "sequence_string_int32"),
+        instance_count=3, max_batch_size=16, sequence_max_batch_size=4, sequence_strategy="oldest",
+        sequence_idle_timeout=2.5, zero_delay_ms=150, slow_zero_delay_ms=900, instance_kind="auto",
+    )
+    configs = {s.name: _parse(render_config(s)) for s in build_specs(options)}
+    identity = configs["identity_fp32"]
+    assert identity.max_batch_size == 16 and identity.HasField("dynamic_batching")
+    assert identity.instance_group[0].count == 3
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(identity.instance_group[0].kind) == "KIND_AUTO"
+    seq = configs["sequence_int32"]
+    assert seq.max_batch_size == 4
+    assert seq.sequence_batching.max_sequence_idle_microseconds == 2_500_000
+    assert seq.sequence_batching.HasField("oldest")
+    assert [c.name for c in seq.sequence_batching.control_input] == ["START", "END", "READY", "CORRID"]
+    assert configs["sequence_nobatch_fp32"].max_batch_size == 0
+    # STRING CORRID controls fail every request on Triton 2.51: the string-id model has none.
+    assert "CORRID" not in [c.name for c in configs["sequence_string_int32"].sequence_batching.control_input]
+    assert configs["zero_fp32"].parameters["execute_delay_ms"].string_value == "150"
+    assert configs["zero_slow_fp32"].parameters["execute_delay_ms"].string_value == "900"
+    assert configs["decoupled_int32"].model_transaction_policy.decoupled
+
+
+def test_fault_knobs_and_hang_gets_two_instances() -> None:
+    options = RepoOptions(models=FAULTY_MODELS, instance_count=1,
+                          faults=FaultOptions(leak_bytes_per_request=4096, hang_after_requests=7, wrong_every=3))
+    configs = {s.name: _parse(render_config(s)) for s in build_specs(options)}
+    assert configs["leak_fp32"].parameters["leak_bytes_per_request"].string_value == "4096"
+    assert configs["leak_fp32"].parameters["fault"].string_value == "leak"
+    assert configs["hang_fp32"].parameters["hang_after_requests"].string_value == "7"
+    assert configs["hang_fp32"].instance_group[0].count == 2  # one hangs, one goes on
+    assert configs["wrong_fp32"].parameters["wrong_every"].string_value == "3"
+    assert configs["sequence_noexpire_int32"].parameters["expire_state"].string_value == "0"
+
+
+def test_implicit_state_configs_for_onnx_and_torch() -> None:
+    for spec in build_specs(RepoOptions(models=ONNX_MODELS + TORCH_MODELS)):
+        config = _parse(render_config(spec))
+        assert config.platform in ("onnxruntime_onnx", "pytorch_libtorch")
+        if spec.is_sequence:
+            state = config.sequence_batching.state[0]
+            assert (state.input_name, state.output_name) == ("INPUT_STATE", "OUTPUT_STATE")
+
+
+def test_unknown_model_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ValueError, match="unknown model 'identity_f32'.*'identity_fp32'"):
+        build_specs(RepoOptions(models=("identity_f32",)))
+
+
+def test_generate_twice_replaces_and_prunes(tmp_path: Path) -> None:
+    generate_repository(tmp_path, RepoOptions(models=("identity_fp32", "sequence_int32")))
+    generate_repository(tmp_path, RepoOptions(models=("identity_fp32",), instance_count=5))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["identity_fp32"]
+    assert "count: 5" in (tmp_path / "identity_fp32" / "config.pbtxt").read_text()
+    assert (tmp_path / "identity_fp32" / "1" / "model.py").exists()
+
+
+def test_a_foreign_directory_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not written by model_repo_gen"):
+        generate_repository(tmp_path, RepoOptions(models=("identity_fp32",)))
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_cli_writes_lists_and_refuses_bad_input(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "model_repo_gen", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    done = run("--out", str(tmp_path / "r"), "--models", "identity_int32,sequence_fp32", "--instance-count", "1")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.is_dir()) == ["identity_int32", "sequence_fp32"]
+    listing = run("--list").stdout
+    assert all(name in listing for name in HEALTHY_MODELS + FAULTY_MODELS)
+    for bad in (["--out", str(tmp_path / "x"), "--models", "nosuch"], ["--out", str(tmp_path / "y"),
+                "--instance-count", "0"], ["--out", str(tmp_path / "z"), "--sequence-idle-timeout", "-1"]):
+        done = run(*bad)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
