@@ -1,0 +1,222 @@
+"""Scenarios as data: each scenario is a small function that draws a plan of steps.
+
+A step says what to send (model, values, sequence flags), what must come back (the exact
+expected output, or a text the error must contain) and how long it may take. One executor runs
+every plan; nothing here touches the network, so plans are tested and replayed on their own.
+Every random choice comes from the generator passed in, which the worker seeds from the run seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from model_repo_gen.spec import ModelSpec
+
+# The server's own words for the expected errors of the negative scenarios.
+NO_START_ERROR = "must specify the START flag"
+DEADLINE_ERROR = "Deadline Exceeded"
+
+SEQUENCE_VALUE_LIMIT = 1 << 20  # sequence inputs are drawn from [0, 2^20), as in the reference suite
+
+
+@dataclass(frozen=True)
+class Step:
+    model: str
+    values: np.ndarray  # the first input's data, shaped as sent
+    sequence_id: int | str = 0
+    start: bool = False
+    end: bool = False
+    expect: np.ndarray | None = None  # exact expected output; None: no output check
+    expect_error: str = ""  # the request must fail with an error containing this
+    timeout_s: float | None = None  # client deadline for this request
+    stream_count: int = 0  # decoupled models: number of responses expected (OUT = IN + i)
+
+
+@dataclass(frozen=True)
+class Plan:
+    scenario: str
+    steps: tuple[Step, ...]
+    deadline_s: float  # the whole plan must finish within this (the reference: 25 s per sequence)
+    # Sequences left open on purpose (no END): the server must time them out.
+    left_open: tuple[int | str, ...] = field(default=())
+
+
+class ScenarioSettings(Protocol):
+    """The `[scenarios]` knobs a plan reads (the engine config's section satisfies this)."""
+
+    sequence_length_mean: float
+    sequence_length_stddev: float
+    sequence_deadline: float
+    timeout_client_deadline: float
+    timeout_input_bytes: int
+    large_tensor_bytes: int
+    streaming_responses: int
+
+
+class IdSource:
+    """Correlation ids from this worker's own block, so no two workers ever share a sequence id."""
+
+    def __init__(self, base: int, block: int, worker_id: int) -> None:
+        self.base, self.block, self.worker_id = base, block, worker_id
+        self._next = 0
+
+    def take(self, spec: ModelSpec) -> int | str:
+        n = self._next
+        self._next = (self._next + 1) % self.block
+        if spec.sequence is not None and spec.sequence.correlation_id_type == "STRING":
+            return f"w{self.worker_id}-{self.base + n}"
+        return self.base + n
+
+
+_NUMPY = {"FP32": np.float32, "INT32": np.int32}
+
+
+def _sequence_length(rng: np.random.Generator, s: ScenarioSettings) -> int:
+    return max(1, int(round(rng.normal(s.sequence_length_mean, s.sequence_length_stddev))))
+
+
+def sequence_steps(rng: np.random.Generator, spec: ModelSpec, seq_id: int | str, length: int, *,
+                   end: bool = True) -> list[Step]:
+    """START ... [END]: random values, each step expecting the running sum in the model's dtype."""
+    dtype = _NUMPY[spec.inputs[0].datatype]
+    values = rng.integers(0, SEQUENCE_VALUE_LIMIT, size=length).astype(dtype)
+    # Running sum in the model's dtype, step by step, exactly as the model adds (float32 rounds).
+    sums = np.cumsum(values, dtype=dtype)
+    shape = (1, 1) if spec.max_batch_size > 0 else (1,)
+    return [
+        Step(model=spec.name, values=values[i:i + 1].reshape(shape), sequence_id=seq_id, start=i == 0,
+             end=end and i == length - 1, expect=sums[i:i + 1].reshape(shape))
+        for i in range(length)
+    ]
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    rng: np.random.Generator
+    settings: ScenarioSettings
+    ids: IdSource
+    models: Sequence[ModelSpec]
+
+    def of_kind(self, kind: str, **where: object) -> list[ModelSpec]:
+        return [m for m in self.models if m.kind == kind and all(getattr(m, k) == v for k, v in where.items())]
+
+    def pick(self, candidates: Sequence[ModelSpec]) -> ModelSpec:
+        return candidates[int(self.rng.integers(len(candidates)))]
+
+
+def plan_sequence_valid(ctx: PlanContext) -> Plan:
+    spec = ctx.pick(_sequence_models(ctx))
+    steps = sequence_steps(ctx.rng, spec, ctx.ids.take(spec), _sequence_length(ctx.rng, ctx.settings))
+    return Plan("sequence_valid", tuple(steps), ctx.settings.sequence_deadline)
+
+
+def plan_sequence_valid_valid(ctx: PlanContext) -> Plan:
+    """Two complete sequences back to back on the same id (both are sent, unlike the reference's)."""
+    spec = ctx.pick(_sequence_models(ctx))
+    seq_id = ctx.ids.take(spec)
+    first = sequence_steps(ctx.rng, spec, seq_id, _sequence_length(ctx.rng, ctx.settings))
+    second = sequence_steps(ctx.rng, spec, seq_id, _sequence_length(ctx.rng, ctx.settings))
+    return Plan("sequence_valid_valid", tuple(first + second), 2 * ctx.settings.sequence_deadline)
+
+
+def plan_sequence_valid_no_end(ctx: PlanContext) -> Plan:
+    spec = ctx.pick(_sequence_models(ctx))
+    seq_id = ctx.ids.take(spec)
+    first = sequence_steps(ctx.rng, spec, seq_id, _sequence_length(ctx.rng, ctx.settings))
+    second = sequence_steps(ctx.rng, spec, seq_id, _sequence_length(ctx.rng, ctx.settings), end=False)
+    return Plan("sequence_valid_no_end", tuple(first + second), 2 * ctx.settings.sequence_deadline, (seq_id,))
+
+
+def plan_sequence_no_end(ctx: PlanContext) -> Plan:
+    spec = ctx.pick(_sequence_models(ctx))
+    seq_id = ctx.ids.take(spec)
+    steps = sequence_steps(ctx.rng, spec, seq_id, _sequence_length(ctx.rng, ctx.settings), end=False)
+    return Plan("sequence_no_end", tuple(steps), ctx.settings.sequence_deadline, (seq_id,))
+
+
+def plan_sequence_no_start(ctx: PlanContext) -> Plan:
+    """A first request without START on an id with no open sequence: the server must refuse it.
+
+    A fresh id from the worker's block is never open (the reference used an id whose last sequence
+    had ended, for the same reason)."""
+    spec = ctx.pick(_sequence_models(ctx))
+    step = sequence_steps(ctx.rng, spec, ctx.ids.take(spec), 1)[0]
+    refused = Step(model=step.model, values=step.values, sequence_id=step.sequence_id, expect_error=NO_START_ERROR)
+    return Plan("sequence_no_start", (refused,), ctx.settings.sequence_deadline)
+
+
+def plan_timeout(ctx: PlanContext) -> Plan:
+    """A large input to a delayed zero model with a client deadline shorter than the delay."""
+    deadline = ctx.settings.timeout_client_deadline
+    slow = [m for m in ctx.of_kind("zero") if m.execute_delay_ms / 1000.0 > deadline]
+    spec = ctx.pick(slow or _need("timeout", "a zero model whose execute delay exceeds the client deadline"))
+    elements = max(1, ctx.settings.timeout_input_bytes // 4)
+    shape = (1, elements) if spec.max_batch_size > 0 else (elements,)
+    step = Step(model=spec.name, values=np.ones(shape, np.float32), expect_error=DEADLINE_ERROR, timeout_s=deadline)
+    return Plan("timeout", (step,), deadline + 30.0)
+
+
+def plan_identity(ctx: PlanContext) -> Plan:
+    spec = ctx.pick(ctx.of_kind("identity") or _need("identity", "an identity model"))
+    return Plan("identity", (_identity_step(ctx.rng, spec, int(ctx.rng.integers(1, 65))),), 30.0)
+
+
+def plan_large_tensor(ctx: PlanContext) -> Plan:
+    numeric = [m for m in ctx.of_kind("identity") if m.inputs[0].datatype != "BYTES"]
+    spec = ctx.pick(numeric or _need("large_tensor", "a numeric identity model"))
+    elements = max(1, ctx.settings.large_tensor_bytes // 4)
+    return Plan("large_tensor", (_identity_step(ctx.rng, spec, elements),), 60.0)
+
+
+def plan_streaming(ctx: PlanContext) -> Plan:
+    spec = ctx.pick(ctx.of_kind("decoupled") or _need("streaming", "a decoupled model"))
+    base = int(ctx.rng.integers(0, SEQUENCE_VALUE_LIMIT))
+    count = ctx.settings.streaming_responses
+    step = Step(model=spec.name, values=np.array([base], np.int32), stream_count=count,
+                expect=np.arange(base, base + count, dtype=np.int32))
+    return Plan("streaming", (step,), 30.0)
+
+
+def _identity_step(rng: np.random.Generator, spec: ModelSpec, elements: int) -> Step:
+    datatype = spec.inputs[0].datatype
+    if datatype == "BYTES":
+        values = np.array([rng.bytes(int(rng.integers(0, 24))) for _ in range(elements)], dtype=np.object_)
+    elif datatype == "FP32":
+        values = rng.standard_normal(elements).astype(np.float32)
+    else:
+        values = rng.integers(-(1 << 30), 1 << 30, size=elements).astype(_NUMPY[datatype])
+    shape = (1, elements) if spec.max_batch_size > 0 else (elements,)
+    values = values.reshape(shape)
+    return Step(model=spec.name, values=values, expect=values)
+
+
+def _sequence_models(ctx: PlanContext) -> list[ModelSpec]:
+    # Only the python accumulators: the ONNX/TorchScript ones need implicit state (not here).
+    found = [m for m in ctx.of_kind("sequence", backend="python") if m.sequence and m.sequence.expires_state]
+    return found or _need("sequence", "a sequence model")
+
+
+def _need(scenario: str, what: str) -> list[ModelSpec]:
+    raise PlanError(f"scenario {scenario!r} needs {what} among the run's models")
+
+
+class PlanError(ValueError):
+    """A scenario cannot run with the models this run has (reported at start-up, not mid-run)."""
+
+
+PLANNERS: dict[str, Callable[[PlanContext], Plan]] = {
+    "sequence_valid": plan_sequence_valid,
+    "sequence_valid_valid": plan_sequence_valid_valid,
+    "sequence_valid_no_end": plan_sequence_valid_no_end,
+    "sequence_no_end": plan_sequence_no_end,
+    "sequence_no_start": plan_sequence_no_start,
+    "timeout": plan_timeout,
+    "identity": plan_identity,
+    "large_tensor": plan_large_tensor,
+    "streaming": plan_streaming,
+}
+# `crashing_client` and `steady_load` are not request plans: the worker runs them itself.
+PROCESS_SCENARIOS = ("crashing_client", "steady_load")
