@@ -1,0 +1,125 @@
+"""The plan executor against the real server: every request plan passes, every request is
+recorded, and the count of successes equals the server's own count."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from engine.config import ScenariosSection
+from model_repo_gen import RepoOptions, generate_repository
+from model_repo_gen.options import HEALTHY_MODELS
+from tests.server_helpers import serve_repository
+from workers.executor import Executor
+from workers.plans import PLANNERS, IdSource, Plan, PlanContext, Step
+from workers.sender import TelemetrySender
+from workers.telemetry import (
+    KIND_BATCH,
+    KIND_EVENT,
+    STATUS_EXPECTED_ERROR,
+    STATUS_NAMES,
+    STATUS_OK,
+    STATUS_WRONG,
+    RecordBuffer,
+    decode_batch,
+    unpack,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+OPTIONS = RepoOptions(models=HEALTHY_MODELS, instance_count=2, zero_delay_ms=300, slow_zero_delay_ms=600,
+                      sequence_idle_timeout=2.0)
+SETTINGS = ScenariosSection(timeout_input_bytes=1 << 16, large_tensor_bytes=1 << 20, sequence_length_mean=6,
+                            sequence_length_stddev=2, timeout_client_deadline=0.1, sequence_deadline=10.0)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("executor")
+    specs = generate_repository(root / "repo", OPTIONS)
+    with serve_repository(root / "repo", root / "work") as running:
+        yield running, specs
+
+
+def _successes(metrics_url: str) -> float:
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("nv_inference_request_success{"))
+
+
+def _drain(socket: zmq.Socket) -> tuple[list, list]:
+    batches, events = [], []
+    while socket.poll(500):
+        message = unpack(socket.recv())
+        (batches if message.kind == KIND_BATCH else events if message.kind == KIND_EVENT else []).append(message)
+    return [decode_batch(m) for m in batches], events
+
+
+async def _run_plans(executor: Executor, plans: list[Plan], codes: dict[str, int]):
+    async with executor:
+        return [await executor.run(plan, codes[plan.scenario]) for plan in plans]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "grpc_stream", "http"])
+def test_every_request_plan_passes_and_is_counted_exactly(server, tmp_path: Path, protocol: str) -> None:
+    running, specs = server
+    scenarios = tuple(sorted(PLANNERS))
+    codes = {name: i for i, name in enumerate(scenarios)}
+    models = {s.name: s for s in specs}
+    model_codes = {name: i for i, name in enumerate(models)}
+    ctx = PlanContext(np.random.default_rng(11), SETTINGS, IdSource(1 + 1_048_576 * 3, 1_048_576, 3), specs)
+    plans = [PLANNERS[name](ctx) for name in scenarios for _ in range(3)]
+
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    endpoint = f"ipc://{tmp_path}/t.sock"
+    pull.bind(endpoint)
+    sender = TelemetrySender(endpoint, "worker-3", RecordBuffer(tuple(models), scenarios, protocol), context=context)
+    before = _successes(running.metrics_url)
+    executor = Executor(protocol=protocol, grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                        model_codes=model_codes, sender=sender)
+    outcomes = asyncio.run(_run_plans(executor, plans, codes))
+    sender.close()
+    after = _successes(running.metrics_url)
+    batches, events = _drain(pull)
+    pull.close(0)
+    context.term()
+
+    failed = [(o.scenario, o.failure) for o in outcomes if o.failed]
+    assert failed == [] and events == []
+    status = np.concatenate([b.columns["status"] for b in batches])
+    assert len(status) == sum(o.requests for o in outcomes)
+    counts = {STATUS_NAMES[k]: int(v) for k, v in zip(*np.unique(status, return_counts=True))}
+    assert counts.get("expected_error") == 6, counts  # 3 no-start refusals and 3 deadline expiries
+    assert set(counts) <= {"ok", "expected_error"}, counts
+    # Nothing lost, nothing invented: every success recorded is one the server counted. A timed-out
+    # request still completes on the server later, so it is counted there once it finishes.
+    ok = counts["ok"]
+    assert ok <= after - before <= ok + 3
+
+
+def test_a_wrong_answer_is_recorded_as_wrong_with_its_text(server, tmp_path: Path) -> None:
+    running, specs = server
+    models = {s.name: s for s in specs}
+    data = np.arange(4, dtype=np.float32).reshape(1, 4)
+    plan = Plan("identity", (Step(model="identity_fp32", values=data, expect=data + 1),), 10.0)
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    pull.bind(f"ipc://{tmp_path}/w.sock")
+    sender = TelemetrySender(f"ipc://{tmp_path}/w.sock", "w", RecordBuffer(tuple(models), ("identity",), "grpc"),
+                             context=context)
+    executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                        model_codes={n: i for i, n in enumerate(models)}, sender=sender)
+    [outcome] = asyncio.run(_run_plans(executor, [plan], {"identity": 0}))
+    sender.close()
+    batches, events = _drain(pull)
+    pull.close(0)
+    context.term()
+    assert outcome.failed and "expected" in outcome.failure
+    assert batches[0].columns["status"].tolist() == [STATUS_WRONG]
+    assert events[0].body["what"] == "scenario_failed" and "identity_fp32 step 0" in events[0].body["text"]

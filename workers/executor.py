@@ -1,0 +1,269 @@
+"""The one executor that runs every request plan, validates every answer, and records it.
+
+Runs on asyncio: a worker keeps `concurrency` plans in flight on one event loop, each awaiting
+its own requests. Protocols: "grpc" (unary calls), "grpc_stream" (sequences ride one gRPC
+stream per plan, as the reference suite sends them), "http". Decoupled models always go over a
+gRPC stream (HTTP has no client for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+import tritonclient.http as httpclient
+import tritonclient.http.aio as httpaio
+from tritonclient.utils import np_to_triton_dtype
+
+from model_repo_gen.spec import (
+    DECOUPLED_COUNT_INPUT,
+    DECOUPLED_OUTPUT,
+    DECOUPLED_VALUE_INPUT,
+    ModelSpec,
+)
+
+from .plans import DEADLINE_ERROR, Plan, Step
+from .sender import TelemetrySender
+from .telemetry import (
+    STATUS_ERROR,
+    STATUS_EXPECTED_ERROR,
+    STATUS_MISSING_ERROR,
+    STATUS_OK,
+    STATUS_WRONG,
+)
+
+FAILURE_TEXT_LIMIT = 400  # characters of an error or a mismatch kept in an event
+
+
+@dataclass
+class PlanOutcome:
+    scenario: str
+    requests: int = 0
+    failed: bool = False
+    failure: str = ""  # the first thing that went wrong, verbatim
+
+
+@dataclass
+class InFlight:
+    """What the heartbeat reports: requests on the wire and sequences waiting for progress."""
+
+    requests: dict[int, tuple[int, int]] = field(default_factory=dict)  # token -> (start_ns, model code)
+    sequences: dict[int | str, tuple[int, int, int]] = field(default_factory=dict)  # id -> (model, last ns, step)
+    _token: int = 0
+
+    def begin(self, start_ns: int, model: int) -> int:
+        self._token += 1
+        self.requests[self._token] = (start_ns, model)
+        return self._token
+
+    def end(self, token: int) -> None:
+        self.requests.pop(token, None)
+
+    def oldest_ns(self) -> int:
+        return min((start for start, _ in self.requests.values()), default=0)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return DEADLINE_ERROR  # HTTP has no deadline error of its own: say it as gRPC does
+    text = str(exc) or type(exc).__name__
+    return text[:FAILURE_TEXT_LIMIT]
+
+
+def _same(got: np.ndarray | None, want: np.ndarray) -> bool:
+    if got is None or got.shape != want.shape:
+        return False
+    if want.dtype == np.object_:
+        return all(bytes(a) == bytes(b) for a, b in zip(got.reshape(-1), want.reshape(-1)))
+    return bool(np.array_equal(got, want))
+
+
+class Executor:
+    def __init__(self, *, protocol: str, grpc_url: str, http_url: str, models: dict[str, ModelSpec],
+                 model_codes: dict[str, int], sender: TelemetrySender) -> None:
+        self.protocol = protocol
+        self.models = models
+        self.model_codes = model_codes
+        self.sender = sender
+        self.in_flight = InFlight()
+        self._urls = (grpc_url, http_url)
+        self._grpc: grpcaio.InferenceServerClient | None = None
+        self._http: httpaio.InferenceServerClient | None = None
+
+    async def __aenter__(self) -> "Executor":
+        # asyncio clients bind to the loop they are made in: made here, inside the worker's loop.
+        self._grpc = grpcaio.InferenceServerClient(self._urls[0])
+        if self.protocol == "http":
+            self._http = httpaio.InferenceServerClient(self._urls[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._grpc is not None:
+            await self._grpc.close()
+        if self._http is not None:
+            await self._http.close()
+
+    # -- plans ------------------------------------------------------------------------------
+    async def run(self, plan: Plan, scenario_code: int) -> PlanOutcome:
+        outcome = PlanOutcome(plan.scenario)
+        try:
+            await asyncio.wait_for(self._run_steps(plan, scenario_code, outcome), timeout=plan.deadline_s)
+        except asyncio.TimeoutError:
+            if not outcome.failed:
+                outcome.failed = True
+                outcome.failure = f"plan did not finish within {plan.deadline_s:g} s"
+        finally:
+            for step in plan.steps:
+                if step.sequence_id:
+                    self.in_flight.sequences.pop(step.sequence_id, None)
+        if outcome.failed:
+            self.sender.event("scenario_failed", plan.steps[0].model if plan.steps else "", plan.scenario,
+                              outcome.failure)
+        return outcome
+
+    async def _run_steps(self, plan: Plan, scenario_code: int, outcome: PlanOutcome) -> None:
+        stream = _SequenceStream(self._grpc) if self.protocol == "grpc_stream" else None
+        try:
+            for index, step in enumerate(plan.steps):
+                ok = await self._step(step, index, scenario_code, outcome, stream)
+                if not ok:
+                    return  # the rest of a broken sequence would only repeat the same failure
+        finally:
+            if stream is not None:
+                await stream.close()
+
+    async def _step(self, step: Step, index: int, scenario: int, outcome: PlanOutcome,
+                    stream: "_SequenceStream | None") -> bool:
+        spec = self.models[step.model]
+        model = self.model_codes[step.model]
+        seq_code = step.sequence_id if isinstance(step.sequence_id, int) else 0
+        if step.sequence_id:
+            self.in_flight.sequences[step.sequence_id] = (model, time.monotonic_ns(), index)
+        start = time.monotonic_ns()
+        token = self.in_flight.begin(start, model)
+        error: BaseException | None = None
+        got: Any = None
+        try:
+            if spec.decoupled:
+                got = await self._stream_decoupled(step)
+            elif stream is not None and step.sequence_id:
+                got = await stream.infer(spec, step)
+            else:
+                got = await self._unary(spec, step)
+        except Exception as exc:  # every failure is a finding: recorded, not raised
+            error = exc
+        finally:
+            self.in_flight.end(token)
+        latency = time.monotonic_ns() - start
+        outcome.requests += 1
+        status, failure = self._judge(spec, step, got, error)
+        self.sender.record(start, latency, model, scenario, status, seq_code, index)
+        if step.sequence_id and step.end:
+            self.in_flight.sequences.pop(step.sequence_id, None)
+        if failure and not outcome.failed:
+            outcome.failed, outcome.failure = True, f"{step.model} step {index}: {failure}"
+        return not failure
+
+    def _judge(self, spec: ModelSpec, step: Step, got: Any, error: BaseException | None) -> tuple[int, str]:
+        if step.expect_error:
+            if error is None:
+                return STATUS_MISSING_ERROR, f"expected an error containing {step.expect_error!r}, got an answer"
+            text = _describe(error)
+            if step.expect_error in text:
+                return STATUS_EXPECTED_ERROR, ""
+            return STATUS_ERROR, f"expected an error containing {step.expect_error!r}, got: {text}"
+        if error is not None:
+            return STATUS_ERROR, _describe(error)
+        if step.expect is not None and not _same(got, step.expect):
+            return STATUS_WRONG, f"answer {_short(got)} != expected {_short(step.expect)}"[:FAILURE_TEXT_LIMIT]
+        return STATUS_OK, ""
+
+    # -- transports ---------------------------------------------------------------------------
+    async def _unary(self, spec: ModelSpec, step: Step) -> np.ndarray | None:
+        output = spec.outputs[0].name
+        if self._http is not None:
+            inputs = [_http_input(spec.inputs[0].name, step.values)]
+            call = self._http.infer(spec.name, inputs, outputs=[httpclient.InferRequestedOutput(output)],
+                                    sequence_id=step.sequence_id, sequence_start=step.start, sequence_end=step.end)
+            result = await (asyncio.wait_for(call, step.timeout_s) if step.timeout_s else call)
+        else:
+            inputs = [_grpc_input(spec.inputs[0].name, step.values)]
+            result = await self._grpc.infer(spec.name, inputs, outputs=[grpcclient.InferRequestedOutput(output)],
+                                            sequence_id=step.sequence_id, sequence_start=step.start,
+                                            sequence_end=step.end, client_timeout=step.timeout_s)
+        return result.as_numpy(output)
+
+    async def _stream_decoupled(self, step: Step) -> np.ndarray:
+        inputs = [_grpc_input(DECOUPLED_VALUE_INPUT, step.values.astype(np.int32).reshape(1)),
+                  _grpc_input(DECOUPLED_COUNT_INPUT, np.array([step.stream_count], np.int32))]
+
+        async def requests():
+            yield {"model_name": step.model, "inputs": inputs, "enable_empty_final_response": True}
+
+        values: list[int] = []
+        responses = self._grpc.stream_infer(requests(), stream_timeout=step.timeout_s)
+        async for result, error in responses:
+            if error is not None:
+                raise error
+            out = result.as_numpy(DECOUPLED_OUTPUT)
+            if out is not None:
+                values.append(int(out.reshape(-1)[0]))
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+        responses.cancel()
+        return np.array(values, dtype=np.int32)
+
+
+class _SequenceStream:
+    """One gRPC stream per plan: each step is sent and its answer awaited before the next."""
+
+    def __init__(self, client: grpcaio.InferenceServerClient) -> None:
+        self._queue: asyncio.Queue[dict | None] = asyncio.Queue()
+        self._client = client
+        self._responses = None
+
+    async def _requests(self):
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def infer(self, spec: ModelSpec, step: Step) -> np.ndarray | None:
+        if self._responses is None:
+            self._responses = self._client.stream_infer(self._requests())
+        await self._queue.put({
+            "model_name": spec.name, "inputs": [_grpc_input(spec.inputs[0].name, step.values)],
+            "sequence_id": step.sequence_id, "sequence_start": step.start, "sequence_end": step.end,
+        })
+        result, error = await self._responses.__anext__()
+        if error is not None:
+            raise error
+        return result.as_numpy(spec.outputs[0].name)
+
+    async def close(self) -> None:
+        await self._queue.put(None)
+        if self._responses is not None:
+            self._responses.cancel()
+
+
+def _grpc_input(name: str, values: np.ndarray) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(values.shape), np_to_triton_dtype(values.dtype))
+    tensor.set_data_from_numpy(values)
+    return tensor
+
+
+def _http_input(name: str, values: np.ndarray) -> httpclient.InferInput:
+    tensor = httpclient.InferInput(name, list(values.shape), np_to_triton_dtype(values.dtype))
+    tensor.set_data_from_numpy(values, binary_data=True)
+    return tensor
+
+
+def _short(values: Any) -> str:
+    if values is None:
+        return "None"
+    flat = np.asarray(values).reshape(-1)
+    head = ", ".join(repr(v) for v in flat[:6])
+    return f"[{head}{', ...' if flat.size > 6 else ''}] (shape {list(np.asarray(values).shape)})"
