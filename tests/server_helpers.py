@@ -26,7 +26,7 @@ def serve_repository(repo_dir: Path, work_dir: Path, extra_args: Sequence[str] =
     """The bundled server on free loopback ports, serving `repo_dir`; stopped on exit, even on failure."""
     server = LaunchedServer(LaunchOptions(
         repository=Path(repo_dir), work_dir=Path(work_dir), startup_timeout=startup_timeout,
-        stop_timeout=15.0, extra_args=tuple(extra_args), shm_prefix=f"tee_test_{Path(work_dir).name}_",
+        stop_timeout=15.0, extra_args=tuple(extra_args),
     ))
     try:
         server.start()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import re
+import secrets
 import signal
 import subprocess
 import time
@@ -35,8 +37,9 @@ class LaunchOptions:
     startup_timeout: float = 120.0
     stop_timeout: float = 30.0
     extra_args: tuple[str, ...] = ()
-    # Prefix of the python backend's own /dev/shm regions, so a crashed run's leftovers can be found.
-    shm_prefix: str = "triton_endurance_"
+    # Prefix of the python backend's own /dev/shm regions, so a crashed run's leftovers can be found
+    # and removed at stop. "" = unique to this launch; it must not be shared with a live server.
+    shm_prefix: str = ""
     log_name: str = "tritonserver.log"
     env: tuple[tuple[str, str], ...] = field(default=())
 
@@ -84,6 +87,8 @@ class LaunchedServer:
     """
 
     def __init__(self, options: LaunchOptions) -> None:
+        if not options.shm_prefix:
+            options = dataclasses.replace(options, shm_prefix=f"tee_srv{os.getpid()}{secrets.token_hex(3)}_")
         self.options = options
         self.log_path = options.work_dir / options.log_name
         self._process: subprocess.Popen[bytes] | None = None
