@@ -8,6 +8,7 @@ Every random choice comes from the generator passed in, which the worker seeds f
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -42,6 +43,10 @@ class Plan:
     deadline_s: float  # the whole plan must finish within this (the reference: 25 s per sequence)
     # Sequences left open on purpose (no END): the server must time them out.
     left_open: tuple[int | str, ...] = field(default=())
+
+    def with_scenario(self, scenario: str) -> "Plan":
+        """The same steps, counted under another scenario (one that reuses this plan)."""
+        return dataclasses.replace(self, scenario=scenario)
 
 
 class ScenarioSettings(Protocol):

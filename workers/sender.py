@@ -74,6 +74,7 @@ class TelemetrySender:
             "open_sequences": {str(k): list(v) for k, v in heartbeat.open_sequences.items()},
             "records_sent": heartbeat.records_sent,
             "records_dropped": heartbeat.records_dropped,
+            "plans": {k: list(v) for k, v in heartbeat.plans.items()},
         }
         self._send(KIND_HEARTBEAT, body)
 

@@ -15,7 +15,7 @@ little-endian numpy columns (``COLUMNS``), plus the name tables that the small i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -100,9 +100,12 @@ class Heartbeat:
     in_flight: int
     oldest_in_flight_ns: int  # start time of the oldest request still in flight, 0 when none
     # Open sequences: correlation id -> (model code, last progress time_ns, step).
-    open_sequences: dict[int, tuple[int, int, int]]
+    open_sequences: dict[int | str, tuple[int, int, int]]
     records_sent: int
     records_dropped: int
+    # Cumulative per scenario: (plans run, plans failed, requests sent). Cumulative, so a lost
+    # heartbeat loses nothing: the next one carries the totals.
+    plans: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
 class RecordBuffer:

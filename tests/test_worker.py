@@ -1,0 +1,164 @@
+"""A real worker process (spawn) against the real server: every scenario by weight, heartbeats,
+nothing lost, and the same seed draws the same scenarios."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from engine.config import DEFAULT_WEIGHTS, ScenariosSection
+from model_repo_gen import RepoOptions, generate_repository
+from model_repo_gen.options import HEALTHY_MODELS
+from tests.server_helpers import serve_repository
+from workers.telemetry import KIND_BATCH, KIND_EVENT, KIND_HEARTBEAT, STATUS_OK, decode_batch, unpack
+from workers.worker import WorkerSpec, replay_scenarios, scenario_table, start_worker
+
+pytestmark = pytest.mark.timeout(240)
+
+OPTIONS = RepoOptions(models=HEALTHY_MODELS, instance_count=2, zero_delay_ms=300, slow_zero_delay_ms=600,
+                      sequence_idle_timeout=2.0)
+SETTINGS = ScenariosSection(timeout_input_bytes=1 << 16, large_tensor_bytes=1 << 18, sequence_length_mean=5,
+                            sequence_length_stddev=2, sequence_deadline=10.0, crashing_client_lifetime=0.5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("worker")
+    specs = generate_repository(root / "repo", OPTIONS)
+    with serve_repository(root / "repo", root / "work") as running:
+        yield running, specs
+
+
+def _successes(metrics_url: str) -> float:
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("nv_inference_request_success{"))
+
+
+def _spec(running, specs, endpoint: str, worker_id: int = 0, deadline_s: float = 12.0, **kw) -> WorkerSpec:
+    values = dict(worker_id=worker_id, run_id="testrun-worker", seed=1234, id_base=1 + worker_id * 1_048_576,
+                  id_block=1_048_576, grpc_url=running.grpc_url, http_url=running.http_url, protocol="grpc",
+                  concurrency=2, models=tuple(specs), scenarios=SETTINGS, telemetry_endpoint=endpoint,
+                  deadline_s=deadline_s)
+    values.update(kw)
+    return WorkerSpec(**values)
+
+
+def _collect(socket: zmq.Socket, process, timeout: float) -> list:
+    messages = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if socket.poll(200):
+            messages.append(unpack(socket.recv()))
+        elif not process.is_alive():
+            while socket.poll(300):
+                messages.append(unpack(socket.recv()))
+            break
+    return messages
+
+
+def test_worker_runs_every_scenario_and_loses_nothing(server, tmp_path: Path) -> None:
+    running, specs = server
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    endpoint = f"ipc://{tmp_path}/w.sock"
+    pull.bind(endpoint)
+    before = _successes(running.metrics_url)
+    process = start_worker(_spec(running, specs, endpoint))
+    try:
+        messages = _collect(pull, process, 60)
+        process.join(10)
+    finally:
+        if process.is_alive():
+            process.kill()
+        pull.close(0)
+        context.term()
+    assert process.exitcode == 0
+    after = _successes(running.metrics_url)
+    beats = [m for m in messages if m.kind == KIND_HEARTBEAT]
+    events = [m for m in messages if m.kind == KIND_EVENT]
+    batches = [decode_batch(m) for m in messages if m.kind == KIND_BATCH]
+    assert len(beats) >= 8  # one a second over the 12 s run
+    assert [m.seq for m in messages] == list(range(len(messages)))  # numbered, none lost
+    plans = beats[-1].body["plans"]
+    failed = {k: v for k, v in plans.items() if v[1]}
+    assert failed == {}, [e.body["text"] for e in events]
+    ran = {k for k, v in plans.items() if v[0]}
+    assert {"sequence_valid", "steady_load", "identity"} <= ran  # the heaviest weights surely drawn
+    status = np.concatenate([b.columns["status"] for b in batches])
+    assert len(status) == sum(v[2] for v in plans.values())  # every request recorded
+    ok = int((status == STATUS_OK).sum())
+    # every recorded success is one the server counted; timed-out requests finish later on the server,
+    # and the crashing client's requests are the server's too (counted there, not by the worker)
+    assert ok <= after - before
+    assert beats[-1].body["records_dropped"] == 0
+
+
+def test_sigterm_stops_the_worker_gracefully(server, tmp_path: Path) -> None:
+    running, specs = server
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    endpoint = f"ipc://{tmp_path}/s.sock"
+    pull.bind(endpoint)
+    process = start_worker(_spec(running, specs, endpoint, worker_id=1, deadline_s=300.0,
+                                 scenarios=ScenariosSection(weights={**{k: 0 for k in DEFAULT_WEIGHTS},
+                                                                     "identity": 1})))
+    try:
+        assert pull.poll(30_000), "the worker never reported"
+        time.sleep(1.0)
+        os.kill(process.pid, signal.SIGTERM)
+        messages = _collect(pull, process, 30)
+        process.join(10)
+    finally:
+        if process.is_alive():
+            process.kill()
+        pull.close(0)
+        context.term()
+    assert process.exitcode == 0
+    assert messages[-1].kind == KIND_HEARTBEAT  # the last word is a final heartbeat with the totals
+    assert messages[-1].body["plans"]["identity"][0] > 10
+
+
+def test_the_run_replays_from_its_seed(server, tmp_path: Path) -> None:
+    """With one lane, the scenarios of the recorded requests are exactly those the seed predicts."""
+    running, specs = server
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    endpoint = f"ipc://{tmp_path}/r.sock"
+    pull.bind(endpoint)
+    spec = _spec(running, specs, endpoint, worker_id=2, deadline_s=8.0, concurrency=1)
+    process = start_worker(spec)
+    try:
+        messages = _collect(pull, process, 60)
+        process.join(10)
+    finally:
+        if process.is_alive():
+            process.kill()
+        pull.close(0)
+        context.term()
+    batches = [decode_batch(m) for m in messages if m.kind == KIND_BATCH]
+    names = batches[0].scenarios
+    recorded = [names[c] for b in batches for c in b.columns["scenario"]]
+    runs = [name for i, name in enumerate(recorded) if i == 0 or recorded[i - 1] != name]
+    predicted = replay_scenarios(spec, lane=0, count=500)
+    predicted_runs = [name for i, name in enumerate(predicted) if i == 0 or predicted[i - 1] != name]
+    assert len(runs) >= 5
+    assert runs[:-1] == predicted_runs[:len(runs) - 1]  # the last run may have been cut by the deadline
+
+
+def test_a_weighted_scenario_without_its_model_is_refused_at_start() -> None:
+    from model_repo_gen import build_specs
+    from workers.plans import PlanError
+
+    only_identity = build_specs(RepoOptions(models=("identity_fp32",)))
+    with pytest.raises(PlanError, match="sequence"):
+        scenario_table({"identity": 1, "sequence_valid": 1}, only_identity, SETTINGS)
+    names, _ = scenario_table({"identity": 1, "sequence_valid": 0}, only_identity, SETTINGS)
+    assert names == ("identity",)

@@ -1,0 +1,178 @@
+"""One worker process: draws scenarios by weight from its seeded generator and runs them,
+`concurrency` at a time, until its deadline or the stop signal; reports, never prints."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_repo_gen.spec import ModelSpec
+
+from .executor import Executor, PlanOutcome
+from .plans import PLANNERS, PROCESS_SCENARIOS, IdSource, PlanContext, PlanError, ScenarioSettings, plan_identity
+from .process_scenarios import SteadyLoadController, run_crashing_client, run_steady_load
+from .sender import TelemetrySender
+from .telemetry import Heartbeat, RecordBuffer
+
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, picklable: it crosses into a spawned process."""
+
+    worker_id: int
+    run_id: str
+    seed: int  # the run seed; the worker derives its own streams from (seed, worker_id, lane)
+    id_base: int  # first correlation id of this worker's block
+    id_block: int
+    grpc_url: str
+    http_url: str
+    protocol: str
+    concurrency: int
+    models: tuple[ModelSpec, ...]
+    scenarios: Any  # the [scenarios] section (weights and knobs); ScenarioSettings
+    telemetry_endpoint: str
+    deadline_s: float  # seconds from the worker's start until it stops on its own
+
+
+def scenario_table(weights: dict[str, int], models: tuple[ModelSpec, ...],
+                   settings: ScenarioSettings) -> tuple[tuple[str, ...], np.ndarray]:
+    """(scenarios with a weight, their draw probabilities). Raises PlanError when a weighted
+    scenario cannot run with these models: a start-up error, not a stream of failures."""
+    names = tuple(name for name, weight in weights.items() if weight > 0)
+    probe = PlanContext(np.random.default_rng(0), settings, IdSource(1, 1, 0), models)
+    for name in names:
+        planner = PLANNERS.get(name) or PLANNERS["identity"]  # process scenarios drive an identity model
+        planner(probe)
+    total = float(sum(weights[n] for n in names))
+    return names, np.array([weights[n] / total for n in names])
+
+
+def replay_draw(name: str, ctx: PlanContext) -> None:
+    """Consume the generator exactly as running scenario `name` does, without running it."""
+    if name in PLANNERS:
+        PLANNERS[name](ctx)
+        return
+    plan_identity(ctx)  # both process scenarios pick their identity model first
+    if name == "steady_load":
+        ctx.rng.integers(0, 2**63)
+
+
+def replay_scenarios(spec: WorkerSpec, lane: int, count: int) -> list[str]:
+    """The first `count` scenarios that lane `lane` of this worker draws: runs replay from the seed."""
+    names, probabilities = scenario_table(dict(spec.scenarios.weights), spec.models, spec.scenarios)
+    rng = lane_generator(spec, lane)
+    ctx = PlanContext(rng, spec.scenarios, IdSource(spec.id_base, spec.id_block, spec.worker_id), spec.models)
+    drawn = []
+    for _ in range(count):
+        name = names[int(rng.choice(len(names), p=probabilities))]
+        replay_draw(name, ctx)
+        drawn.append(name)
+    return drawn
+
+
+def lane_generator(spec: WorkerSpec, lane: int) -> np.random.Generator:
+    # One generator per lane: each lane's scenario sequence replays exactly from the run seed.
+    return np.random.default_rng([spec.seed, spec.worker_id, lane])
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.scenarios, self.probabilities = scenario_table(dict(spec.scenarios.weights), spec.models, spec.scenarios)
+        self.codes = {name: i for i, name in enumerate(self.scenarios)}
+        self.models = {m.name: m for m in spec.models}
+        self.model_codes = {name: i for i, name in enumerate(self.models)}
+        self.sender = TelemetrySender(spec.telemetry_endpoint, f"worker-{spec.worker_id}",
+                                      RecordBuffer(tuple(self.models), self.scenarios, spec.protocol))
+        self.ids = IdSource(spec.id_base, spec.id_block, spec.worker_id)
+        self.totals: dict[str, list[int]] = {name: [0, 0, 0] for name in self.scenarios}
+        settings = spec.scenarios
+        self.steady = SteadyLoadController(settings.steady_load_queue_low, settings.steady_load_queue_high,
+                                           settings.steady_load_max_concurrency)
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        deadline = time.monotonic() + self.spec.deadline_s
+        async with Executor(protocol=self.spec.protocol, grpc_url=self.spec.grpc_url, http_url=self.spec.http_url,
+                            models=self.models, model_codes=self.model_codes, sender=self.sender) as executor:
+            self.executor = executor
+            lanes = [asyncio.create_task(self._lane(lane, deadline)) for lane in range(self.spec.concurrency)]
+            beat = asyncio.create_task(self._heartbeats())
+            try:
+                await asyncio.gather(*lanes)
+            finally:
+                beat.cancel()
+                self._heartbeat()
+        self.sender.close()
+
+    async def _lane(self, lane: int, deadline: float) -> None:
+        rng = lane_generator(self.spec, lane)
+        ctx = PlanContext(rng, self.spec.scenarios, self.ids, self.spec.models)
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            name = self.scenarios[int(rng.choice(len(self.scenarios), p=self.probabilities))]
+            outcome = await self._run_one(name, ctx)
+            totals = self.totals[name]
+            totals[0] += 1
+            totals[1] += int(outcome.failed)
+            totals[2] += outcome.requests
+            self.sender.maybe_flush(time.monotonic_ns())
+
+    async def _run_one(self, name: str, ctx: PlanContext) -> PlanOutcome:
+        code = self.codes[name]
+        if name == "crashing_client":
+            return await run_crashing_client(self.executor, ctx, self.spec.scenarios.crashing_client_lifetime, code,
+                                             self.spec.grpc_url)
+        if name == "steady_load":
+            return await run_steady_load(self.executor, ctx, self.steady, code, self.spec.grpc_url)
+        return await self.executor.run(PLANNERS[name](ctx), code)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        flight = self.executor.in_flight
+        self.sender.flush()
+        self.sender.heartbeat(Heartbeat(
+            time_ns=time.monotonic_ns(), in_flight=len(flight.requests), oldest_in_flight_ns=flight.oldest_ns(),
+            open_sequences=dict(flight.sequences), records_sent=self.sender.records_sent,
+            records_dropped=self.sender.records_dropped,
+            plans={k: (v[0], v[1], v[2]) for k, v in self.totals.items()},
+        ))
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Process entry point (spawn context). SIGTERM and SIGINT stop it gracefully: in-flight plans
+    finish (each is bounded by its deadline), the last records and heartbeat are sent."""
+    worker = Worker(spec)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())
+
+
+def start_worker(spec: WorkerSpec) -> multiprocessing.process.BaseProcess:
+    process = multiprocessing.get_context("spawn").Process(target=worker_main, args=(spec,),
+                                                           name=f"worker-{spec.worker_id}", daemon=False)
+    process.start()
+    return process
+
+
+__all__ = ["PROCESS_SCENARIOS", "PlanError", "Worker", "WorkerSpec", "replay_scenarios", "scenario_table",
+           "start_worker", "worker_main"]
