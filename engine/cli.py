@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="prepare the models, start or attach to the server, run the config",
                          description="Generate the model repository, launch the bundled tritonserver (or the "
                                      "configured binary, or attach to [server] url), check that every model answers "
-                                     "one validated request, and stop everything it started.")
+                                     "one validated request, drive the configured scenarios with the configured "
+                                     "workers for the run's duration, print the per-scenario table, and stop "
+                                     "everything it started. Exit status: 0 pass, 1 failures, 2 bad config or set-up.")
     _add_config_argument(run)
     _add_overrides(run)
     gen = sub.add_parser("gen-repo", help="write the config's model repository to a directory",
@@ -116,9 +118,9 @@ def _cmd_gen_repo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .startup_check import run_startup_check
+    from .coordinator import run
 
-    return run_startup_check(_load(args))
+    return run(_load(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

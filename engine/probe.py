@@ -132,3 +132,11 @@ def probe_model(grpc_url: str, spec: ModelSpec, timeout: float | None = None) ->
     finally:
         client.close()
     return ProbeResult(model=spec.name, ok=ok, seconds=time.monotonic() - started, detail=detail)
+
+
+def probe_table(results: list[ProbeResult]) -> str:
+    """One line per probed model: result, seconds, and what was checked or went wrong."""
+    width = max((len(r.model) for r in results), default=5)
+    rows = [f"  {'model':<{width}}  result  seconds  detail"]
+    rows += [f"  {r.model:<{width}}  {'ok' if r.ok else 'FAIL':<6}  {r.seconds:7.2f}  {r.detail}" for r in results]
+    return "\n".join(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,17 +63,40 @@ def test_gen_repo_writes_the_configs_models(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_smoke_run_brings_every_model_up_and_stops_everything(tmp_path: Path) -> None:
-    """The README's main command, minus the install: every model answers, nothing is left running."""
-    done = _run("-m", "engine", "--config", "configs/smoke.toml", "--results-dir", str(tmp_path), timeout=200)
+def test_smoke_run_passes_reports_and_stops_everything(tmp_path: Path) -> None:
+    """The README's main command, shortened: probes, load, the per-scenario table, nothing left running."""
+    done = _run("-m", "engine", "--config", "configs/smoke.toml", "--results-dir", str(tmp_path),
+                "--duration", "20s", timeout=200)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verdict: PASS" in done.stdout
     run_dirs = list(tmp_path.iterdir())
     assert len(run_dirs) == 1
     resolved = json.loads((run_dirs[0] / "config.json").read_text())
-    models = resolved["config"]["models"]["models"]
-    for model in models:  # each configured model shows up as answered in the table
+    for model in resolved["config"]["models"]["models"]:  # each configured model answered its probe
         assert any(line.split()[:2] == [model, "ok"] for line in done.stdout.splitlines()), model
+    report = (run_dirs[0] / "stress_report.txt").read_text()
+    total = next(line for line in report.splitlines() if line.startswith("TOTAL")).split("|")
+    assert int(total[1]) == 0 and int(total[2]) > 10 and int(total[3]) > int(total[2])
+    assert "sequence_valid" in report
     assert (run_dirs[0] / "server" / "tritonserver.log").exists()
     leftover = subprocess.run(["pgrep", "-f", str(run_dirs[0])], capture_output=True, text=True)
     assert leftover.stdout == ""
+
+
+@pytest.mark.timeout(240)
+def test_sigint_stops_gracefully_with_a_full_report(tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "engine", "--config", "configs/smoke.toml", "--results-dir",
+                                str(tmp_path), "--duration", "10m"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:  # type: ignore[union-attr]
+            if "requests (" in line:  # the first progress line: load is flowing
+                break
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, out
+    assert "stop requested by signal" in out and "TOTAL" in out and "verdict: PASS" in out
+    run_dir = next(tmp_path.iterdir())
+    assert (run_dir / "stress_report.txt").exists()
+    assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout == ""
