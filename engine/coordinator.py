@@ -114,6 +114,8 @@ class Coordinator:
             id_block=block, grpc_url=endpoints.grpc, http_url=endpoints.http, protocol=self.config.workers.protocol,
             concurrency=self.config.workers.concurrency, models=models, scenarios=self.config.scenarios,
             telemetry_endpoint=telemetry, deadline_s=max(0.0, deadline - time.monotonic()),
+            load=self.config.workers.load, rate=self.config.workers.rate,
+            max_outstanding=self.config.workers.max_outstanding,
         )
         workers[index] = start_worker(spec)
 

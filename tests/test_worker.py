@@ -162,3 +162,29 @@ def test_a_weighted_scenario_without_its_model_is_refused_at_start() -> None:
         scenario_table({"identity": 1, "sequence_valid": 1}, only_identity, SETTINGS)
     names, _ = scenario_table({"identity": 1, "sequence_valid": 0}, only_identity, SETTINGS)
     assert names == ("identity",)
+
+
+def test_open_loop_keeps_its_schedule(server, tmp_path: Path) -> None:
+    """Poisson arrivals at 40 plans/s for 6 s: about 240 plans, whatever each one takes."""
+    running, specs = server
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    endpoint = f"ipc://{tmp_path}/o.sock"
+    pull.bind(endpoint)
+    weights = {**{k: 0 for k in DEFAULT_WEIGHTS}, "identity": 3, "sequence_valid": 1}
+    spec = _spec(running, specs, endpoint, worker_id=4, deadline_s=6.0, load="poisson", rate=40.0,
+                 scenarios=ScenariosSection(weights=weights, sequence_length_mean=3, sequence_length_stddev=1))
+    process = start_worker(spec)
+    try:
+        messages = _collect(pull, process, 60)
+        process.join(10)
+    finally:
+        if process.is_alive():
+            process.kill()
+        pull.close(0)
+        context.term()
+    last = [m for m in messages if m.kind == KIND_HEARTBEAT][-1].body
+    plans = sum(v[0] for v in last["plans"].values())
+    failed = sum(v[1] for v in last["plans"].values())
+    assert 160 <= plans <= 330, plans  # Poisson count over 6 s at 40/s: 240 +- 4 sigma
+    assert failed == 0 and last["schedule_skipped"] == 0

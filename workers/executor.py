@@ -109,10 +109,12 @@ class Executor:
             await self._http.close()
 
     # -- plans ------------------------------------------------------------------------------
-    async def run(self, plan: Plan, scenario_code: int) -> PlanOutcome:
+    async def run(self, plan: Plan, scenario_code: int, intended_ns: int = 0) -> PlanOutcome:
+        """Run every step; `intended_ns` (open loop) is when the plan was due: its first request's
+        latency counts from then, so a server that falls behind cannot hide its queue."""
         outcome = PlanOutcome(plan.scenario)
         try:
-            await asyncio.wait_for(self._run_steps(plan, scenario_code, outcome), timeout=plan.deadline_s)
+            await asyncio.wait_for(self._run_steps(plan, scenario_code, outcome, intended_ns), timeout=plan.deadline_s)
         except asyncio.TimeoutError:
             if not outcome.failed:
                 outcome.failed = True
@@ -126,11 +128,11 @@ class Executor:
                               outcome.failure)
         return outcome
 
-    async def _run_steps(self, plan: Plan, scenario_code: int, outcome: PlanOutcome) -> None:
+    async def _run_steps(self, plan: Plan, scenario_code: int, outcome: PlanOutcome, intended_ns: int) -> None:
         stream = _SequenceStream(self._grpc) if self.protocol == "grpc_stream" else None
         try:
             for index, step in enumerate(plan.steps):
-                ok = await self._step(step, index, scenario_code, outcome, stream)
+                ok = await self._step(step, index, scenario_code, outcome, stream, intended_ns if index == 0 else 0)
                 if not ok:
                     return  # the rest of a broken sequence would only repeat the same failure
         finally:
@@ -138,13 +140,13 @@ class Executor:
                 await stream.close()
 
     async def _step(self, step: Step, index: int, scenario: int, outcome: PlanOutcome,
-                    stream: "_SequenceStream | None") -> bool:
+                    stream: "_SequenceStream | None", intended_ns: int = 0) -> bool:
         spec = self.models[step.model]
         model = self.model_codes[step.model]
         seq_code = step.sequence_id if isinstance(step.sequence_id, int) else 0
         if step.sequence_id:
             self.in_flight.sequences[step.sequence_id] = (model, time.monotonic_ns(), index)
-        start = time.monotonic_ns()
+        start = intended_ns or time.monotonic_ns()
         token = self.in_flight.begin(start, model)
         error: BaseException | None = None
         got: Any = None

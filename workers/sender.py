@@ -75,6 +75,8 @@ class TelemetrySender:
             "records_sent": heartbeat.records_sent,
             "records_dropped": heartbeat.records_dropped,
             "plans": {k: list(v) for k, v in heartbeat.plans.items()},
+            "schedule_lateness_ns": heartbeat.schedule_lateness_ns,
+            "schedule_skipped": heartbeat.schedule_skipped,
         }
         self._send(KIND_HEARTBEAT, body)
 

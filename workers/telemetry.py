@@ -106,6 +106,10 @@ class Heartbeat:
     # Cumulative per scenario: (plans run, plans failed, requests sent). Cumulative, so a lost
     # heartbeat loses nothing: the next one carries the totals.
     plans: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # Open loop: how late the scheduler started plans (max since the last heartbeat) and how many
+    # it skipped because `max_outstanding` plans were still in flight.
+    schedule_lateness_ns: int = 0
+    schedule_skipped: int = 0
 
 
 class RecordBuffer:

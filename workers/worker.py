@@ -40,6 +40,9 @@ class WorkerSpec:
     scenarios: Any  # the [scenarios] section (weights and knobs); ScenarioSettings
     telemetry_endpoint: str
     deadline_s: float  # seconds from the worker's start until it stops on its own
+    load: str = "closed"  # closed, constant or poisson
+    rate: float = 10.0  # open loop: plans started per second
+    max_outstanding: int = 256  # open loop: in flight before the schedule skips
 
 
 def scenario_table(weights: dict[str, int], models: tuple[ModelSpec, ...],
@@ -98,6 +101,8 @@ class Worker:
         self.steady = SteadyLoadController(settings.steady_load_queue_low, settings.steady_load_queue_high,
                                            settings.steady_load_max_concurrency)
         self._stop = asyncio.Event()
+        self._lateness_ns = 0
+        self._skipped = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -107,7 +112,10 @@ class Worker:
         async with Executor(protocol=self.spec.protocol, grpc_url=self.spec.grpc_url, http_url=self.spec.http_url,
                             models=self.models, model_codes=self.model_codes, sender=self.sender) as executor:
             self.executor = executor
-            lanes = [asyncio.create_task(self._lane(lane, deadline)) for lane in range(self.spec.concurrency)]
+            if self.spec.load == "closed":
+                lanes = [asyncio.create_task(self._lane(lane, deadline)) for lane in range(self.spec.concurrency)]
+            else:
+                lanes = [asyncio.create_task(self._open_loop(deadline))]
             beat = asyncio.create_task(self._heartbeats())
             try:
                 await asyncio.gather(*lanes)
@@ -121,21 +129,64 @@ class Worker:
         ctx = PlanContext(rng, self.spec.scenarios, self.ids, self.spec.models)
         while not self._stop.is_set() and time.monotonic() < deadline:
             name = self.scenarios[int(rng.choice(len(self.scenarios), p=self.probabilities))]
-            outcome = await self._run_one(name, ctx)
-            totals = self.totals[name]
-            totals[0] += 1
-            totals[1] += int(outcome.failed)
-            totals[2] += outcome.requests
-            self.sender.maybe_flush(time.monotonic_ns())
+            self._count(name, await self._run_one(name, ctx))
 
-    async def _run_one(self, name: str, ctx: PlanContext) -> PlanOutcome:
+    def _count(self, name: str, outcome: PlanOutcome) -> None:
+        totals = self.totals[name]
+        totals[0] += 1
+        totals[1] += int(outcome.failed)
+        totals[2] += outcome.requests
+        self.sender.maybe_flush(time.monotonic_ns())
+
+    async def _open_loop(self, deadline: float) -> None:
+        """Start plans on a schedule (constant or Poisson arrivals), whatever the server's pace.
+
+        Plans are drawn in schedule order from one generator, so the run replays; each plan's
+        latency counts from its intended start (no coordinated omission)."""
+        rng = lane_generator(self.spec, 0)
+        ctx = PlanContext(rng, self.spec.scenarios, self.ids, self.spec.models)
+        schedule = np.random.default_rng([self.spec.seed, self.spec.worker_id, 1 << 20])
+        mean = 1.0 / self.spec.rate
+        running: set[asyncio.Task] = set()
+        due_ns = time.monotonic_ns()
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            gap = schedule.exponential(mean) if self.spec.load == "poisson" else mean
+            due_ns += int(gap * 1e9)
+            wait = (due_ns - time.monotonic_ns()) / 1e9
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=wait)
+                    break
+                except asyncio.TimeoutError:
+                    pass
+            name = self.scenarios[int(rng.choice(len(self.scenarios), p=self.probabilities))]
+            if len(running) >= self.spec.max_outstanding:
+                replay_draw(name, ctx)  # the draw is consumed either way: the schedule replays
+                self._skipped += 1
+                continue
+            self._lateness_ns = max(self._lateness_ns, time.monotonic_ns() - due_ns)
+            task = asyncio.create_task(self._run_one(name, ctx, due_ns))
+            task.add_done_callback(lambda t, n=name: (running.discard(t), self._count(n, t.result())))
+            running.add(task)
+        if running:
+            await asyncio.gather(*running)
+
+    async def _run_one(self, name: str, ctx: PlanContext, intended_ns: int = 0) -> PlanOutcome:
+        try:
+            return await self._dispatch(name, ctx, intended_ns)
+        except Exception as exc:  # a scenario that breaks is a failed scenario, not a dead worker
+            text = f"{type(exc).__name__}: {exc}"
+            self.sender.event("scenario_failed", "", name, text)
+            return PlanOutcome(name, failed=True, failure=text)
+
+    async def _dispatch(self, name: str, ctx: PlanContext, intended_ns: int) -> PlanOutcome:
         code = self.codes[name]
         if name == "crashing_client":
             return await run_crashing_client(self.executor, ctx, self.spec.scenarios.crashing_client_lifetime, code,
                                              self.spec.grpc_url)
         if name == "steady_load":
             return await run_steady_load(self.executor, ctx, self.steady, code, self.spec.grpc_url)
-        return await self.executor.run(PLANNERS[name](ctx), code)
+        return await self.executor.run(PLANNERS[name](ctx), code, intended_ns)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -150,7 +201,9 @@ class Worker:
             open_sequences=dict(flight.sequences), records_sent=self.sender.records_sent,
             records_dropped=self.sender.records_dropped,
             plans={k: (v[0], v[1], v[2]) for k, v in self.totals.items()},
+            schedule_lateness_ns=self._lateness_ns, schedule_skipped=self._skipped,
         ))
+        self._lateness_ns = 0
 
 
 def worker_main(spec: WorkerSpec) -> None:

@@ -14,6 +14,7 @@ LONG_DURATION_S = 480_000.0  # TRITON_PERF_LONG=1: the suite says "~6.5 days"; i
 
 PROTOCOLS = ("grpc", "grpc_stream", "http")
 SHM_MODES = ("none", "system", "cuda", "auto")
+LOAD_SHAPES = ("closed", "constant", "poisson")
 DETECTORS = ("leak", "stall", "drift", "errors", "wrong_answers")
 REPORT_FORMATS = ("terminal", "json", "html", "text")
 # Scenario -> weight, as the reference suite draws them (identity takes the ResNet scenario's place).
@@ -71,6 +72,12 @@ class WorkersSection:
     concurrency: int = field(default=1, metadata={"min": 1, "max": 1024, "help": "plans in flight per worker"})
     correlation_id_block: int = field(default=1_048_576, metadata={
         "min": 1, "help": "correlation ids each worker owns (the suite: 1,048,576 per thread)"})
+    load: str = field(default="closed", metadata={
+        "choices": LOAD_SHAPES, "help": "closed: `concurrency` plans in flight; constant or poisson: open loop"})
+    rate: float = field(default=10.0, metadata={
+        "min_exclusive": 0, "help": "open loop: plans started per second per worker"})
+    max_outstanding: int = field(default=256, metadata={
+        "min": 1, "help": "open loop: plans in flight before the schedule skips (skips are counted)"})
 
 
 @dataclass(frozen=True)
