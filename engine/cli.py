@@ -16,6 +16,8 @@ import orjson
 
 from .config import Config, ConfigError, config_to_dict, load_config, parse_duration, resolve_config_path
 from .server import ServerSetupError
+from workers.plans import PlanError
+from workers.user_load import LoadError
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
 SUBCOMMANDS = ("run", "gen-repo", "show-config")
@@ -133,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SETUP
     except ServerSetupError as exc:
         print(f"server error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    except (LoadError, PlanError) as exc:
+        print(f"setup error: {exc}", file=sys.stderr)
         return EXIT_SETUP
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

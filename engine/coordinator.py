@@ -12,9 +12,11 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from model_repo_gen import ModelSpec
 from model_repo_gen.options import FAULTY_MODELS
+from workers.user_load import ResolvedLoad, resolve_loads
 from workers.worker import WorkerSpec, scenario_table, start_worker
 
 from .collector import Collector
@@ -67,6 +69,7 @@ class Coordinator:
         self.incidents: list[Incident] = []
         self._next_worker = 0
         self._started = 0.0
+        self.user_loads: tuple[ResolvedLoad, ...] = ()
 
     def run(self) -> RunOutcome:
         config, paths = self.config, self.paths
@@ -75,7 +78,8 @@ class Coordinator:
              f"{config.workers.count} workers x {config.workers.concurrency} in flight over {config.workers.protocol}")
         specs = prepare_repository(config, paths)
         healthy = tuple(s for s in specs if s.name not in FAULTY_MODELS)
-        scenario_table(dict(config.scenarios.weights), healthy, config.scenarios)  # refuse a run that cannot work
+        if not config.load:  # with [[load]] entries the check waits until they are resolved
+            scenario_table(dict(config.scenarios.weights), healthy, config.scenarios)
         signals = _Signals()
         server = start_server(config, paths, specs)
         collector = Collector(f"ipc://{paths.root}/telemetry.sock")
@@ -88,6 +92,14 @@ class Coordinator:
             if not all(p.ok for p in probes):
                 _say("verdict: FAIL (a model did not answer its validated request; no load was sent)")
                 return RunOutcome(1, paths)
+            base = config.source.parent if config.source else Path(".")
+            self.user_loads = resolve_loads(config.load, server.endpoints.grpc, base)
+            weights = {**dict(config.scenarios.weights),
+                       **{load.scenario: e.weight for load, e in zip(self.user_loads, config.load)}}
+            scenario_table(weights, healthy, config.scenarios, self.user_loads)
+            for load in self.user_loads:
+                _say(f"  {load.scenario}: inputs {', '.join(f'{t.name} {t.datatype}{list(t.dims)}' for t in load.spec.inputs)}"
+                     f", data {load.data}" + (f", {len(load.expect)} validation rows" if load.expect else ""))
             self._started = time.monotonic()
             deadline = self._started + config.run.duration
             for _ in range(config.workers.count):
@@ -114,6 +126,7 @@ class Coordinator:
             id_block=block, grpc_url=endpoints.grpc, http_url=endpoints.http, protocol=self.config.workers.protocol,
             concurrency=self.config.workers.concurrency, models=models, scenarios=self.config.scenarios,
             telemetry_endpoint=telemetry, deadline_s=max(0.0, deadline - time.monotonic()),
+            user_loads=self.user_loads, load_weights=tuple(e.weight for e in self.config.load),
             load=self.config.workers.load, rate=self.config.workers.rate,
             max_outstanding=self.config.workers.max_outstanding,
         )

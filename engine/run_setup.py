@@ -59,7 +59,8 @@ def start_server(config: Config, paths: RunPaths, models: tuple[ModelSpec, ...])
     server = config.server
     if server.url:
         endpoints = endpoints_from_urls(server.url, server.grpc_url, server.metrics_url)
-        return attach_server(endpoints, [m.name for m in models], timeout=server.startup_timeout)
+        wanted = [m.name for m in models] + [entry.model for entry in config.load]
+        return attach_server(endpoints, wanted, timeout=server.startup_timeout)
     options = LaunchOptions(
         repository=paths.repository,
         work_dir=paths.server_dir,
@@ -71,6 +72,7 @@ def start_server(config: Config, paths: RunPaths, models: tuple[ModelSpec, ...])
         startup_timeout=server.startup_timeout,
         stop_timeout=server.stop_timeout,
         extra_args=tuple(server.extra_args),
+        extra_repositories=(Path(server.model_repository).resolve(),) if server.model_repository else (),
         shm_prefix=f"tee{paths.run_id.replace('-', '')}_",
     )
     launched = LaunchedServer(options)

@@ -33,9 +33,20 @@ def _command(pid: int) -> str:
         return ""
 
 
+def _our_regions() -> set[str]:
+    return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(TEST_SHM_PREFIXES)}
+
+
+_BEFORE: set[str] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _BEFORE.update(_our_regions())  # not ours to judge: there before this session began
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     leftovers = [pid for pid in _descendants(os.getpid()) if "triton" in _command(pid)]
-    regions = [p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(TEST_SHM_PREFIXES)]
+    regions = sorted(_our_regions() - _BEFORE)
     if not leftovers and not regions:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

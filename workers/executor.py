@@ -76,11 +76,30 @@ def _describe(exc: BaseException) -> str:
 
 
 def _same(got: np.ndarray | None, want: np.ndarray) -> bool:
-    if got is None or got.shape != want.shape:
+    if got is None:
+        return False
+    if want.ndim == 1 and got.size == want.size:
+        got = got.reshape(-1)  # flat expectations (validation data files) compare element by element
+    if got.shape != want.shape:
         return False
     if want.dtype == np.object_:
         return all(bytes(a) == bytes(b) for a, b in zip(got.reshape(-1), want.reshape(-1)))
     return bool(np.array_equal(got, want))
+
+
+def _inputs(spec: ModelSpec, step: Step) -> list[tuple[str, np.ndarray]]:
+    return [(spec.inputs[0].name, step.values), *step.extra_inputs]
+
+
+def _expected(spec: ModelSpec, step: Step) -> list[tuple[str, np.ndarray]]:
+    """The outputs a step checks: the first output against `expect`, then any extra ones."""
+    first = [(spec.outputs[0].name, step.expect)] if step.expect is not None and spec.outputs else []
+    return [*first, *step.extra_expect]
+
+
+def _output_names(spec: ModelSpec, step: Step) -> list[str]:
+    names = [name for name, _ in _expected(spec, step)]
+    return names or [t.name for t in spec.outputs[:1]]
 
 
 class Executor:
@@ -181,26 +200,28 @@ class Executor:
             return STATUS_ERROR, f"expected an error containing {step.expect_error!r}, got: {text}"
         if error is not None:
             return STATUS_ERROR, _describe(error)
-        if step.expect is not None and not _same(got, step.expect):
-            return STATUS_WRONG, f"answer {_short(got)} != expected {_short(step.expect)}"[:FAILURE_TEXT_LIMIT]
+        for name, want in _expected(spec, step):
+            answer = got.get(name) if isinstance(got, dict) else None
+            if not _same(answer, want):
+                return STATUS_WRONG, f"{name} {_short(answer)} != expected {_short(want)}"[:FAILURE_TEXT_LIMIT]
         return STATUS_OK, ""
 
     # -- transports ---------------------------------------------------------------------------
-    async def _unary(self, spec: ModelSpec, step: Step) -> np.ndarray | None:
-        output = spec.outputs[0].name
+    async def _unary(self, spec: ModelSpec, step: Step) -> dict[str, np.ndarray | None]:
+        names = _output_names(spec, step)
         if self._http is not None:
-            inputs = [_http_input(spec.inputs[0].name, step.values)]
-            call = self._http.infer(spec.name, inputs, outputs=[httpclient.InferRequestedOutput(output)],
+            inputs = [_http_input(name, data) for name, data in _inputs(spec, step)]
+            call = self._http.infer(spec.name, inputs, outputs=[httpclient.InferRequestedOutput(n) for n in names],
                                     sequence_id=step.sequence_id, sequence_start=step.start, sequence_end=step.end)
             result = await (asyncio.wait_for(call, step.timeout_s) if step.timeout_s else call)
         else:
-            inputs = [_grpc_input(spec.inputs[0].name, step.values)]
-            result = await self._grpc.infer(spec.name, inputs, outputs=[grpcclient.InferRequestedOutput(output)],
+            inputs = [_grpc_input(name, data) for name, data in _inputs(spec, step)]
+            result = await self._grpc.infer(spec.name, inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in names],
                                             sequence_id=step.sequence_id, sequence_start=step.start,
                                             sequence_end=step.end, client_timeout=step.timeout_s)
-        return result.as_numpy(output)
+        return {name: result.as_numpy(name) for name in names}
 
-    async def _stream_decoupled(self, step: Step) -> np.ndarray:
+    async def _stream_decoupled(self, step: Step) -> dict[str, np.ndarray]:
         inputs = [_grpc_input(DECOUPLED_VALUE_INPUT, step.values.astype(np.int32).reshape(1)),
                   _grpc_input(DECOUPLED_COUNT_INPUT, np.array([step.stream_count], np.int32))]
 
@@ -218,7 +239,7 @@ class Executor:
             if result.get_response().parameters["triton_final_response"].bool_param:
                 break
         responses.cancel()
-        return np.array(values, dtype=np.int32)
+        return {DECOUPLED_OUTPUT: np.array(values, dtype=np.int32)}
 
 
 class _SequenceStream:
@@ -233,17 +254,17 @@ class _SequenceStream:
         while (item := await self._queue.get()) is not None:
             yield item
 
-    async def infer(self, spec: ModelSpec, step: Step) -> np.ndarray | None:
+    async def infer(self, spec: ModelSpec, step: Step) -> dict[str, np.ndarray | None]:
         if self._responses is None:
             self._responses = self._client.stream_infer(self._requests())
         await self._queue.put({
-            "model_name": spec.name, "inputs": [_grpc_input(spec.inputs[0].name, step.values)],
+            "model_name": spec.name, "inputs": [_grpc_input(name, data) for name, data in _inputs(spec, step)],
             "sequence_id": step.sequence_id, "sequence_start": step.start, "sequence_end": step.end,
         })
         result, error = await self._responses.__anext__()
         if error is not None:
             raise error
-        return result.as_numpy(spec.outputs[0].name)
+        return {name: result.as_numpy(name) for name in _output_names(spec, step)}
 
     async def close(self) -> None:
         await self._queue.put(None)

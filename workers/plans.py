@@ -34,6 +34,10 @@ class Step:
     expect_error: str = ""  # the request must fail with an error containing this
     timeout_s: float | None = None  # client deadline for this request
     stream_count: int = 0  # decoupled models: number of responses expected (OUT = IN + i)
+    # Models with more than one input or checked output (users' models): (name, data) pairs
+    # beyond the first input, and (name, expected) pairs beyond the first output.
+    extra_inputs: tuple[tuple[str, np.ndarray], ...] = ()
+    extra_expect: tuple[tuple[str, np.ndarray], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,21 +4,32 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from model_repo_gen.spec import ModelSpec
 
 from .executor import Executor, PlanOutcome
-from .plans import PLANNERS, PROCESS_SCENARIOS, IdSource, PlanContext, PlanError, ScenarioSettings, plan_identity
+from .plans import (
+    PLANNERS,
+    PROCESS_SCENARIOS,
+    IdSource,
+    Plan,
+    PlanContext,
+    PlanError,
+    ScenarioSettings,
+    plan_identity,
+)
 from .process_scenarios import SteadyLoadController, run_crashing_client, run_steady_load
 from .sender import TelemetrySender
 from .telemetry import Heartbeat, RecordBuffer
+from .user_load import ResolvedLoad, plan_user
 
 HEARTBEAT_INTERVAL_S = 1.0
 
@@ -40,28 +51,50 @@ class WorkerSpec:
     scenarios: Any  # the [scenarios] section (weights and knobs); ScenarioSettings
     telemetry_endpoint: str
     deadline_s: float  # seconds from the worker's start until it stops on its own
+    user_loads: tuple[ResolvedLoad, ...] = ()  # [[load]] entries, resolved against the server
+    load_weights: tuple[int, ...] = ()  # their weights, in order
     load: str = "closed"  # closed, constant or poisson
     rate: float = 10.0  # open loop: plans started per second
     max_outstanding: int = 256  # open loop: in flight before the schedule skips
 
 
-def scenario_table(weights: dict[str, int], models: tuple[ModelSpec, ...],
-                   settings: ScenarioSettings) -> tuple[tuple[str, ...], np.ndarray]:
+def planners_for(user_loads: tuple[ResolvedLoad, ...]) -> dict[str, Callable[[PlanContext], Plan]]:
+    """The built-in request planners plus one per `[[load]]` entry."""
+    return {**PLANNERS, **{load.scenario: functools.partial(plan_user, load=load) for load in user_loads}}
+
+
+def all_weights(spec: WorkerSpec) -> dict[str, int]:
+    loads = {load.scenario: entry_weight for load, entry_weight in zip(spec.user_loads, _load_weights(spec))}
+    return {**dict(spec.scenarios.weights), **loads}
+
+
+def _load_weights(spec: WorkerSpec) -> list[int]:
+    return list(spec.load_weights) if spec.load_weights else [100] * len(spec.user_loads)
+
+
+def scenario_table(weights: dict[str, int], models: tuple[ModelSpec, ...], settings: ScenarioSettings,
+                   user_loads: tuple[ResolvedLoad, ...] = ()) -> tuple[tuple[str, ...], np.ndarray]:
     """(scenarios with a weight, their draw probabilities). Raises PlanError when a weighted
     scenario cannot run with these models: a start-up error, not a stream of failures."""
     names = tuple(name for name, weight in weights.items() if weight > 0)
+    if not names:
+        raise PlanError("no scenario has a weight above zero")
+    planners = planners_for(user_loads)
     probe = PlanContext(np.random.default_rng(0), settings, IdSource(1, 1, 0), models)
     for name in names:
-        planner = PLANNERS.get(name) or PLANNERS["identity"]  # process scenarios drive an identity model
-        planner(probe)
+        planner = planners.get(name) or PLANNERS["identity"]  # process scenarios drive an identity model
+        try:
+            planner(probe)
+        except PlanError as exc:
+            raise PlanError(f"{exc}; set [scenarios.weights] {name} = 0 or add the model to [models]") from None
     total = float(sum(weights[n] for n in names))
     return names, np.array([weights[n] / total for n in names])
 
 
-def replay_draw(name: str, ctx: PlanContext) -> None:
+def replay_draw(name: str, ctx: PlanContext, planners: dict[str, Callable[[PlanContext], Plan]]) -> None:
     """Consume the generator exactly as running scenario `name` does, without running it."""
-    if name in PLANNERS:
-        PLANNERS[name](ctx)
+    if name in planners:
+        planners[name](ctx)
         return
     plan_identity(ctx)  # both process scenarios pick their identity model first
     if name == "steady_load":
@@ -70,13 +103,14 @@ def replay_draw(name: str, ctx: PlanContext) -> None:
 
 def replay_scenarios(spec: WorkerSpec, lane: int, count: int) -> list[str]:
     """The first `count` scenarios that lane `lane` of this worker draws: runs replay from the seed."""
-    names, probabilities = scenario_table(dict(spec.scenarios.weights), spec.models, spec.scenarios)
+    names, probabilities = scenario_table(all_weights(spec), spec.models, spec.scenarios, spec.user_loads)
+    planners = planners_for(spec.user_loads)
     rng = lane_generator(spec, lane)
     ctx = PlanContext(rng, spec.scenarios, IdSource(spec.id_base, spec.id_block, spec.worker_id), spec.models)
     drawn = []
     for _ in range(count):
         name = names[int(rng.choice(len(names), p=probabilities))]
-        replay_draw(name, ctx)
+        replay_draw(name, ctx, planners)
         drawn.append(name)
     return drawn
 
@@ -89,9 +123,11 @@ def lane_generator(spec: WorkerSpec, lane: int) -> np.random.Generator:
 class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
-        self.scenarios, self.probabilities = scenario_table(dict(spec.scenarios.weights), spec.models, spec.scenarios)
+        self.scenarios, self.probabilities = scenario_table(all_weights(spec), spec.models, spec.scenarios,
+                                                            spec.user_loads)
+        self.planners = planners_for(spec.user_loads)
         self.codes = {name: i for i, name in enumerate(self.scenarios)}
-        self.models = {m.name: m for m in spec.models}
+        self.models = {m.name: m for m in (*spec.models, *(load.spec for load in spec.user_loads))}
         self.model_codes = {name: i for i, name in enumerate(self.models)}
         self.sender = TelemetrySender(spec.telemetry_endpoint, f"worker-{spec.worker_id}",
                                       RecordBuffer(tuple(self.models), self.scenarios, spec.protocol))
@@ -161,7 +197,7 @@ class Worker:
                     pass
             name = self.scenarios[int(rng.choice(len(self.scenarios), p=self.probabilities))]
             if len(running) >= self.spec.max_outstanding:
-                replay_draw(name, ctx)  # the draw is consumed either way: the schedule replays
+                replay_draw(name, ctx, self.planners)  # the draw is consumed either way: the schedule replays
                 self._skipped += 1
                 continue
             self._lateness_ns = max(self._lateness_ns, time.monotonic_ns() - due_ns)
@@ -186,7 +222,7 @@ class Worker:
                                              self.spec.grpc_url)
         if name == "steady_load":
             return await run_steady_load(self.executor, ctx, self.steady, code, self.spec.grpc_url)
-        return await self.executor.run(PLANNERS[name](ctx), code, intended_ns)
+        return await self.executor.run(self.planners[name](ctx), code, intended_ns)
 
     async def _heartbeats(self) -> None:
         while True:

@@ -7,6 +7,7 @@ import difflib
 import os
 import secrets
 import tomllib
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -76,6 +77,10 @@ def config_from_dict(data: dict[str, Any], *, source: Path | None = None, enviro
         if name == "scenarios" and isinstance(table, dict) and isinstance(table.get("weights"), dict):
             # A weights table overrides the defaults it names; the others keep the suite's weights.
             table = {**table, "weights": {**DEFAULT_WEIGHTS, **table["weights"]}}
+        if name == "load":  # an array of tables: [[load]]
+            hint = typing.get_type_hints(Config)["load"]
+            sections[name] = reader.convert(hint, table, "load", {})
+            continue
         sections[name] = reader.read(type(default), table, name)
     config = Config(**sections, source=source)
     return _finish(config, data, reader, environ, gpu_count)
@@ -94,6 +99,11 @@ def _finish(config: Config, data: dict[str, Any], reader: Reader, environ: Mappi
     if server.url and (server.http_port or server.grpc_port or server.metrics_port):
         raise reader.fail("server.url", server.url, "ports are for a server the engine launches; "
                                                     "with url, set grpc_url / metrics_url instead")
+    if server.model_repository and not Path(server.model_repository).is_dir():
+        raise reader.fail("server.model_repository", server.model_repository, "no such directory")
+    if server.model_repository and server.url:
+        raise reader.fail("server.model_repository", server.model_repository,
+                          "is for a server the engine launches; an attached server has its own")
     if server.binary and not Path(server.binary).is_file():
         raise reader.fail("server.binary", server.binary, "no such file")
     ports = [p for p in (server.http_port, server.grpc_port, server.metrics_port) if p]
@@ -102,8 +112,9 @@ def _finish(config: Config, data: dict[str, Any], reader: Reader, environ: Mappi
     if config.workers.shm == "cuda" and gpu_count() == 0:
         raise reader.fail("workers.shm", "cuda", f"no usable GPU ({gpu_unavailable_reason() or 'none found'}); "
                                                  "use \"auto\" to fall back to system shared memory")
-    if not any(config.scenarios.weights.values()):
-        raise reader.fail("scenarios.weights", config.scenarios.weights, "at least one weight must be above zero")
+    if not any(config.scenarios.weights.values()) and not any(entry.weight for entry in config.load):
+        raise reader.fail("scenarios.weights", config.scenarios.weights,
+                          "at least one weight (of a scenario or a [[load]] entry) must be above zero")
     sc = config.scenarios
     if sc.steady_load_queue_low >= sc.steady_load_queue_high:
         raise reader.fail("scenarios.steady_load_queue_low", sc.steady_load_queue_low,

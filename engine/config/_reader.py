@@ -60,7 +60,11 @@ class Reader:
                 raise self._unknown(key, name, table[name], list(fields))
         values = dict(overrides or {})
         for name, value in table.items():
-            values[name] = self._convert(hints[name], value, f"{key}.{name}", fields[name].metadata)
+            values[name] = self.convert(hints[name], value, f"{key}.{name}", fields[name].metadata)
+        missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"{self.source}: [{key}] needs {', '.join(missing)}")
         return cls(**values)
 
     def _unknown(self, key: str, name: str, value: Any, known: list[str]) -> ConfigError:
@@ -69,7 +73,7 @@ class Reader:
         where = f"[{key}] " if key else ""
         return ConfigError(f"{self.source}: unknown key {where}{name} = {_show(value) if not isinstance(value, dict) else '{...}'}{hint}")
 
-    def _convert(self, hint: Any, value: Any, key: str, meta: Any) -> Any:
+    def convert(self, hint: Any, value: Any, key: str, meta: Any) -> Any:
         origin = typing.get_origin(hint)
         if dataclasses.is_dataclass(hint):
             return self.read(hint, value, key)
@@ -77,8 +81,9 @@ class Reader:
             item = typing.get_args(hint)[0]
             if not isinstance(value, list):
                 raise self.fail(key, value, f"expected an array, got {_type_name(value)}")
-            converted = tuple(self._scalar(item, v, f"{key}[{i}]", meta) for i, v in enumerate(value))
-            return converted
+            if dataclasses.is_dataclass(item):  # an array of tables: [[load]], inputs = [{...}, ...]
+                return tuple(self.read(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+            return tuple(self._scalar(item, v, f"{key}[{i}]", meta) for i, v in enumerate(value))
         if origin is dict:
             _, item = typing.get_args(hint)
             if not isinstance(value, dict):
@@ -92,7 +97,7 @@ class Reader:
             return out
         if origin in (typing.Union, types.UnionType):
             inner = [a for a in typing.get_args(hint) if a is not type(None)]
-            return self._convert(inner[0], value, key, meta)
+            return self.convert(inner[0], value, key, meta)
         return self._scalar(hint, value, key, meta)
 
     def _scalar(self, hint: Any, value: Any, key: str, meta: Any) -> Any:

@@ -61,6 +61,29 @@ class ServerSection:
     stop_timeout: float = field(default=30.0, metadata={
         "unit": "duration", "min_exclusive": 0, "help": "how long a launched server gets to exit before SIGKILL"})
     extra_args: tuple[str, ...] = field(default=(), metadata={"help": "more tritonserver arguments"})
+    model_repository: str = field(default="", metadata={
+        "help": "a model repository of your own, served beside the generated one (drive it with [[load]])"})
+
+
+@dataclass(frozen=True)
+class InputSection:
+    name: str = field(metadata={"help": "input name, as the model's config has it"})
+    datatype: str = field(default="", metadata={"help": 'Triton datatype ("FP32", "INT64", "BYTES", ...); "" = from metadata'})
+    shape: tuple[int, ...] = field(default=(), metadata={
+        "min": 1, "help": "shape without the batch dimension; () = from metadata (needs no -1 there)"})
+
+
+@dataclass(frozen=True)
+class LoadSection:
+    """One `[[load]]` entry: drive a model of the user's own by name."""
+
+    model: str = field(metadata={"help": "model name on the server"})
+    inputs: tuple[InputSection, ...] = field(default=(), metadata={"help": "inputs; () = all, from metadata"})
+    data: str = field(default="random", metadata={
+        "help": 'random, zero, or a JSON file in perf_analyzer\'s --input-data format (validation_data is checked)'})
+    batch_size: int = field(default=1, metadata={"min": 1, "help": "batch size (models that batch)"})
+    weight: int = field(default=100, metadata={"min": 0, "help": "weight of this entry in the scenario draw"})
+    sequence: bool = field(default=False, metadata={"help": "send as sequences (START ... END) of stateful steps"})
 
 
 @dataclass(frozen=True)
@@ -161,4 +184,5 @@ class Config:
     detectors: DetectorsSection = field(default_factory=DetectorsSection)
     report: ReportSection = field(default_factory=ReportSection)
     perf: PerfSection = field(default_factory=PerfSection)
+    load: tuple[LoadSection, ...] = field(default=(), metadata={"help": "models of your own to drive"})
     source: Path | None = field(default=None, metadata={"help": "the file this config came from"})

@@ -37,6 +37,7 @@ class LaunchOptions:
     startup_timeout: float = 120.0
     stop_timeout: float = 30.0
     extra_args: tuple[str, ...] = ()
+    extra_repositories: tuple[Path, ...] = ()  # served beside `repository` (a user's own models)
     # Prefix of the python backend's own /dev/shm regions, so a crashed run's leftovers can be found
     # and removed at stop. "" = unique to this launch; it must not be shared with a live server.
     shm_prefix: str = ""
@@ -132,6 +133,7 @@ class LaunchedServer:
         return [
             *args,
             f"--model-repository={opts.repository}",
+            *(f"--model-repository={r}" for r in opts.extra_repositories),
             # Generated configs are complete; auto-complete would start an extra stub per model.
             "--disable-auto-complete-config",
             f"--backend-config=python,shm-region-prefix-name={opts.shm_prefix}",

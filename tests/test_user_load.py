@@ -1,0 +1,86 @@
+"""Users' own models: a repository of theirs served beside the generated one, driven by
+[[load]] entries with perf_analyzer-format input data whose validation_data is checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_repo_gen import RepoOptions, generate_repository
+
+pytestmark = pytest.mark.timeout(200)
+ROOT = Path(__file__).resolve().parents[1]
+ZERO_WEIGHTS = "\n".join(f"{k} = 0" for k in ("timeout", "crashing_client", "sequence_no_end", "sequence_valid_no_end",
+                                               "sequence_valid_valid", "sequence_no_start", "sequence_valid",
+                                               "steady_load", "identity", "large_tensor", "streaming"))
+
+
+def _setup(tmp_path: Path, expected_first: list[int], load_extra: str = "") -> Path:
+    user_repo = tmp_path / "user_repo"
+    generate_repository(user_repo, RepoOptions(models=("identity_int32",), instance_count=1))
+    data = {
+        "data": [{"INPUT0": {"content": [1, 2, 3, 4], "shape": [4]}}, {"INPUT0": [5, 6, 7, 8]}],
+        "validation_data": [{"OUTPUT0": expected_first}, {"OUTPUT0": [5, 6, 7, 8]}],
+    }
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    config = tmp_path / "user.toml"
+    config.write_text(f"""
+[run]
+duration = "6s"
+results_dir = "{tmp_path / 'results'}"
+[server]
+model_repository = "{user_repo}"
+startup_timeout = "90s"
+[models]
+models = []
+[workers]
+count = 1
+[scenarios.weights]
+{ZERO_WEIGHTS}
+[[load]]
+model = "identity_int32"
+inputs = [{{ name = "INPUT0", shape = [4] }}]
+data = "data.json"
+batch_size = 2
+{load_extra}
+""")
+    return config
+
+
+def _run(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engine", "--config", str(config)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_user_model_is_driven_and_validated(tmp_path: Path) -> None:
+    done = _run(_setup(tmp_path, [1, 2, 3, 4]))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "load:identity_int32: inputs INPUT0 INT32[2, 4], data data.json, 2 validation rows" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith("load:identity_int32"))
+    failures, tests = (int(x) for x in row.split("|")[1:3])
+    assert failures == 0 and tests > 20
+
+
+def test_a_wrong_expected_value_is_a_validation_failure(tmp_path: Path) -> None:
+    done = _run(_setup(tmp_path, [1, 2, 3, 5]))
+    assert done.returncode == 1, done.stdout + done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("load:identity_int32"))
+    assert int(row.split("|")[1]) > 0
+    assert "OUTPUT0" in done.stdout and "!= expected" in done.stdout and "verdict: FAIL" in done.stdout
+
+
+@pytest.mark.parametrize("change,message", [
+    (("identity_int32\"\ninputs", "no_such_model\"\ninputs"), "model 'no_such_model' is not ready on the server"),
+    (('name = "INPUT0"', 'name = "INPUT9"'), "no input 'INPUT9'"),
+])
+def test_missing_model_or_input_is_a_clear_startup_error(tmp_path: Path, change: tuple[str, str],
+                                                          message: str) -> None:
+    config = _setup(tmp_path, [1, 2, 3, 4])
+    config.write_text(config.read_text().replace(*change))
+    done = _run(config)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
