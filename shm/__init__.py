@@ -1,13 +1,19 @@
 """System and CUDA shared memory for Triton inputs and outputs, usable on its own.
 
-    with ShmPool(client, run_id, worker_id, mode="system") as pool:
-        tensor, slot = pool.infer_input("INPUT0", data, "FP32")
-        out = pool.allocate(data.nbytes)
-        client.infer(model, [tensor], outputs=[pool.requested_output("OUTPUT0", out)])
-        answer = pool.read(out, np.float32, data.shape)
+    import tritonclient.grpc as grpcclient
+    from shm import ShmPool
+
+    client = grpcclient.InferenceServerClient("127.0.0.1:8001")
+    with ShmPool(client, run_id="20261124-223501-ab12", worker_id=0, mode="auto") as pool:
+        x = pool.input_slot(data)                    # written into shared memory once
+        y = pool.output_slot(x.byte_size)
+        client.infer("identity_fp32", [pool.infer_input("INPUT0", x)],
+                     outputs=[pool.requested_output("OUTPUT0", y)])
+        answer = pool.read(y, data.dtype, data.shape)  # a zero-copy view (system memory)
 
 Regions are named `tee_<run id>_w<worker>_<n>`; `cleanup(run_id, client)` removes a crashed
-run's leftovers from the server and /dev/shm.
+run's leftovers from the server and /dev/shm. Server errors about shared memory come back as
+`ShmError` subclasses carrying the server's text (`classify_server_error` maps an infer error).
 """
 
 from ._cleanup import CleanupReport, cleanup, cleanup_all_runs
@@ -15,16 +21,18 @@ from ._cuda import CudaRegion
 from ._errors import (
     CudaError,
     CudaUnavailable,
+    KeyAlreadyRegistered,
     RegionAlreadyRegistered,
     RegionBoundsError,
     RegionKeyError,
     RegionNotRegistered,
     RegistrationRefused,
     ShmError,
-    classify,
+    classify_server_error,
 )
-from ._naming import region_name
+from ._naming import RegionName, belongs_to_run, parse_region_name, region_name
 from ._pool import ShmPool, Slot, resolve_mode
+from ._registration import RegisteredRegion, register_cuda, register_system, registered_regions, unregister
 from ._system import SystemRegion
 from .gpu import gpu_count, gpu_unavailable_reason
 
@@ -33,20 +41,29 @@ __all__ = [
     "CudaError",
     "CudaRegion",
     "CudaUnavailable",
+    "KeyAlreadyRegistered",
     "RegionAlreadyRegistered",
     "RegionBoundsError",
     "RegionKeyError",
+    "RegionName",
     "RegionNotRegistered",
+    "RegisteredRegion",
     "RegistrationRefused",
     "ShmError",
     "ShmPool",
     "Slot",
     "SystemRegion",
-    "classify",
+    "belongs_to_run",
+    "classify_server_error",
     "cleanup",
     "cleanup_all_runs",
     "gpu_count",
     "gpu_unavailable_reason",
+    "parse_region_name",
     "region_name",
+    "register_cuda",
+    "register_system",
+    "registered_regions",
     "resolve_mode",
+    "unregister",
 ]

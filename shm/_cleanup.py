@@ -1,53 +1,89 @@
-"""Remove what a crashed run left: regions registered on the server and objects in /dev/shm."""
+"""Remove what a run left behind: regions registered on the server and objects in /dev/shm.
+
+A killed worker cannot unregister or unlink its regions. The server keeps them mapped (and a
+CUDA region's IPC mapping open) until they are unregistered, and /dev/shm keeps the memory until
+the names are unlinked. Region names carry the run id (see _naming), so one pass finds them all.
+Call it when the run's workers are gone (or with `worker_id`, for one dead worker): it also
+removes the regions of live pools of that run.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from ._naming import PREFIX, belongs_to_run
-from ._registration import registered_regions, unregister
+from ._errors import ShmError
+from ._naming import belongs_to_run, parse_region_name
+from ._registration import KINDS, SYSTEM, registered_regions, unregister
 from ._system import SHM_DIR
 
 
 @dataclass(frozen=True)
 class CleanupReport:
-    unregistered: tuple[str, ...]  # names unregistered from the server
-    unlinked: tuple[str, ...]  # /dev/shm entries removed
+    """What a cleanup pass removed, and what it could not."""
+
+    unregistered_system: tuple[str, ...] = ()  # region names unregistered from the server
+    unregistered_cuda: tuple[str, ...] = ()
+    unlinked: tuple[str, ...] = ()  # /dev/shm entries removed
+    errors: tuple[str, ...] = ()  # what could not be done, and why
+
+    @property
+    def unregistered(self) -> tuple[str, ...]:
+        return self.unregistered_system + self.unregistered_cuda
+
+    @property
+    def removed_anything(self) -> bool:
+        return bool(self.unregistered or self.unlinked)
 
 
-def cleanup(run_id: str, client: Any = None) -> CleanupReport:
-    """Unregister the run's regions from the server (when a client is given) and unlink its
-    /dev/shm objects. Regions of other runs are left alone."""
-    return _cleanup(lambda name: belongs_to_run(name, run_id), client)
+def cleanup(run_id: str, client: Any = None, *, worker_id: int | None = None,
+            shm_dir: str = SHM_DIR) -> CleanupReport:
+    """Unregister from the server (when a sync tritonclient `client` is given) every system and CUDA
+    region of run `run_id` (of one worker, when `worker_id` is given), and unlink its /dev/shm
+    objects. Other runs' regions, and the server's own python-backend regions, are left alone."""
+    return _cleanup(lambda name: belongs_to_run(name, run_id, worker_id), client, shm_dir)
 
 
-def cleanup_all_runs(client: Any = None) -> CleanupReport:
-    """The same for every run's leftovers (every name with the project's prefix). Only safe when
+def cleanup_all_runs(client: Any = None, *, shm_dir: str = SHM_DIR) -> CleanupReport:
+    """The same for every run's regions (every name of the form tee_<run>_w<n>_<n>). Only safe when
     no run is going on against this server or on this host."""
-    return _cleanup(lambda name: name.lstrip("/").startswith(PREFIX), client)
+    return _cleanup(lambda name: parse_region_name(name) is not None, client, shm_dir)
 
 
-def _cleanup(matches, client: Any) -> CleanupReport:
-    unregistered: list[str] = []
+def _cleanup(matches: Callable[[str], bool], client: Any, shm_dir: str) -> CleanupReport:
+    unregistered: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    errors: list[str] = []
     if client is not None:
-        for cuda in (False, True):
+        for kind in KINDS:
             try:
-                regions = registered_regions(client, cuda=cuda)
-            except Exception:  # a server without the CUDA extension: nothing of that kind to remove
+                regions = registered_regions(client, kind)
+            except ShmError as exc:  # e.g. a server without CUDA shared memory support
+                errors.append(f"{kind} status: {exc}")
                 continue
-            for name, status in regions.items():
-                key = str(status.get("key", "")) if isinstance(status, dict) else ""
-                if matches(name) or (key and matches(key)):
-                    unregister(client, name, cuda=cuda)
-                    unregistered.append(name)
+            for region in regions:
+                # A region is ours by its name, or (system) by its key under any name.
+                if not (matches(region.name) or (region.key and matches(region.key))):
+                    continue
+                try:
+                    unregister(client, region.name, kind)
+                    unregistered[kind].append(region.name)
+                except ShmError as exc:
+                    errors.append(f"unregister {kind} region {region.name!r}: {exc}")
     unlinked: list[str] = []
-    for entry in sorted(os.listdir(SHM_DIR)):
-        if matches(entry):
-            try:
-                os.unlink(os.path.join(SHM_DIR, entry))
-                unlinked.append(entry)
-            except FileNotFoundError:
-                pass
-    return CleanupReport(tuple(unregistered), tuple(unlinked))
+    try:
+        entries = sorted(os.listdir(shm_dir))
+    except OSError as exc:
+        entries = []
+        errors.append(f"list {shm_dir}: {exc}")
+    for entry in entries:
+        if not matches(entry):
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, entry))
+            unlinked.append(entry)
+        except FileNotFoundError:
+            pass  # gone meanwhile (its owner closed it)
+        except OSError as exc:
+            errors.append(f"unlink {entry}: {exc}")
+    return CleanupReport(tuple(unregistered[SYSTEM]), tuple(unregistered["cuda"]), tuple(unlinked), tuple(errors))

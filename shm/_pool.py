@@ -1,167 +1,292 @@
 """A worker's pool of registered regions, handing out slots for input and output tensors.
 
-Regions are created and registered once, then reused: a slot is (region, offset, size), carved
-64-byte aligned from the current region, and returned to a free list by size when released, so
-a steady load allocates nothing after warm-up.
+Regions are created and registered with the server once (offset 0), then carved into 64-byte
+aligned slots. An input slot is written once and named by every request that sends that tensor;
+an output slot is where the server writes an answer, read back as a numpy view (system memory,
+no copy) or copied out (CUDA). Released slots go to a free list by size, so a steady load
+allocates nothing after warm-up. Build the InferInput / InferRequestedOutput objects once too:
+
+    with ShmPool(client, run_id, worker_id, mode="auto") as pool:
+        x = pool.input_slot(data)                       # written once
+        y = pool.output_slot(x.byte_size)
+        inputs, outputs = [pool.infer_input("INPUT0", x)], [pool.requested_output("OUTPUT0", y)]
+        answer = pool.read(y, data.dtype, data.shape)   # a view: shows each new answer
+        for _ in range(n):
+            client.infer("identity_fp32", inputs, outputs=outputs)
+            check(answer)
+
+One pool per process (or per thread): it is not thread-safe.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from ._cuda import CudaRegion
-from ._errors import ShmError
-from ._naming import region_name
-from ._registration import is_grpc, register_cuda, register_system, unregister
-from ._system import SystemRegion, tensor_bytes
+from ._errors import CudaUnavailable, RegionAlreadyRegistered, ShmError
+from ._naming import check_run_id, region_name
+from ._registration import CUDA, SYSTEM, protocol_of, register_cuda, register_system, require_sync, unregister
+from ._system import SystemRegion, is_bytes_dtype, tensor_bytes
 from .gpu import gpu_count, gpu_unavailable_reason
 
-ALIGN = 64
-DEFAULT_REGION_BYTES = 4 << 20
+ALIGN = 64  # slot offsets: cache-line aligned, and aligned for every Triton datatype
+DEFAULT_REGION_BYTES = 1 << 20
+MODES = ("system", "cuda", "auto")
+_NAME_ATTEMPTS = 64  # names taken by a dead predecessor of this worker are skipped, up to this many
+
+
+def align(byte_size: int) -> int:
+    return -(-byte_size // ALIGN) * ALIGN
 
 
 @dataclass(frozen=True)
 class Slot:
-    """Where a tensor lives: what a request names, and what crosses process lines."""
+    """Where a tensor lives: all a request needs to name it. Picklable, so it can cross process lines."""
 
-    region: str
+    region: str  # the region's name, as registered with the server
     offset: int
     byte_size: int
+    kind: str = SYSTEM  # "system" | "cuda"
+    datatype: str = ""  # input slots: the Triton datatype written there
+    shape: tuple[int, ...] = ()  # input slots: the tensor's shape
+
+    def infer_input(self, name: str, protocol: str = "grpc") -> Any:
+        """A tritonclient InferInput for `protocol` ("grpc" | "http") reading this slot."""
+        if not self.datatype:
+            raise ValueError(f"slot {self.region}@{self.offset} holds no tensor; fill it with input_slot()")
+        tensor = client_module(protocol).InferInput(name, list(self.shape), self.datatype)
+        tensor.set_shared_memory(self.region, self.byte_size, offset=self.offset)
+        return tensor
+
+    def requested_output(self, name: str, protocol: str = "grpc") -> Any:
+        """A tritonclient InferRequestedOutput for `protocol` that the server writes into this slot."""
+        output = client_module(protocol).InferRequestedOutput(name)
+        output.set_shared_memory(self.region, self.byte_size, offset=self.offset)
+        return output
+
+
+def client_module(protocol: str) -> Any:
+    if protocol not in ("grpc", "http"):
+        raise ValueError(f"protocol must be 'grpc' or 'http', not {protocol!r}")
+    return importlib.import_module(f"tritonclient.{protocol}")
 
 
 def resolve_mode(mode: str) -> tuple[str, str]:
-    """("system" | "cuda", why auto fell back, or "")."""
-    if mode not in ("system", "cuda", "auto"):
-        raise ValueError(f"shared memory mode must be system, cuda or auto, not {mode!r}")
+    """("system" | "cuda", why "auto" fell back to system memory, or "")."""
+    if mode not in MODES:
+        raise ValueError(f"shared memory mode must be one of {MODES}, not {mode!r}")
     if mode != "auto":
         return mode, ""
     if gpu_count() > 0:
-        return "cuda", ""
-    return "system", f"auto fell back to system shared memory: {gpu_unavailable_reason()}"
+        return CUDA, ""
+    return SYSTEM, f"no GPU, system shared memory instead: {gpu_unavailable_reason() or 'no CUDA device'}"
 
 
 class ShmPool:
-    def __init__(self, client: Any, run_id: str, worker_id: int, mode: str = "system",
+    """Slots in regions named `tee_<run_id>_w<worker_id>_<n>`, registered with the server through
+    `client` (a sync tritonclient gRPC or HTTP client). `mode`: "system", "cuda" or "auto" (CUDA
+    when a GPU is usable, else system, with the reason in `fallback_reason`)."""
+
+    def __init__(self, client: Any, run_id: str, worker_id: int, mode: str = "system", *,
                  region_bytes: int = DEFAULT_REGION_BYTES, device_id: int = 0) -> None:
+        require_sync(client)
+        if region_bytes <= 0:
+            raise ValueError(f"region_bytes must be positive, got {region_bytes}")
         self.client = client
-        self.run_id, self.worker_id = run_id, worker_id
+        self.protocol = protocol_of(client)
+        self.run_id = check_run_id(run_id)
+        self.worker_id = worker_id
         self.mode, self.fallback_reason = resolve_mode(mode)
-        self.region_bytes = region_bytes
+        if self.mode == CUDA and gpu_count() == 0:  # fail at creation, not at the first slot
+            raise CudaUnavailable(f"CUDA shared memory pool: {gpu_unavailable_reason() or 'no CUDA device'}")
+        self.region_bytes = align(region_bytes)
         self.device_id = device_id
         self._regions: dict[str, SystemRegion | CudaRegion] = {}
+        self._next_index = 0
         self._current: SystemRegion | CudaRegion | None = None
-        self._used = 0  # bytes handed out of the current region
-        self._free: dict[int, collections.deque[Slot]] = collections.defaultdict(collections.deque)
+        self._used = 0  # bytes carved from the current region
+        self._free: dict[int, collections.deque[tuple[str, int]]] = collections.defaultdict(collections.deque)
+        self._released: set[tuple[str, int]] = set()  # what is in _free, to refuse a double release
         self._closed = False
 
-    # -- slots --------------------------------------------------------------------------------
+    # -- slots -------------------------------------------------------------------------------
     def allocate(self, byte_size: int) -> Slot:
+        """Room for `byte_size` bytes: a released slot of that size, or a new one."""
         if self._closed:
-            raise ShmError("the pool is closed")
-        free = self._free.get(byte_size)
+            raise ShmError("the shared memory pool is closed")
+        if byte_size <= 0:
+            raise ValueError(f"slot size must be positive, got {byte_size}")
+        capacity = align(byte_size)
+        free = self._free.get(capacity)
         if free:
-            return free.popleft()
-        size = -(-byte_size // ALIGN) * ALIGN
-        if self._current is None or self._used + size > self._current.byte_size:
-            self._current = self._new_region(max(size, self.region_bytes))
+            name, offset = free.popleft()
+            self._released.discard((name, offset))
+            return Slot(name, offset, byte_size, self.mode)
+        if capacity > self.region_bytes:  # a region of its own; the current one keeps filling
+            return Slot(self._new_region(capacity).name, 0, byte_size, self.mode)
+        if self._current is None or self._used + capacity > self._current.byte_size:
+            self._current = self._new_region(self.region_bytes)
             self._used = 0
-        slot = Slot(self._current.name, self._used, byte_size)
-        self._used += size
+        slot = Slot(self._current.name, self._used, byte_size, self.mode)
+        self._used += capacity
         return slot
 
+    def input_slot(self, array: np.ndarray, datatype: str | None = None) -> Slot:
+        """A slot holding `array` (written now, once), ready to be named by any number of requests."""
+        array = np.asarray(array)
+        datatype = datatype or ("BYTES" if is_bytes_dtype(array.dtype) else np_to_triton_dtype(array.dtype))
+        raw = tensor_bytes(array)
+        room = self.allocate(max(raw.size, 1))  # an empty tensor still gets an address
+        self._regions[room.region].write_raw(room.offset, raw)
+        return Slot(room.region, room.offset, raw.size, room.kind, datatype, tuple(array.shape))
+
+    def output_slot(self, byte_size: int) -> Slot:
+        """A slot for the server to write an answer of up to `byte_size` bytes into."""
+        return self.allocate(byte_size)
+
+    def write(self, slot: Slot, array: np.ndarray) -> None:
+        """New values for an input slot: same byte size (same dtype and shape for numbers)."""
+        raw = tensor_bytes(np.asarray(array))
+        if raw.size != slot.byte_size:
+            raise ValueError(f"slot holds {slot.byte_size} bytes, the new tensor has {raw.size}; "
+                             "take a new input_slot() and release() this one")
+        self._region(slot).write_raw(slot.offset, raw)
+
+    def clear(self, slot: Slot) -> None:
+        """Zero a slot, e.g. an output slot before a request, so a stale answer cannot pass a check."""
+        self._region(slot).fill(slot.offset, slot.byte_size)
+
     def release(self, slot: Slot) -> None:
-        self._free[slot.byte_size].append(slot)
+        """Give a slot back for reuse by a later allocation of the same aligned size."""
+        self._region(slot)
+        place = (slot.region, slot.offset)
+        if place in self._released:
+            raise ValueError(f"slot {slot.region}@{slot.offset} was released already")
+        self._released.add(place)
+        self._free[align(max(slot.byte_size, 1))].append(place)
 
-    def _new_region(self, byte_size: int) -> SystemRegion | CudaRegion:
-        name = region_name(self.run_id, self.worker_id, len(self._regions))
-        region: SystemRegion | CudaRegion
-        if self.mode == "cuda":
-            region = CudaRegion(name, byte_size, self.device_id)
-        else:
-            region = SystemRegion(name, byte_size)
-        try:
-            if isinstance(region, CudaRegion):
-                register_cuda(self.client, name, region.raw_handle_b64, self.device_id, byte_size)
-            else:
-                register_system(self.client, name, region.key, byte_size)
-        except BaseException:
-            region.close()
-            raise
-        self._regions[name] = region
-        return region
+    # -- requests ------------------------------------------------------------------------------
+    def infer_input(self, name: str, slot: Slot) -> Any:
+        """The InferInput (for this pool's client protocol) that reads input `name` from `slot`."""
+        return slot.infer_input(name, self.protocol)
 
-    # -- data -----------------------------------------------------------------------------------
-    def write(self, slot: Slot, array: np.ndarray) -> int:
-        return self._regions[slot.region].write(slot.offset, array)
+    def requested_output(self, name: str, slot: Slot) -> Any:
+        """The InferRequestedOutput (for this pool's client protocol) written into `slot`."""
+        return slot.requested_output(name, self.protocol)
 
-    def read(self, slot: Slot, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.ndarray:
-        """An output tensor: a zero-copy view for system memory (valid until the slot is reused), a
-        host copy for CUDA. BYTES outputs are decoded (a copy either way)."""
-        region = self._regions[slot.region]
-        if np.dtype(dtype) == np.object_:
-            return region.read_bytes_tensor(slot.offset, slot.byte_size, shape)
+    def read(self, slot: Slot, dtype: np.dtype | type | str, shape: tuple[int, ...] | list[int],
+             out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor in `slot`: for system memory a zero-copy view (it shows the next answer
+        written there too; valid until close); for CUDA a host copy (into `out` when given).
+        BYTES tensors are decoded, a copy either way."""
+        region = self._region(slot)
+        if is_bytes_dtype(np.dtype(dtype)):
+            return region.read_bytes(slot.offset, shape, slot.byte_size)
         if isinstance(region, CudaRegion):
-            return region.read(slot.offset, dtype, shape)
+            return region.read(slot.offset, dtype, shape, out=out)
         return region.view(slot.offset, dtype, shape)
 
-    def infer_input(self, name: str, array: np.ndarray, datatype: str, slot: Slot | None = None,
-                    protocol_module: Any = None) -> tuple[Any, Slot]:
-        """Write `array` into a slot (allocated when not given) and return the InferInput naming it."""
-        module = protocol_module or _module(self.client)
-        raw_size = _byte_size(array)
-        slot = slot or self.allocate(raw_size)
-        written = self.write(slot, array)
-        tensor = module.InferInput(name, list(array.shape), datatype)
-        tensor.set_shared_memory(slot.region, written, offset=slot.offset)
-        return tensor, slot
+    def read_output(self, result: Any, name: str, slot: Slot) -> np.ndarray:
+        """`read()` with the datatype and shape the server's answer (an InferResult) gives for `name`."""
+        output = result.get_output(name)
+        if output is None:
+            raise ShmError(f"the answer has no output {name!r}")
+        if isinstance(output, dict):  # HTTP
+            datatype, shape = output["datatype"], output["shape"]
+        else:  # gRPC protobuf
+            datatype, shape = output.datatype, output.shape
+        return self.read(slot, triton_to_np_dtype(datatype), tuple(int(d) for d in shape))
 
-    def requested_output(self, name: str, slot: Slot, protocol_module: Any = None) -> Any:
-        module = protocol_module or _module(self.client)
-        output = module.InferRequestedOutput(name)
-        output.set_shared_memory(slot.region, slot.byte_size, offset=slot.offset)
-        return output
-
+    # -- regions -------------------------------------------------------------------------------
     @property
     def region_names(self) -> list[str]:
         return list(self._regions)
 
-    # -- lifecycle ---------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Unregister every region from the server and free it. Idempotent; errors on the way do
-        not stop the rest from being released."""
+    @property
+    def reserved_bytes(self) -> int:
+        return sum(region.byte_size for region in self._regions.values())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _region(self, slot: Slot) -> SystemRegion | CudaRegion:
+        try:
+            return self._regions[slot.region]
+        except KeyError:
+            state = "closed" if self._closed else "open"
+            raise ShmError(f"slot region {slot.region!r} is not one of this {state} pool's regions") from None
+
+    def _new_region(self, byte_size: int) -> SystemRegion | CudaRegion:
+        last_error: Exception | None = None
+        for _ in range(_NAME_ATTEMPTS):
+            name = region_name(self.run_id, self.worker_id, self._next_index)
+            self._next_index += 1
+            try:
+                region = self._create(name, byte_size)
+            except FileExistsError as exc:  # left by a killed predecessor with this worker id
+                last_error = exc
+                continue
+            try:
+                if isinstance(region, CudaRegion):
+                    register_cuda(self.client, name, region.raw_handle, self.device_id, byte_size)
+                else:
+                    register_system(self.client, name, region.key, byte_size)
+            except RegionAlreadyRegistered as exc:  # the name is still registered by a predecessor
+                region.close()
+                last_error = exc
+                continue
+            except BaseException:
+                region.close()
+                raise
+            self._regions[name] = region
+            return region
+        raise ShmError(f"no free region name for run {self.run_id} worker {self.worker_id} after "
+                       f"{_NAME_ATTEMPTS} tries (run shm.cleanup for the run): {last_error}")
+
+    def _create(self, name: str, byte_size: int) -> SystemRegion | CudaRegion:
+        if self.mode == CUDA:
+            return CudaRegion(name, byte_size, self.device_id)
+        return SystemRegion(name, byte_size)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def close(self, raise_errors: bool = True) -> None:
+        """Unregister every region from the server and free it. Idempotent. An error on the way
+        (the server gone, say) does not stop the rest from being freed; the first one is raised
+        at the end unless `raise_errors` is false."""
         if self._closed:
             return
         self._closed = True
-        first_error: BaseException | None = None
+        errors: list[BaseException] = []
         for name, region in self._regions.items():
             try:
-                unregister(self.client, name, cuda=isinstance(region, CudaRegion))
-            except Exception as exc:  # the server may be gone; the local memory is freed regardless
-                first_error = first_error or exc
-            region.close()
+                unregister(self.client, name, region.kind)
+            except Exception as exc:
+                errors.append(exc)
+            try:
+                region.close()
+            except Exception as exc:
+                errors.append(exc)
         self._regions.clear()
         self._free.clear()
+        self._released.clear()
         self._current = None
-        if first_error is not None:
-            raise first_error
+        if errors and raise_errors:
+            raise ShmError(f"closing the pool: {len(errors)} error(s), first: {errors[0]}") from errors[0]
 
     def __enter__(self) -> "ShmPool":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # With an exception already on its way out, do not hide it behind a cleanup error.
+        self.close(raise_errors=exc_type is None)
 
-
-def _module(client: Any) -> Any:
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
-    return grpcclient if is_grpc(client) else httpclient
-
-
-def _byte_size(array: np.ndarray) -> int:
-    return len(tensor_bytes(array)) if array.dtype == np.object_ else array.nbytes
+    def __repr__(self) -> str:
+        return (f"ShmPool(run {self.run_id}, worker {self.worker_id}, {self.mode}, {len(self._regions)} regions, "
+                f"{'closed' if self._closed else 'open'})")

@@ -1,35 +1,88 @@
-"""A POSIX shared-memory region the process owns: /dev/shm/<name>, mapped once.
+"""A POSIX shared-memory region this process owns: /dev/shm/<name>, mapped once.
 
-Created with os.open(O_CREAT | O_EXCL) rather than multiprocessing.shared_memory, whose resource
-tracker warns about and unlinks regions behind the owner's back.
+Created with os.open(O_CREAT | O_EXCL) + ftruncate + mmap rather than with
+multiprocessing.shared_memory (which tritonclient.utils.shared_memory wraps): that one's
+resource tracker warns about, and unlinks, regions behind the owner's back when a process exits.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
+import struct
 
 import numpy as np
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 SHM_DIR = "/dev/shm"
+KIND = "system"
 
 
-def tensor_bytes(array: np.ndarray) -> bytes:
-    """The bytes Triton expects for a tensor: raw for numbers, length-prefixed for BYTES."""
-    if array.dtype == np.object_:
-        return serialize_byte_tensor(array).item() if array.size else b""  # a 0-d array holding the bytes
-    return np.ascontiguousarray(array).tobytes()
+def is_bytes_dtype(dtype: np.dtype) -> bool:
+    """BYTES tensors: object arrays of bytes/str, or fixed-width bytes arrays."""
+    return dtype == np.object_ or dtype.kind == "S"
+
+
+def tensor_bytes(array: np.ndarray) -> np.ndarray:
+    """The bytes Triton reads for `array`, as a flat uint8 array: the raw values for numbers (no
+    copy when `array` is contiguous), 4-byte-length-prefixed elements for BYTES."""
+    if is_bytes_dtype(array.dtype):
+        if array.size == 0:
+            return np.empty(0, np.uint8)
+        return np.frombuffer(serialize_byte_tensor(array).item(), dtype=np.uint8)
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+def as_byte_array(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """`data` as a flat uint8 array (no copy when it is contiguous already)."""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def bytes_tensor_extent(buffer: np.ndarray, count: int) -> int:
+    """Length of the first `count` serialized BYTES elements in `buffer` (uint8). The server does
+    not say how many bytes it wrote into an output region, so the elements are walked."""
+    position, end = 0, len(buffer)
+    for _ in range(count):
+        if position + 4 > end:
+            raise ValueError(f"BYTES tensor: element length runs past the {end}-byte slot")
+        (length,) = struct.unpack_from("<I", buffer, position)
+        position += 4 + length
+    if position > end:
+        raise ValueError(f"BYTES tensor: {position} bytes do not fit the {end}-byte slot")
+    return position
+
+
+def decode_bytes_tensor(buffer: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A BYTES tensor (object array of bytes) from the serialized form at the start of `buffer`."""
+    count = math.prod(shape)
+    if count == 0:
+        return np.empty(shape, dtype=np.object_)
+    extent = bytes_tensor_extent(buffer, count)
+    return deserialize_bytes_tensor(buffer[:extent].tobytes()).reshape(shape)
 
 
 class SystemRegion:
-    def __init__(self, name: str, byte_size: int) -> None:
+    """`/dev/shm/<name>` of `byte_size` bytes, created exclusively, mapped read-write.
+
+    `view()` gives zero-copy numpy views (valid until close), `write()` copies a tensor in.
+    close() unmaps and unlinks; it is idempotent. Not thread-safe: one owner at a time.
+    """
+
+    kind = KIND
+
+    def __init__(self, name: str, byte_size: int, *, shm_dir: str = SHM_DIR, mode: int = 0o600) -> None:
+        if not name or "/" in name:
+            raise ValueError(f"region name {name!r}: one path component, no '/'")
         if byte_size <= 0:
             raise ValueError(f"region {name}: size must be positive, got {byte_size}")
         self.name = name
         self.byte_size = byte_size
-        self.path = os.path.join(SHM_DIR, name)
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        self.path = os.path.join(shm_dir, name)
+        # O_EXCL: never adopt (and later unlink) an object someone else made under this name.
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
         try:
             os.ftruncate(fd, byte_size)
             self._map: mmap.mmap | None = mmap.mmap(fd, byte_size)
@@ -37,56 +90,80 @@ class SystemRegion:
             os.close(fd)
             os.unlink(self.path)
             raise
-        os.close(fd)  # the mapping keeps the memory; the name keeps the object for the server
+        os.close(fd)  # the mapping keeps the memory, the name keeps the object for the server
+        self._mem: np.ndarray | None = np.frombuffer(self._map, dtype=np.uint8)
 
     @property
     def key(self) -> str:
         """What the server opens: '/' + name."""
         return "/" + self.name
 
-    def _buffer(self) -> mmap.mmap:
-        if self._map is None:
-            raise ValueError(f"region {self.name} is closed")
-        return self._map
-
-    def write(self, offset: int, array: np.ndarray) -> int:
-        """Copy `array` in at `offset` (BYTES tensors serialized as Triton reads them); returns bytes written."""
-        raw = tensor_bytes(array)
-        if offset < 0 or offset + len(raw) > self.byte_size:
-            raise ValueError(f"region {self.name}: {len(raw)} bytes at offset {offset} do not fit {self.byte_size}")
-        self._buffer()[offset:offset + len(raw)] = raw
-        return len(raw)
-
-    def view(self, offset: int, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.ndarray:
-        """A numpy view of the region's bytes (no copy): valid until close()."""
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape)) if shape else 1
-        return np.frombuffer(self._buffer(), dtype=dtype, count=count, offset=offset).reshape(shape)
-
-    def read_bytes_tensor(self, offset: int, byte_size: int, shape: tuple[int, ...]) -> np.ndarray:
-        """A BYTES tensor (object array) decoded from the region (a copy: the strings are new objects)."""
-        raw = bytes(self._buffer()[offset:offset + byte_size])
-        return deserialize_bytes_tensor(raw).reshape(shape)
-
-    def close(self) -> None:
-        """Unmap and unlink. Idempotent; views taken earlier must not be used afterwards."""
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                pass  # a live numpy view pins the mapping; it goes when the view does
-            self._map = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+    @property
+    def size(self) -> int:
+        return self.byte_size
 
     @property
     def closed(self) -> bool:
         return self._map is None
+
+    def _span(self, offset: int, nbytes: int) -> np.ndarray:
+        if self._mem is None:
+            raise ValueError(f"region {self.name} is closed")
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.byte_size:
+            raise ValueError(f"region {self.name}: {nbytes} bytes at offset {offset} do not fit {self.byte_size}")
+        return self._mem[offset:offset + nbytes]
+
+    def write(self, offset: int, array: np.ndarray) -> int:
+        """Copy `array` in at `offset` (BYTES serialized as Triton reads them); returns the bytes written."""
+        raw = tensor_bytes(np.asarray(array))
+        self._span(offset, raw.size)[:] = raw
+        return raw.size
+
+    def write_raw(self, offset: int, data: bytes | bytearray | memoryview | np.ndarray) -> int:
+        raw = as_byte_array(data)
+        self._span(offset, raw.size)[:] = raw
+        return raw.size
+
+    def fill(self, offset: int, nbytes: int, value: int = 0) -> None:
+        """Set `nbytes` at `offset` to `value` (e.g. zero an output slot before a request)."""
+        self._span(offset, nbytes).fill(value)
+
+    def view(self, offset: int, dtype: np.dtype | type | str, shape: tuple[int, ...] | list[int]) -> np.ndarray:
+        """A numpy view of the region's bytes, no copy. It shows whatever the server writes there
+        next, and must not be used after close()."""
+        dtype = np.dtype(dtype)
+        if is_bytes_dtype(dtype):
+            raise TypeError("BYTES tensors are serialized; read them with read_bytes()")
+        shape = tuple(int(d) for d in shape)
+        return self._span(offset, math.prod(shape) * dtype.itemsize).view(dtype).reshape(shape)
+
+    def read_bytes(self, offset: int, shape: tuple[int, ...] | list[int], byte_size: int | None = None) -> np.ndarray:
+        """A BYTES tensor decoded from the region (a copy: the elements are new bytes objects)."""
+        limit = self.byte_size - offset if byte_size is None else byte_size
+        return decode_bytes_tensor(self._span(offset, limit), tuple(int(d) for d in shape))
+
+    def close(self) -> None:
+        """Unmap and unlink. Idempotent. A view still alive keeps the mapping (not the name) until
+        it is garbage-collected."""
+        if self._map is None:
+            return  # closed already: never unlink again, the name may belong to a new object now
+        self._mem = None
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a caller's view pins the mapping; it is unmapped when the view goes
+        self._map = None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass  # already removed, e.g. by a cleanup pass
 
     def __enter__(self) -> "SystemRegion":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"SystemRegion({self.name!r}, {self.byte_size}, {state})"
