@@ -14,8 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tritonclient.grpc as grpcclient
+
 from model_repo_gen import ModelSpec
 from model_repo_gen.options import FAULTY_MODELS
+from shm import cleanup
 from workers.user_load import ResolvedLoad, resolve_loads
 from workers.worker import WorkerSpec, scenario_table, start_worker
 
@@ -110,6 +113,7 @@ class Coordinator:
             for process in workers.values():
                 if process.is_alive():  # type: ignore[attr-defined]
                     process.kill()  # type: ignore[attr-defined]
+            self._clean_shm(server.endpoints)
             server.stop()
             signals.restore()
             collector.poll(0.2)
@@ -126,6 +130,7 @@ class Coordinator:
             id_block=block, grpc_url=endpoints.grpc, http_url=endpoints.http, protocol=self.config.workers.protocol,
             concurrency=self.config.workers.concurrency, models=models, scenarios=self.config.scenarios,
             telemetry_endpoint=telemetry, deadline_s=max(0.0, deadline - time.monotonic()),
+            shm_mode=self.config.workers.shm,
             user_loads=self.user_loads, load_weights=tuple(e.weight for e in self.config.load),
             load=self.config.workers.load, rate=self.config.workers.rate,
             max_outstanding=self.config.workers.max_outstanding,
@@ -140,6 +145,7 @@ class Coordinator:
             for index, process in list(workers.items()):
                 if not process.is_alive() and time.monotonic() < deadline - 1.0:
                     self._incident(f"worker {index} exited with status {process.exitcode}; replaced")
+                    self._clean_shm(server.endpoints, worker_id=index)
                     del workers[index]
                     self._spawn(workers, models, server.endpoints, collector.endpoint, deadline)
             if server.pid is not None and not server.is_running():
@@ -162,6 +168,21 @@ class Coordinator:
             if process.is_alive():
                 self._incident(f"worker {index} did not stop in time; killed")
                 process.kill()
+
+    def _clean_shm(self, endpoints, worker_id: int | None = None) -> None:
+        """Unregister and unlink what a dead worker (or, at the end, any worker) left behind."""
+        client = grpcclient.InferenceServerClient(endpoints.grpc)
+        try:
+            report = cleanup(self.paths.run_id, client, worker_id=worker_id)
+        except Exception as exc:  # the server may be gone; /dev/shm is cleaned on the next pass
+            self._incident(f"shared-memory cleanup failed: {exc}")
+            return
+        finally:
+            client.close()
+        if report.unregistered or report.unlinked:
+            whose = f"worker {worker_id}" if worker_id is not None else "the run"
+            self._incident(f"shared memory left by {whose}: unregistered {len(report.unregistered)}, "
+                           f"unlinked {len(report.unlinked)}")
 
     def _incident(self, what: str) -> None:
         at = time.monotonic() - self._started if self._started else 0.0

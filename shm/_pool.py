@@ -21,6 +21,7 @@ One pool per process (or per thread): it is not thread-safe.
 from __future__ import annotations
 
 import collections
+import time
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -256,19 +257,29 @@ class ShmPool:
         return SystemRegion(name, byte_size)
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def close(self, raise_errors: bool = True) -> None:
+    def close(self, raise_errors: bool = True, busy_timeout: float = 30.0) -> None:
         """Unregister every region from the server and free it. Idempotent. An error on the way
         (the server gone, say) does not stop the rest from being freed; the first one is raised
-        at the end unless `raise_errors` is false."""
+        at the end unless `raise_errors` is false.
+
+        The server refuses to unregister a region a request still uses ("currently in use": a
+        request the client gave up on, by deadline, may still be running); such a region is
+        retried for up to `busy_timeout` seconds."""
         if self._closed:
             return
         self._closed = True
         errors: list[BaseException] = []
+        deadline = time.monotonic() + busy_timeout
         for name, region in self._regions.items():
-            try:
-                unregister(self.client, name, region.kind)
-            except Exception as exc:
-                errors.append(exc)
+            while True:
+                try:
+                    unregister(self.client, name, region.kind)
+                except Exception as exc:
+                    if "currently in use" in str(exc) and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                        continue
+                    errors.append(exc)
+                break
             try:
                 region.close()
             except Exception as exc:

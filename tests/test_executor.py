@@ -14,6 +14,10 @@ import zmq
 from engine.config import ScenariosSection
 from model_repo_gen import RepoOptions, generate_repository
 from model_repo_gen.options import HEALTHY_MODELS
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from shm import ShmPool
 from tests.server_helpers import serve_repository
 from workers.executor import Executor
 from workers.plans import PLANNERS, IdSource, Plan, PlanContext, Step
@@ -65,8 +69,10 @@ async def _run_plans(executor: Executor, plans: list[Plan], codes: dict[str, int
         return [await executor.run(plan, codes[plan.scenario]) for plan in plans]
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "grpc_stream", "http"])
-def test_every_request_plan_passes_and_is_counted_exactly(server, tmp_path: Path, protocol: str) -> None:
+@pytest.mark.parametrize("protocol,shm_mode", [("grpc", "none"), ("grpc_stream", "none"), ("http", "none"),
+                                               ("grpc", "system"), ("http", "system")])
+def test_every_request_plan_passes_and_is_counted_exactly(server, tmp_path: Path, protocol: str,
+                                                          shm_mode: str) -> None:
     running, specs = server
     scenarios = tuple(sorted(PLANNERS))
     codes = {name: i for i, name in enumerate(scenarios)}
@@ -81,9 +87,18 @@ def test_every_request_plan_passes_and_is_counted_exactly(server, tmp_path: Path
     pull.bind(endpoint)
     sender = TelemetrySender(endpoint, "worker-3", RecordBuffer(tuple(models), scenarios, protocol), context=context)
     before = _successes(running.metrics_url)
+    pool = None
+    if shm_mode != "none":
+        sync = (httpclient.InferenceServerClient(running.http_url) if protocol == "http"
+                else grpcclient.InferenceServerClient(running.grpc_url))
+        pool = ShmPool(sync, "testrun-exec", 3, mode=shm_mode)
     executor = Executor(protocol=protocol, grpc_url=running.grpc_url, http_url=running.http_url, models=models,
-                        model_codes=model_codes, sender=sender)
+                        model_codes=model_codes, sender=sender, pool=pool)
     outcomes = asyncio.run(_run_plans(executor, plans, codes))
+    if pool is not None:
+        assert pool.region_names  # the tensors did travel through shared memory
+        pool.close()
+        sync.close()
     sender.close()
     after = _successes(running.metrics_url)
     batches, events = _drain(pull)

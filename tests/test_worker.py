@@ -16,6 +16,9 @@ import zmq
 from engine.config import DEFAULT_WEIGHTS, ScenariosSection
 from model_repo_gen import RepoOptions, generate_repository
 from model_repo_gen.options import HEALTHY_MODELS
+import tritonclient.grpc as grpcclient
+
+from shm import cleanup, registered_regions
 from tests.server_helpers import serve_repository
 from workers.telemetry import KIND_BATCH, KIND_EVENT, KIND_HEARTBEAT, STATUS_OK, decode_batch, unpack
 from workers.worker import WorkerSpec, replay_scenarios, scenario_table, start_worker
@@ -64,14 +67,15 @@ def _collect(socket: zmq.Socket, process, timeout: float) -> list:
     return messages
 
 
-def test_worker_runs_every_scenario_and_loses_nothing(server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shm_mode", ["none", "system"])
+def test_worker_runs_every_scenario_and_loses_nothing(server, tmp_path: Path, shm_mode: str) -> None:
     running, specs = server
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
     endpoint = f"ipc://{tmp_path}/w.sock"
     pull.bind(endpoint)
     before = _successes(running.metrics_url)
-    process = start_worker(_spec(running, specs, endpoint))
+    process = start_worker(_spec(running, specs, endpoint, shm_mode=shm_mode))
     try:
         messages = _collect(pull, process, 60)
         process.join(10)
@@ -99,6 +103,38 @@ def test_worker_runs_every_scenario_and_loses_nothing(server, tmp_path: Path) ->
     # and the crashing client's requests are the server's too (counted there, not by the worker)
     assert ok <= after - before
     assert beats[-1].body["records_dropped"] == 0
+    # A worker that exits leaves nothing registered on the server and nothing in /dev/shm.
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith("tee_testrun-worker_")]
+    client = grpcclient.InferenceServerClient(running.grpc_url)
+    assert not [r for r in registered_regions(client, "system") if r.name.startswith("tee_testrun-worker_")]
+    client.close()
+
+
+def test_killed_shm_worker_is_cleaned_up(server, tmp_path: Path) -> None:
+    running, specs = server
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    endpoint = f"ipc://{tmp_path}/k.sock"
+    pull.bind(endpoint)
+    process = start_worker(_spec(running, specs, endpoint, worker_id=5, deadline_s=300.0, shm_mode="system"))
+    client = grpcclient.InferenceServerClient(running.grpc_url)
+    try:
+        assert pull.poll(30_000)
+        time.sleep(1.0)
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(10)
+        left = [n for n in os.listdir("/dev/shm") if n.startswith("tee_testrun-worker_w5_")]
+        assert left, "the killed worker held regions"
+        report = cleanup("testrun-worker", client, worker_id=5)
+        assert set(left) <= set(report.unlinked) and report.unregistered
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith("tee_testrun-worker_w5_")]
+        assert not [r for r in registered_regions(client, "system") if r.name.startswith("tee_testrun-worker_w5_")]
+    finally:
+        if process.is_alive():
+            process.kill()
+        client.close()
+        pull.close(0)
+        context.term()
 
 
 def test_sigterm_stops_the_worker_gracefully(server, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from model_repo_gen.spec import (
     DECOUPLED_VALUE_INPUT,
     ModelSpec,
 )
+from shm import ShmPool, Slot
 
 from .plans import DEADLINE_ERROR, Plan, Step
 from .sender import TelemetrySender
@@ -104,8 +105,12 @@ def _output_names(spec: ModelSpec, step: Step) -> list[str]:
 
 class Executor:
     def __init__(self, *, protocol: str, grpc_url: str, http_url: str, models: dict[str, ModelSpec],
-                 model_codes: dict[str, int], sender: TelemetrySender) -> None:
+                 model_codes: dict[str, int], sender: TelemetrySender, pool: ShmPool | None = None) -> None:
         self.protocol = protocol
+        # With a pool, unary requests carry their tensors in shared memory: inputs written into a
+        # slot, outputs written by the server into a slot and read in place.
+        self.pool = pool
+        self.retired_slots = 0  # slots of failed requests, never reused (the server may still write)
         self.models = models
         self.model_codes = model_codes
         self.sender = sender
@@ -169,20 +174,22 @@ class Executor:
         token = self.in_flight.begin(start, model)
         error: BaseException | None = None
         got: Any = None
+        held: list[Slot] = []
         try:
             if spec.decoupled:
                 got = await self._stream_decoupled(step)
             elif stream is not None and step.sequence_id:
                 got = await stream.infer(spec, step)
             else:
-                got = await self._unary(spec, step)
+                got = await self._unary(spec, step, held)
         except Exception as exc:  # every failure is a finding: recorded, not raised
             error = exc
         finally:
             self.in_flight.end(token)
         latency = time.monotonic_ns() - start
         outcome.requests += 1
-        status, failure = self._judge(spec, step, got, error)
+        status, failure = self._judge(spec, step, got, error)  # reads shm outputs in place, before release
+        self._give_back(held, error is None)
         self.sender.record(start, latency, model, scenario, status, seq_code, index)
         if step.sequence_id and step.end:
             self.in_flight.sequences.pop(step.sequence_id, None)
@@ -206,20 +213,57 @@ class Executor:
                 return STATUS_WRONG, f"{name} {_short(answer)} != expected {_short(want)}"[:FAILURE_TEXT_LIMIT]
         return STATUS_OK, ""
 
+    def _give_back(self, held: list[Slot], answered: bool) -> None:
+        if self.pool is None or not held:
+            return
+        if answered:
+            for slot in held:
+                self.pool.release(slot)
+        else:
+            self.retired_slots += len(held)
+
+    def _tensors(self, spec: ModelSpec, step: Step, names: list[str], held: list[Slot], module: Any) -> tuple:
+        """InferInputs and requested outputs: in shared memory with a pool, inline without."""
+        inputs, outputs, slots = [], [], {}
+        for name, data in _inputs(spec, step):
+            if self.pool is None:
+                tensor = (_http_input if module is httpclient else _grpc_input)(name, data)
+            else:
+                slot = self.pool.input_slot(data)
+                held.append(slot)
+                tensor = self.pool.infer_input(name, slot)
+            inputs.append(tensor)
+        for name in names:
+            # The answer's size is known where the model echoes its first input (every generated
+            # model but the user's); an expected error needs no output room.
+            if self.pool is not None and spec.kind != "user" and not step.expect_error and name == spec.outputs[0].name:
+                slot = self.pool.output_slot(held[0].byte_size)
+                self.pool.clear(slot)  # a stale answer in a reused slot must not pass the check
+                held.append(slot)
+                slots[name] = slot
+                outputs.append(self.pool.requested_output(name, slot))
+            else:
+                outputs.append(module.InferRequestedOutput(name))
+        return inputs, outputs, slots
+
+    def _answers(self, result: Any, names: list[str], slots: dict[str, Slot]) -> dict[str, np.ndarray | None]:
+        return {name: self.pool.read_output(result, name, slots[name]) if name in slots and self.pool
+                else result.as_numpy(name) for name in names}
+
     # -- transports ---------------------------------------------------------------------------
-    async def _unary(self, spec: ModelSpec, step: Step) -> dict[str, np.ndarray | None]:
+    async def _unary(self, spec: ModelSpec, step: Step, held: list[Slot]) -> dict[str, np.ndarray | None]:
         names = _output_names(spec, step)
         if self._http is not None:
-            inputs = [_http_input(name, data) for name, data in _inputs(spec, step)]
-            call = self._http.infer(spec.name, inputs, outputs=[httpclient.InferRequestedOutput(n) for n in names],
-                                    sequence_id=step.sequence_id, sequence_start=step.start, sequence_end=step.end)
+            inputs, outputs, slots = self._tensors(spec, step, names, held, httpclient)
+            call = self._http.infer(spec.name, inputs, outputs=outputs, sequence_id=step.sequence_id,
+                                    sequence_start=step.start, sequence_end=step.end)
             result = await (asyncio.wait_for(call, step.timeout_s) if step.timeout_s else call)
         else:
-            inputs = [_grpc_input(name, data) for name, data in _inputs(spec, step)]
-            result = await self._grpc.infer(spec.name, inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in names],
-                                            sequence_id=step.sequence_id, sequence_start=step.start,
-                                            sequence_end=step.end, client_timeout=step.timeout_s)
-        return {name: result.as_numpy(name) for name in names}
+            inputs, outputs, slots = self._tensors(spec, step, names, held, grpcclient)
+            result = await self._grpc.infer(spec.name, inputs, outputs=outputs, sequence_id=step.sequence_id,
+                                            sequence_start=step.start, sequence_end=step.end,
+                                            client_timeout=step.timeout_s)
+        return self._answers(result, names, slots)
 
     async def _stream_decoupled(self, step: Step) -> dict[str, np.ndarray]:
         inputs = [_grpc_input(DECOUPLED_VALUE_INPUT, step.values.astype(np.int32).reshape(1)),

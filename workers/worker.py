@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from model_repo_gen.spec import ModelSpec
+from shm import ShmPool
 
 from .executor import Executor, PlanOutcome
 from .plans import (
@@ -51,6 +54,7 @@ class WorkerSpec:
     scenarios: Any  # the [scenarios] section (weights and knobs); ScenarioSettings
     telemetry_endpoint: str
     deadline_s: float  # seconds from the worker's start until it stops on its own
+    shm_mode: str = "none"  # none, system, cuda or auto: where request tensors travel
     user_loads: tuple[ResolvedLoad, ...] = ()  # [[load]] entries, resolved against the server
     load_weights: tuple[int, ...] = ()  # their weights, in order
     load: str = "closed"  # closed, constant or poisson
@@ -143,10 +147,34 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
 
+    def _open_pool(self) -> ShmPool | None:
+        """The worker's shared-memory pool (registered through a sync client of its protocol)."""
+        if self.spec.shm_mode == "none":
+            return None
+        if self.spec.protocol == "http":
+            client: Any = httpclient.InferenceServerClient(self.spec.http_url)
+        else:
+            client = grpcclient.InferenceServerClient(self.spec.grpc_url)
+        pool = ShmPool(client, self.spec.run_id, self.spec.worker_id, mode=self.spec.shm_mode)
+        if pool.fallback_reason:
+            self.sender.event("shm_fallback", "", "", pool.fallback_reason)
+        return pool
+
     async def run(self) -> None:
         deadline = time.monotonic() + self.spec.deadline_s
+        pool = self._open_pool()
+        try:
+            await self._run(deadline, pool)
+        finally:
+            if pool is not None:
+                pool.close(raise_errors=False)
+                pool.client.close()
+        self.sender.close()
+
+    async def _run(self, deadline: float, pool: ShmPool | None) -> None:
         async with Executor(protocol=self.spec.protocol, grpc_url=self.spec.grpc_url, http_url=self.spec.http_url,
-                            models=self.models, model_codes=self.model_codes, sender=self.sender) as executor:
+                            models=self.models, model_codes=self.model_codes, sender=self.sender,
+                            pool=pool) as executor:
             self.executor = executor
             if self.spec.load == "closed":
                 lanes = [asyncio.create_task(self._lane(lane, deadline)) for lane in range(self.spec.concurrency)]
@@ -158,7 +186,6 @@ class Worker:
             finally:
                 beat.cancel()
                 self._heartbeat()
-        self.sender.close()
 
     async def _lane(self, lane: int, deadline: float) -> None:
         rng = lane_generator(self.spec, lane)
