@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
+
+import zmq
 
 from engine.server import LaunchedServer, LaunchOptions
 
@@ -33,3 +36,24 @@ def serve_repository(repo_dir: Path, work_dir: Path, extra_args: Sequence[str] =
         yield RunningServer(server)
     finally:
         server.stop()
+
+
+def successes(metrics_url: str) -> float:
+    """The server's own count of successful requests, summed over models."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("nv_inference_request_success{"))
+
+
+@contextmanager
+def telemetry_sink(directory: Path, name: str = "telemetry") -> Iterator[tuple[str, zmq.Socket]]:
+    """A bound PULL socket (ipc in `directory`) that telemetry senders can connect to."""
+    context = zmq.Context()
+    socket = context.socket(zmq.PULL)
+    endpoint = f"ipc://{directory}/{name}.sock"
+    socket.bind(endpoint)
+    try:
+        yield endpoint, socket
+    finally:
+        socket.close(0)
+        context.term()

@@ -4,7 +4,6 @@ recorded, and the count of successes equals the server's own count."""
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from shm import ShmPool
-from tests.server_helpers import serve_repository
+from tests.server_helpers import serve_repository, successes, telemetry_sink
 from workers.executor import Executor
 from workers.plans import PLANNERS, IdSource, Plan, PlanContext, Step
 from workers.sender import TelemetrySender
@@ -50,12 +49,6 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         yield running, specs
 
 
-def _successes(metrics_url: str) -> float:
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("nv_inference_request_success{"))
-
-
 def _drain(socket: zmq.Socket) -> tuple[list, list]:
     batches, events = [], []
     while socket.poll(500):
@@ -81,29 +74,24 @@ def test_every_request_plan_passes_and_is_counted_exactly(server, tmp_path: Path
     ctx = PlanContext(np.random.default_rng(11), SETTINGS, IdSource(1 + 1_048_576 * 3, 1_048_576, 3), specs)
     plans = [PLANNERS[name](ctx) for name in scenarios for _ in range(3)]
 
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    endpoint = f"ipc://{tmp_path}/t.sock"
-    pull.bind(endpoint)
-    sender = TelemetrySender(endpoint, "worker-3", RecordBuffer(tuple(models), scenarios, protocol), context=context)
-    before = _successes(running.metrics_url)
-    pool = None
-    if shm_mode != "none":
-        sync = (httpclient.InferenceServerClient(running.http_url) if protocol == "http"
-                else grpcclient.InferenceServerClient(running.grpc_url))
-        pool = ShmPool(sync, "testrun-exec", 3, mode=shm_mode)
-    executor = Executor(protocol=protocol, grpc_url=running.grpc_url, http_url=running.http_url, models=models,
-                        model_codes=model_codes, sender=sender, pool=pool)
-    outcomes = asyncio.run(_run_plans(executor, plans, codes))
-    if pool is not None:
-        assert pool.region_names  # the tensors did travel through shared memory
-        pool.close()
-        sync.close()
-    sender.close()
-    after = _successes(running.metrics_url)
-    batches, events = _drain(pull)
-    pull.close(0)
-    context.term()
+    with telemetry_sink(tmp_path) as (endpoint, pull):
+        sender = TelemetrySender(endpoint, "worker-3", RecordBuffer(tuple(models), scenarios, protocol))
+        before = successes(running.metrics_url)
+        pool = None
+        if shm_mode != "none":
+            sync = (httpclient.InferenceServerClient(running.http_url) if protocol == "http"
+                    else grpcclient.InferenceServerClient(running.grpc_url))
+            pool = ShmPool(sync, "testrun-exec", 3, mode=shm_mode)
+        executor = Executor(protocol=protocol, grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes=model_codes, sender=sender, pool=pool)
+        outcomes = asyncio.run(_run_plans(executor, plans, codes))
+        if pool is not None:
+            assert pool.region_names  # the tensors did travel through shared memory
+            pool.close()
+            sync.close()
+        sender.close()
+        after = successes(running.metrics_url)
+        batches, events = _drain(pull)
 
     failed = [(o.scenario, o.failure) for o in outcomes if o.failed]
     assert failed == [] and events == []
@@ -123,18 +111,13 @@ def test_a_wrong_answer_is_recorded_as_wrong_with_its_text(server, tmp_path: Pat
     models = {s.name: s for s in specs}
     data = np.arange(4, dtype=np.float32).reshape(1, 4)
     plan = Plan("identity", (Step(model="identity_fp32", values=data, expect=data + 1),), 10.0)
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    pull.bind(f"ipc://{tmp_path}/w.sock")
-    sender = TelemetrySender(f"ipc://{tmp_path}/w.sock", "w", RecordBuffer(tuple(models), ("identity",), "grpc"),
-                             context=context)
-    executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
-                        model_codes={n: i for i, n in enumerate(models)}, sender=sender)
-    [outcome] = asyncio.run(_run_plans(executor, [plan], {"identity": 0}))
-    sender.close()
-    batches, events = _drain(pull)
-    pull.close(0)
-    context.term()
+    with telemetry_sink(tmp_path) as (endpoint, pull):
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("identity",), "grpc"))
+        executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender)
+        [outcome] = asyncio.run(_run_plans(executor, [plan], {"identity": 0}))
+        sender.close()
+        batches, events = _drain(pull)
     assert outcome.failed and "expected" in outcome.failure
     assert batches[0].columns["status"].tolist() == [STATUS_WRONG]
     assert events[0].body["what"] == "scenario_failed" and "identity_fp32 step 0" in events[0].body["text"]

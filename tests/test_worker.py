@@ -6,20 +6,18 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import zmq
 
 from engine.config import DEFAULT_WEIGHTS, ScenariosSection
 from model_repo_gen import RepoOptions, generate_repository
 from model_repo_gen.options import HEALTHY_MODELS
-import tritonclient.grpc as grpcclient
-
 from shm import cleanup, registered_regions
-from tests.server_helpers import serve_repository
+from tests.server_helpers import serve_repository, successes, telemetry_sink
 from workers.telemetry import KIND_BATCH, KIND_EVENT, KIND_HEARTBEAT, STATUS_OK, decode_batch, unpack
 from workers.worker import WorkerSpec, replay_scenarios, scenario_table, start_worker
 
@@ -37,12 +35,6 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     specs = generate_repository(root / "repo", OPTIONS)
     with serve_repository(root / "repo", root / "work") as running:
         yield running, specs
-
-
-def _successes(metrics_url: str) -> float:
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("nv_inference_request_success{"))
 
 
 def _spec(running, specs, endpoint: str, worker_id: int = 0, deadline_s: float = 12.0, **kw) -> WorkerSpec:
@@ -67,25 +59,26 @@ def _collect(socket: zmq.Socket, process, timeout: float) -> list:
     return messages
 
 
-@pytest.mark.parametrize("shm_mode", ["none", "system"])
-def test_worker_runs_every_scenario_and_loses_nothing(server, tmp_path: Path, shm_mode: str) -> None:
-    running, specs = server
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    endpoint = f"ipc://{tmp_path}/w.sock"
-    pull.bind(endpoint)
-    before = _successes(running.metrics_url)
-    process = start_worker(_spec(running, specs, endpoint, shm_mode=shm_mode))
+def _run_to_end(spec: WorkerSpec, socket: zmq.Socket) -> tuple[list, int | None]:
+    """Start a worker, gather everything it sends until it exits; (messages, exit code)."""
+    process = start_worker(spec)
     try:
-        messages = _collect(pull, process, 60)
+        messages = _collect(socket, process, 60)
         process.join(10)
     finally:
         if process.is_alive():
             process.kill()
-        pull.close(0)
-        context.term()
-    assert process.exitcode == 0
-    after = _successes(running.metrics_url)
+    return messages, process.exitcode
+
+
+@pytest.mark.parametrize("shm_mode", ["none", "system"])
+def test_worker_runs_every_scenario_and_loses_nothing(server, tmp_path: Path, shm_mode: str) -> None:
+    running, specs = server
+    before = successes(running.metrics_url)
+    with telemetry_sink(tmp_path) as (endpoint, pull):
+        messages, exitcode = _run_to_end(_spec(running, specs, endpoint, shm_mode=shm_mode), pull)
+    assert exitcode == 0
+    after = successes(running.metrics_url)
     beats = [m for m in messages if m.kind == KIND_HEARTBEAT]
     events = [m for m in messages if m.kind == KIND_EVENT]
     batches = [decode_batch(m) for m in messages if m.kind == KIND_BATCH]
@@ -112,51 +105,41 @@ def test_worker_runs_every_scenario_and_loses_nothing(server, tmp_path: Path, sh
 
 def test_killed_shm_worker_is_cleaned_up(server, tmp_path: Path) -> None:
     running, specs = server
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    endpoint = f"ipc://{tmp_path}/k.sock"
-    pull.bind(endpoint)
-    process = start_worker(_spec(running, specs, endpoint, worker_id=5, deadline_s=300.0, shm_mode="system"))
     client = grpcclient.InferenceServerClient(running.grpc_url)
-    try:
-        assert pull.poll(30_000)
-        time.sleep(1.0)
-        os.kill(process.pid, signal.SIGKILL)
-        process.join(10)
-        left = [n for n in os.listdir("/dev/shm") if n.startswith("tee_testrun-worker_w5_")]
-        assert left, "the killed worker held regions"
-        report = cleanup("testrun-worker", client, worker_id=5)
-        assert set(left) <= set(report.unlinked) and report.unregistered
-        assert not [n for n in os.listdir("/dev/shm") if n.startswith("tee_testrun-worker_w5_")]
-        assert not [r for r in registered_regions(client, "system") if r.name.startswith("tee_testrun-worker_w5_")]
-    finally:
-        if process.is_alive():
-            process.kill()
-        client.close()
-        pull.close(0)
-        context.term()
+    with telemetry_sink(tmp_path) as (endpoint, pull):
+        process = start_worker(_spec(running, specs, endpoint, worker_id=5, deadline_s=300.0, shm_mode="system"))
+        try:
+            assert pull.poll(30_000), "the worker never reported"
+            time.sleep(1.0)
+            os.kill(process.pid, signal.SIGKILL)
+            process.join(10)
+            left = [n for n in os.listdir("/dev/shm") if n.startswith("tee_testrun-worker_w5_")]
+            assert left, "the killed worker held regions"
+            report = cleanup("testrun-worker", client, worker_id=5)
+            assert set(left) <= set(report.unlinked) and report.unregistered
+            assert not [n for n in os.listdir("/dev/shm") if n.startswith("tee_testrun-worker_w5_")]
+            assert not [r for r in registered_regions(client, "system")
+                        if r.name.startswith("tee_testrun-worker_w5_")]
+        finally:
+            if process.is_alive():
+                process.kill()
+            client.close()
 
 
 def test_sigterm_stops_the_worker_gracefully(server, tmp_path: Path) -> None:
     running, specs = server
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    endpoint = f"ipc://{tmp_path}/s.sock"
-    pull.bind(endpoint)
-    process = start_worker(_spec(running, specs, endpoint, worker_id=1, deadline_s=300.0,
-                                 scenarios=ScenariosSection(weights={**{k: 0 for k in DEFAULT_WEIGHTS},
-                                                                     "identity": 1})))
-    try:
-        assert pull.poll(30_000), "the worker never reported"
-        time.sleep(1.0)
-        os.kill(process.pid, signal.SIGTERM)
-        messages = _collect(pull, process, 30)
-        process.join(10)
-    finally:
-        if process.is_alive():
-            process.kill()
-        pull.close(0)
-        context.term()
+    identity_only = ScenariosSection(weights={**{k: 0 for k in DEFAULT_WEIGHTS}, "identity": 1})
+    with telemetry_sink(tmp_path) as (endpoint, pull):
+        process = start_worker(_spec(running, specs, endpoint, worker_id=1, deadline_s=300.0, scenarios=identity_only))
+        try:
+            assert pull.poll(30_000), "the worker never reported"
+            time.sleep(1.0)
+            os.kill(process.pid, signal.SIGTERM)
+            messages = _collect(pull, process, 30)
+            process.join(10)
+        finally:
+            if process.is_alive():
+                process.kill()
     assert process.exitcode == 0
     assert messages[-1].kind == KIND_HEARTBEAT  # the last word is a final heartbeat with the totals
     assert messages[-1].body["plans"]["identity"][0] > 10
@@ -165,20 +148,9 @@ def test_sigterm_stops_the_worker_gracefully(server, tmp_path: Path) -> None:
 def test_the_run_replays_from_its_seed(server, tmp_path: Path) -> None:
     """With one lane, the scenarios of the recorded requests are exactly those the seed predicts."""
     running, specs = server
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    endpoint = f"ipc://{tmp_path}/r.sock"
-    pull.bind(endpoint)
-    spec = _spec(running, specs, endpoint, worker_id=2, deadline_s=8.0, concurrency=1)
-    process = start_worker(spec)
-    try:
-        messages = _collect(pull, process, 60)
-        process.join(10)
-    finally:
-        if process.is_alive():
-            process.kill()
-        pull.close(0)
-        context.term()
+    with telemetry_sink(tmp_path) as (endpoint, pull):
+        spec = _spec(running, specs, endpoint, worker_id=2, deadline_s=8.0, concurrency=1)
+        messages, _ = _run_to_end(spec, pull)
     batches = [decode_batch(m) for m in messages if m.kind == KIND_BATCH]
     names = batches[0].scenarios
     recorded = [names[c] for b in batches for c in b.columns["scenario"]]
@@ -203,22 +175,11 @@ def test_a_weighted_scenario_without_its_model_is_refused_at_start() -> None:
 def test_open_loop_keeps_its_schedule(server, tmp_path: Path) -> None:
     """Poisson arrivals at 40 plans/s for 6 s: about 240 plans, whatever each one takes."""
     running, specs = server
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    endpoint = f"ipc://{tmp_path}/o.sock"
-    pull.bind(endpoint)
     weights = {**{k: 0 for k in DEFAULT_WEIGHTS}, "identity": 3, "sequence_valid": 1}
-    spec = _spec(running, specs, endpoint, worker_id=4, deadline_s=6.0, load="poisson", rate=40.0,
-                 scenarios=ScenariosSection(weights=weights, sequence_length_mean=3, sequence_length_stddev=1))
-    process = start_worker(spec)
-    try:
-        messages = _collect(pull, process, 60)
-        process.join(10)
-    finally:
-        if process.is_alive():
-            process.kill()
-        pull.close(0)
-        context.term()
+    with telemetry_sink(tmp_path) as (endpoint, pull):
+        spec = _spec(running, specs, endpoint, worker_id=4, deadline_s=6.0, load="poisson", rate=40.0,
+                     scenarios=ScenariosSection(weights=weights, sequence_length_mean=3, sequence_length_stddev=1))
+        messages, _ = _run_to_end(spec, pull)
     last = [m for m in messages if m.kind == KIND_HEARTBEAT][-1].body
     plans = sum(v[0] for v in last["plans"].values())
     failed = sum(v[1] for v in last["plans"].values())
