@@ -92,8 +92,9 @@ class Collector:
         elif message.kind == KIND_EVENT:
             key = (message.body.get("what", ""), message.body.get("scenario", ""))
             self.event_counts[key] += message.body.get("count", 1)
-            if len(self.events[key]) < SAMPLE_TEXTS:
-                self.events[key].append(message.body.get("text", ""))
+            text = message.body.get("text", "")
+            if text and len(self.events[key]) < SAMPLE_TEXTS:
+                self.events[key].append(text)
 
     def _batch(self, message: Message) -> None:
         batch = decode_batch(message)

@@ -115,3 +115,16 @@ def test_slow_aggregator_neither_blocks_nor_loses(tmp_path: Path) -> None:
 def test_unknown_kind_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown telemetry message kind"):
         unpack(pack("gossip", "w", 0, {}))
+
+
+def test_events_beyond_the_first_texts_are_counted_not_repeated(pull) -> None:
+    endpoint, socket, context = pull
+    sender = TelemetrySender(endpoint, "w", RecordBuffer(("m",), ("s",), "grpc"), context=context)
+    for i in range(50):
+        sender.event("scenario_failed", "m", "s", f"failure {i}")
+    sender.flush_events()
+    sender.close()
+    events = _receive(socket, 6)
+    assert [e.body["text"] for e in events[:5]] == [f"failure {i}" for i in range(5)]
+    assert events[5].body["text"] == "" and events[5].body["count"] == 45
+    assert not socket.poll(200)

@@ -84,3 +84,13 @@ def test_missing_model_or_input_is_a_clear_startup_error(tmp_path: Path, change:
     done = _run(config)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_entry_brings_its_own_protocol_shared_memory_and_schedule(tmp_path: Path) -> None:
+    """HTTP with system shared memory at a constant 20 plans/s, beside the workers' defaults."""
+    extra = 'protocol = "http"\nshm = "system"\nload = "constant"\nrate = 20.0'
+    done = _run(_setup(tmp_path, [1, 2, 3, 4], extra))
+    assert done.returncode == 0, done.stdout + done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("load:identity_int32"))
+    failures, tests = (int(x) for x in row.split("|")[1:3])
+    assert failures == 0 and 80 <= tests <= 140, tests  # 20/s for 6 s, on its own schedule

@@ -105,11 +105,14 @@ def _output_names(spec: ModelSpec, step: Step) -> list[str]:
 
 class Executor:
     def __init__(self, *, protocol: str, grpc_url: str, http_url: str, models: dict[str, ModelSpec],
-                 model_codes: dict[str, int], sender: TelemetrySender, pool: ShmPool | None = None) -> None:
+                 model_codes: dict[str, int], sender: TelemetrySender, pool: ShmPool | None = None,
+                 pools: dict[str, ShmPool] | None = None) -> None:
         self.protocol = protocol
         # With a pool, unary requests carry their tensors in shared memory: inputs written into a
-        # slot, outputs written by the server into a slot and read in place.
+        # slot, outputs written by the server into a slot and read in place. `pool` serves steps
+        # that do not choose; `pools` (by mode) serves steps that do (users' [[load]] entries).
         self.pool = pool
+        self.pools = dict(pools or {})
         self.retired_slots = 0  # slots of failed requests, never reused (the server may still write)
         self.models = models
         self.model_codes = model_codes
@@ -122,9 +125,17 @@ class Executor:
     async def __aenter__(self) -> "Executor":
         # asyncio clients bind to the loop they are made in: made here, inside the worker's loop.
         self._grpc = grpcaio.InferenceServerClient(self._urls[0])
-        if self.protocol == "http":
-            self._http = httpaio.InferenceServerClient(self._urls[1])
         return self
+
+    def _http_client(self) -> httpaio.InferenceServerClient:
+        if self._http is None:  # made on first use, inside the running loop
+            self._http = httpaio.InferenceServerClient(self._urls[1])
+        return self._http
+
+    def _pool_for(self, step: Step) -> ShmPool | None:
+        if not step.shm:
+            return self.pool
+        return None if step.shm == "none" else self.pools[step.shm]
 
     async def __aexit__(self, *exc: object) -> None:
         if self._grpc is not None:
@@ -153,7 +164,8 @@ class Executor:
         return outcome
 
     async def _run_steps(self, plan: Plan, scenario_code: int, outcome: PlanOutcome, intended_ns: int) -> None:
-        stream = _SequenceStream(self._grpc) if self.protocol == "grpc_stream" else None
+        protocol = (plan.steps[0].protocol if plan.steps else "") or self.protocol
+        stream = _SequenceStream(self._grpc) if protocol == "grpc_stream" else None
         try:
             for index, step in enumerate(plan.steps):
                 ok = await self._step(step, index, scenario_code, outcome, stream, intended_ns if index == 0 else 0)
@@ -174,7 +186,7 @@ class Executor:
         token = self.in_flight.begin(start, model)
         error: BaseException | None = None
         got: Any = None
-        held: list[Slot] = []
+        held: list[tuple[ShmPool, Slot]] = []
         try:
             if spec.decoupled:
                 got = await self._stream_decoupled(step)
@@ -213,53 +225,56 @@ class Executor:
                 return STATUS_WRONG, f"{name} {_short(answer)} != expected {_short(want)}"[:FAILURE_TEXT_LIMIT]
         return STATUS_OK, ""
 
-    def _give_back(self, held: list[Slot], answered: bool) -> None:
-        if self.pool is None or not held:
-            return
+    def _give_back(self, held: list[tuple[ShmPool, Slot]], answered: bool) -> None:
         if answered:
-            for slot in held:
-                self.pool.release(slot)
+            for pool, slot in held:
+                pool.release(slot)
         else:
             self.retired_slots += len(held)
 
-    def _tensors(self, spec: ModelSpec, step: Step, names: list[str], held: list[Slot], module: Any) -> tuple:
+    def _tensors(self, spec: ModelSpec, step: Step, names: list[str], held: list[tuple[ShmPool, Slot]],
+                 protocol: str) -> tuple:
         """InferInputs and requested outputs: in shared memory with a pool, inline without."""
+        module = httpclient if protocol == "http" else grpcclient
+        pool = self._pool_for(step)
         inputs, outputs, slots = [], [], {}
         for name, data in _inputs(spec, step):
-            if self.pool is None:
+            if pool is None:
                 tensor = (_http_input if module is httpclient else _grpc_input)(name, data)
             else:
-                slot = self.pool.input_slot(data)
-                held.append(slot)
-                tensor = self.pool.infer_input(name, slot)
+                slot = pool.input_slot(data)
+                held.append((pool, slot))
+                tensor = slot.infer_input(name, protocol)
             inputs.append(tensor)
         for name in names:
             # The answer's size is known where the model echoes its first input (every generated
             # model but the user's); an expected error needs no output room.
-            if self.pool is not None and spec.kind != "user" and not step.expect_error and name == spec.outputs[0].name:
-                slot = self.pool.output_slot(held[0].byte_size)
-                self.pool.clear(slot)  # a stale answer in a reused slot must not pass the check
-                held.append(slot)
-                slots[name] = slot
-                outputs.append(self.pool.requested_output(name, slot))
+            if pool is not None and spec.kind != "user" and not step.expect_error and name == spec.outputs[0].name:
+                slot = pool.output_slot(held[0][1].byte_size)
+                pool.clear(slot)  # a stale answer in a reused slot must not pass the check
+                held.append((pool, slot))
+                slots[name] = (pool, slot)
+                outputs.append(slot.requested_output(name, protocol))
             else:
                 outputs.append(module.InferRequestedOutput(name))
         return inputs, outputs, slots
 
-    def _answers(self, result: Any, names: list[str], slots: dict[str, Slot]) -> dict[str, np.ndarray | None]:
-        return {name: self.pool.read_output(result, name, slots[name]) if name in slots and self.pool
+    @staticmethod
+    def _answers(result: Any, names: list[str], slots: dict[str, tuple[ShmPool, Slot]]) -> dict[str, Any]:
+        return {name: slots[name][0].read_output(result, name, slots[name][1]) if name in slots
                 else result.as_numpy(name) for name in names}
 
     # -- transports ---------------------------------------------------------------------------
-    async def _unary(self, spec: ModelSpec, step: Step, held: list[Slot]) -> dict[str, np.ndarray | None]:
+    async def _unary(self, spec: ModelSpec, step: Step, held: list[tuple[ShmPool, Slot]]) -> dict[str, Any]:
         names = _output_names(spec, step)
-        if self._http is not None:
-            inputs, outputs, slots = self._tensors(spec, step, names, held, httpclient)
-            call = self._http.infer(spec.name, inputs, outputs=outputs, sequence_id=step.sequence_id,
-                                    sequence_start=step.start, sequence_end=step.end)
+        protocol = step.protocol or self.protocol
+        if protocol == "http":
+            inputs, outputs, slots = self._tensors(spec, step, names, held, "http")
+            call = self._http_client().infer(spec.name, inputs, outputs=outputs, sequence_id=step.sequence_id,
+                                             sequence_start=step.start, sequence_end=step.end)
             result = await (asyncio.wait_for(call, step.timeout_s) if step.timeout_s else call)
         else:
-            inputs, outputs, slots = self._tensors(spec, step, names, held, grpcclient)
+            inputs, outputs, slots = self._tensors(spec, step, names, held, "grpc")
             result = await self._grpc.infer(spec.name, inputs, outputs=outputs, sequence_id=step.sequence_id,
                                             sequence_start=step.start, sequence_end=step.end,
                                             client_timeout=step.timeout_s)

@@ -38,6 +38,8 @@ class Step:
     # beyond the first input, and (name, expected) pairs beyond the first output.
     extra_inputs: tuple[tuple[str, np.ndarray], ...] = ()
     extra_expect: tuple[tuple[str, np.ndarray], ...] = ()
+    protocol: str = ""  # "" = the worker's protocol
+    shm: str = ""  # "" = the worker's shared memory; "none" = inline; else that pool's mode
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from .telemetry import (
 
 FLUSH_INTERVAL_NS = 100_000_000  # a batch leaves after 100 ms even when not full
 BACKLOG_LIMIT = 10_000  # messages held while the aggregator is not reading
+EVENT_TEXTS = 5  # events per (what, model, scenario) sent with their text; the rest are counted
 
 
 class TelemetrySender:
@@ -43,6 +44,8 @@ class TelemetrySender:
         self.records_sent = 0
         self.records_dropped = 0
         self.messages_dropped = 0
+        self._event_texts: dict[tuple[str, str, str], int] = {}
+        self._event_counts: dict[tuple[str, str, str], int] = {}
 
     # -- hot path ---------------------------------------------------------------------------
     def record(self, start_ns: int, latency_ns: int, model: int, scenario: int, status: int,
@@ -81,8 +84,22 @@ class TelemetrySender:
         self._send(KIND_HEARTBEAT, body)
 
     def event(self, what: str, model: str, scenario: str, text: str, count: int = 1) -> None:
-        self._send(KIND_EVENT, {"what": what, "model": model, "scenario": scenario, "text": text, "count": count,
-                                "time_ns": time.monotonic_ns()})
+        """The first EVENT_TEXTS events of a (what, model, scenario) go out with their text; later
+        ones are counted and leave together with the next heartbeat (`flush_events`)."""
+        key = (what, model, scenario)
+        sent = self._event_texts.get(key, 0)
+        if sent < EVENT_TEXTS:
+            self._event_texts[key] = sent + 1
+            self._send(KIND_EVENT, {"what": what, "model": model, "scenario": scenario, "text": text,
+                                    "count": count, "time_ns": time.monotonic_ns()})
+        else:
+            self._event_counts[key] = self._event_counts.get(key, 0) + count
+
+    def flush_events(self) -> None:
+        for (what, model, scenario), count in self._event_counts.items():
+            self._send(KIND_EVENT, {"what": what, "model": model, "scenario": scenario, "text": "",
+                                    "count": count, "time_ns": time.monotonic_ns()})
+        self._event_counts.clear()
 
     def send(self, kind: str, body: dict[str, Any]) -> bool:
         return self._send(kind, body)
@@ -115,6 +132,7 @@ class TelemetrySender:
     def close(self, timeout_s: float = 5.0) -> None:
         """Flush what is buffered and hand the backlog to the socket, waiting up to `timeout_s`."""
         self.flush()
+        self.flush_events()
         deadline = time.monotonic() + timeout_s
         while self._backlog and time.monotonic() < deadline:
             self._drain_backlog()

@@ -33,6 +33,10 @@ class ResolvedLoad:
     rows: tuple[tuple[tuple[str, np.ndarray], ...], ...]  # file rows: (input name, data) per input
     expect: tuple[tuple[tuple[str, np.ndarray], ...], ...]  # validation rows (parallel to rows), or ()
     sequence: bool
+    protocol: str = ""  # "" = the worker's
+    shm: str = ""  # "" = the worker's; "none" = inline
+    load: str = ""  # "" or closed: drawn by the worker's lanes; constant or poisson: its own schedule
+    rate: float = 0.0  # its own schedule's plans/s (0 = the worker's rate)
 
 
 def _array(values: Any, datatype: str, shape: Sequence[int] | None, what: str) -> np.ndarray:
@@ -132,7 +136,8 @@ def _resolve(client: grpcclient.InferenceServerClient, entry: Any, index: int, e
                      max_batch_size=max_batch, inputs=full,
                      outputs=tuple(TensorSpec(n, d, ()) for n, d in outputs.items()),
                      instance_count=0, instance_kind="")
-    return ResolvedLoad(scenario, spec, entry.data, rows, expect, bool(entry.sequence))
+    return ResolvedLoad(scenario, spec, entry.data, rows, expect, bool(entry.sequence), entry.protocol, entry.shm,
+                        entry.load, entry.rate)
 
 
 @dataclass(frozen=True)
@@ -172,5 +177,5 @@ def plan_user(ctx: PlanContext, load: ResolvedLoad) -> Plan:
             checks = ()
         steps.append(Step(model=load.spec.name, values=tensors[0][1], extra_inputs=tuple(tensors[1:]),
                           extra_expect=tuple(checks), sequence_id=seq_id, start=load.sequence and index == 0,
-                          end=load.sequence and index == steps_count - 1))
+                          end=load.sequence and index == steps_count - 1, protocol=load.protocol, shm=load.shm))
     return Plan(load.scenario, tuple(steps), ctx.settings.sequence_deadline if load.sequence else 60.0)

@@ -35,6 +35,7 @@ from .telemetry import Heartbeat, RecordBuffer
 from .user_load import ResolvedLoad, plan_user
 
 HEARTBEAT_INTERVAL_S = 1.0
+FLUSH_TICK_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def replay_draw(name: str, ctx: PlanContext, planners: dict[str, Callable[[PlanC
 
 def replay_scenarios(spec: WorkerSpec, lane: int, count: int) -> list[str]:
     """The first `count` scenarios that lane `lane` of this worker draws: runs replay from the seed."""
-    names, probabilities = scenario_table(all_weights(spec), spec.models, spec.scenarios, spec.user_loads)
+    names, probabilities = shared_table(*scenario_table(all_weights(spec), spec.models, spec.scenarios,
+                                                        spec.user_loads), own_schedule(spec))
     planners = planners_for(spec.user_loads)
     rng = lane_generator(spec, lane)
     ctx = PlanContext(rng, spec.scenarios, IdSource(spec.id_base, spec.id_block, spec.worker_id), spec.models)
@@ -117,6 +119,20 @@ def replay_scenarios(spec: WorkerSpec, lane: int, count: int) -> list[str]:
         replay_draw(name, ctx, planners)
         drawn.append(name)
     return drawn
+
+
+def own_schedule(spec: WorkerSpec) -> tuple[ResolvedLoad, ...]:
+    """[[load]] entries that keep a schedule of their own (open loop), outside the lanes' draw."""
+    return tuple(load for load in spec.user_loads if load.load in ("constant", "poisson"))
+
+
+def shared_table(names: tuple[str, ...], probabilities: np.ndarray,
+                 own: tuple[ResolvedLoad, ...]) -> tuple[tuple[str, ...], np.ndarray]:
+    """The scenarios the lanes draw: all weighted ones but those on their own schedule."""
+    skip = {load.scenario for load in own}
+    kept = [(n, p) for n, p in zip(names, probabilities) if n not in skip]
+    total = sum(p for _, p in kept)
+    return tuple(n for n, _ in kept), np.array([p / total for _, p in kept]) if kept else np.zeros(0)
 
 
 def lane_generator(spec: WorkerSpec, lane: int) -> np.random.Generator:
@@ -130,6 +146,9 @@ class Worker:
         self.scenarios, self.probabilities = scenario_table(all_weights(spec), spec.models, spec.scenarios,
                                                             spec.user_loads)
         self.planners = planners_for(spec.user_loads)
+        self.own_schedule = own_schedule(spec)
+        # drawn by the lanes (or the worker's own open loop)
+        self.shared_names, self.shared_p = shared_table(self.scenarios, self.probabilities, self.own_schedule)
         self.codes = {name: i for i, name in enumerate(self.scenarios)}
         self.models = {m.name: m for m in (*spec.models, *(load.spec for load in spec.user_loads))}
         self.model_codes = {name: i for i, name in enumerate(self.models)}
@@ -147,39 +166,48 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
 
-    def _open_pool(self) -> ShmPool | None:
-        """The worker's shared-memory pool (registered through a sync client of its protocol)."""
-        if self.spec.shm_mode == "none":
-            return None
-        if self.spec.protocol == "http":
-            client: Any = httpclient.InferenceServerClient(self.spec.http_url)
-        else:
-            client = grpcclient.InferenceServerClient(self.spec.grpc_url)
-        pool = ShmPool(client, self.spec.run_id, self.spec.worker_id, mode=self.spec.shm_mode)
-        if pool.fallback_reason:
-            self.sender.event("shm_fallback", "", "", pool.fallback_reason)
-        return pool
+    def _open_pools(self) -> dict[str, ShmPool]:
+        """One shared-memory pool per mode in use (the worker's, and any a [[load]] entry asks
+        for), each registered through a sync client of the worker's protocol."""
+        modes = {self.spec.shm_mode} | {load.shm for load in self.spec.user_loads if load.shm}
+        pools: dict[str, ShmPool] = {}
+        for mode in sorted(modes - {"none"}):
+            if self.spec.protocol == "http":
+                client: Any = httpclient.InferenceServerClient(self.spec.http_url)
+            else:
+                client = grpcclient.InferenceServerClient(self.spec.grpc_url)
+            pools[mode] = ShmPool(client, self.spec.run_id, self.spec.worker_id, mode=mode)
+            if pools[mode].fallback_reason:
+                self.sender.event("shm_fallback", "", "", pools[mode].fallback_reason)
+        return pools
 
     async def run(self) -> None:
         deadline = time.monotonic() + self.spec.deadline_s
-        pool = self._open_pool()
+        pools = self._open_pools()
         try:
-            await self._run(deadline, pool)
+            await self._run(deadline, pools)
         finally:
-            if pool is not None:
+            for pool in pools.values():
                 pool.close(raise_errors=False)
                 pool.client.close()
         self.sender.close()
 
-    async def _run(self, deadline: float, pool: ShmPool | None) -> None:
+    async def _run(self, deadline: float, pools: dict[str, ShmPool]) -> None:
         async with Executor(protocol=self.spec.protocol, grpc_url=self.spec.grpc_url, http_url=self.spec.http_url,
                             models=self.models, model_codes=self.model_codes, sender=self.sender,
-                            pool=pool) as executor:
+                            pool=pools.get(self.spec.shm_mode), pools=pools) as executor:
             self.executor = executor
-            if self.spec.load == "closed":
-                lanes = [asyncio.create_task(self._lane(lane, deadline)) for lane in range(self.spec.concurrency)]
-            else:
-                lanes = [asyncio.create_task(self._open_loop(deadline))]
+            lanes = []
+            if len(self.shared_names):
+                if self.spec.load == "closed":
+                    lanes = [asyncio.create_task(self._lane(lane, deadline)) for lane in range(self.spec.concurrency)]
+                else:
+                    lanes = [asyncio.create_task(self._open_loop(deadline, self.shared_names, self.shared_p,
+                                                                 self.spec.rate, self.spec.load, 0))]
+            # [[load]] entries with a load shape of their own keep their own schedule.
+            for k, load in enumerate(self.own_schedule):
+                lanes.append(asyncio.create_task(self._open_loop(deadline, (load.scenario,), np.ones(1),
+                                                                 load.rate or self.spec.rate, load.load, 1 + k)))
             beat = asyncio.create_task(self._heartbeats())
             try:
                 await asyncio.gather(*lanes)
@@ -191,7 +219,7 @@ class Worker:
         rng = lane_generator(self.spec, lane)
         ctx = PlanContext(rng, self.spec.scenarios, self.ids, self.spec.models)
         while not self._stop.is_set() and time.monotonic() < deadline:
-            name = self.scenarios[int(rng.choice(len(self.scenarios), p=self.probabilities))]
+            name = self.shared_names[int(rng.choice(len(self.shared_names), p=self.shared_p))]
             self._count(name, await self._run_one(name, ctx))
 
     def _count(self, name: str, outcome: PlanOutcome) -> None:
@@ -201,19 +229,20 @@ class Worker:
         totals[2] += outcome.requests
         self.sender.maybe_flush(time.monotonic_ns())
 
-    async def _open_loop(self, deadline: float) -> None:
+    async def _open_loop(self, deadline: float, names: tuple[str, ...], probabilities: np.ndarray, rate: float,
+                         shape: str, stream: int) -> None:
         """Start plans on a schedule (constant or Poisson arrivals), whatever the server's pace.
 
         Plans are drawn in schedule order from one generator, so the run replays; each plan's
         latency counts from its intended start (no coordinated omission)."""
-        rng = lane_generator(self.spec, 0)
+        rng = lane_generator(self.spec, (1 << 16) + stream)
         ctx = PlanContext(rng, self.spec.scenarios, self.ids, self.spec.models)
-        schedule = np.random.default_rng([self.spec.seed, self.spec.worker_id, 1 << 20])
-        mean = 1.0 / self.spec.rate
+        schedule = np.random.default_rng([self.spec.seed, self.spec.worker_id, (1 << 20) + stream])
+        mean = 1.0 / rate
         running: set[asyncio.Task] = set()
         due_ns = time.monotonic_ns()
         while not self._stop.is_set() and time.monotonic() < deadline:
-            gap = schedule.exponential(mean) if self.spec.load == "poisson" else mean
+            gap = schedule.exponential(mean) if shape == "poisson" else mean
             due_ns += int(gap * 1e9)
             wait = (due_ns - time.monotonic_ns()) / 1e9
             if wait > 0:
@@ -222,7 +251,7 @@ class Worker:
                     break
                 except asyncio.TimeoutError:
                     pass
-            name = self.scenarios[int(rng.choice(len(self.scenarios), p=self.probabilities))]
+            name = names[int(rng.choice(len(names), p=probabilities))]
             if len(running) >= self.spec.max_outstanding:
                 replay_draw(name, ctx, self.planners)  # the draw is consumed either way: the schedule replays
                 self._skipped += 1
@@ -252,13 +281,22 @@ class Worker:
         return await self.executor.run(self.planners[name](ctx), code, intended_ns)
 
     async def _heartbeats(self) -> None:
+        """A partial batch leaves within 100 ms even while every lane waits on a slow model; a
+        heartbeat every second."""
+        ticks_per_beat = round(HEARTBEAT_INTERVAL_S / FLUSH_TICK_S)
+        tick = 0
         while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
-            self._heartbeat()
+            await asyncio.sleep(FLUSH_TICK_S)
+            tick += 1
+            if tick % ticks_per_beat == 0:
+                self._heartbeat()
+            else:
+                self.sender.maybe_flush(time.monotonic_ns())
 
     def _heartbeat(self) -> None:
         flight = self.executor.in_flight
         self.sender.flush()
+        self.sender.flush_events()
         self.sender.heartbeat(Heartbeat(
             time_ns=time.monotonic_ns(), in_flight=len(flight.requests), oldest_in_flight_ns=flight.oldest_ns(),
             open_sequences=dict(flight.sequences), records_sent=self.sender.records_sent,

@@ -84,6 +84,13 @@ class LoadSection:
     batch_size: int = field(default=1, metadata={"min": 1, "help": "batch size (models that batch)"})
     weight: int = field(default=100, metadata={"min": 0, "help": "weight of this entry in the scenario draw"})
     sequence: bool = field(default=False, metadata={"help": "send as sequences (START ... END) of stateful steps"})
+    protocol: str = field(default="", metadata={
+        "choices": ("",) + PROTOCOLS, "help": 'grpc, grpc_stream or http; "" = [workers] protocol'})
+    shm: str = field(default="", metadata={
+        "choices": ("",) + SHM_MODES, "help": 'none, system, cuda or auto; "" = [workers] shm'})
+    load: str = field(default="", metadata={
+        "choices": ("",) + LOAD_SHAPES, "help": 'closed, constant or poisson; "" = [workers] load'})
+    rate: float = field(default=0.0, metadata={"min": 0, "help": "open loop: plans/s per worker; 0 = [workers] rate"})
 
 
 @dataclass(frozen=True)
