@@ -14,10 +14,11 @@ from typing import Sequence
 
 import orjson
 
-from .config import Config, ConfigError, config_to_dict, load_config, parse_duration, resolve_config_path
-from .server import ServerSetupError
 from workers.plans import PlanError
 from workers.user_load import LoadError
+
+from .config import Config, ConfigError, config_to_dict, load_config, parse_duration, resolve_config_path
+from .server import ServerSetupError
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
 SUBCOMMANDS = ("run", "gen-repo", "show-config")

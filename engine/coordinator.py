@@ -97,8 +97,7 @@ class Coordinator:
                 return RunOutcome(1, paths)
             base = config.source.parent if config.source else Path(".")
             self.user_loads = resolve_loads(config.load, server.endpoints.grpc, base)
-            weights = {**dict(config.scenarios.weights),
-                       **{load.scenario: e.weight for load, e in zip(self.user_loads, config.load)}}
+            weights = {**dict(config.scenarios.weights), **{load.scenario: load.weight for load in self.user_loads}}
             scenario_table(weights, healthy, config.scenarios, self.user_loads)
             for load in self.user_loads:
                 _say(f"  {load.scenario}: inputs {', '.join(f'{t.name} {t.datatype}{list(t.dims)}' for t in load.spec.inputs)}"
@@ -131,7 +130,7 @@ class Coordinator:
             concurrency=self.config.workers.concurrency, models=models, scenarios=self.config.scenarios,
             telemetry_endpoint=telemetry, deadline_s=max(0.0, deadline - time.monotonic()),
             shm_mode=self.config.workers.shm,
-            user_loads=self.user_loads, load_weights=tuple(e.weight for e in self.config.load),
+            user_loads=self.user_loads,
             load=self.config.workers.load, rate=self.config.workers.rate,
             max_outstanding=self.config.workers.max_outstanding,
         )
@@ -202,9 +201,10 @@ class Coordinator:
         table = render_table(totals, duration)
         (self.paths.root / "stress_report.txt").write_text(table)
         _say(table)
-        for (what, scenario), texts in sorted(collector.events.items()):
-            count = collector.event_counts[(what, scenario)]
-            _say(f"{what} in {scenario}: {count} (first: {texts[0][:300]})")
+        for (what, scenario), count in sorted(collector.event_counts.items()):
+            texts = collector.events.get((what, scenario)) or [""]
+            where = f" in {scenario}" if scenario else ""
+            _say(f"{what}{where}: {count} (first: {texts[0][:300]})")
         if collector.lost_messages:
             _say(f"telemetry: {collector.lost_messages} messages lost")
         failed = sum(t.failed for t in totals)

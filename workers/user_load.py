@@ -33,6 +33,7 @@ class ResolvedLoad:
     rows: tuple[tuple[tuple[str, np.ndarray], ...], ...]  # file rows: (input name, data) per input
     expect: tuple[tuple[tuple[str, np.ndarray], ...], ...]  # validation rows (parallel to rows), or ()
     sequence: bool
+    weight: int = 100  # of its scenario in the draw
     protocol: str = ""  # "" = the worker's
     shm: str = ""  # "" = the worker's; "none" = inline
     load: str = ""  # "" or closed: drawn by the worker's lanes; constant or poisson: its own schedule
@@ -136,8 +137,8 @@ def _resolve(client: grpcclient.InferenceServerClient, entry: Any, index: int, e
                      max_batch_size=max_batch, inputs=full,
                      outputs=tuple(TensorSpec(n, d, ()) for n, d in outputs.items()),
                      instance_count=0, instance_kind="")
-    return ResolvedLoad(scenario, spec, entry.data, rows, expect, bool(entry.sequence), entry.protocol, entry.shm,
-                        entry.load, entry.rate)
+    return ResolvedLoad(scenario, spec, entry.data, rows, expect, bool(entry.sequence), entry.weight, entry.protocol,
+                        entry.shm, entry.load, entry.rate)
 
 
 @dataclass(frozen=True)

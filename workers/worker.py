@@ -57,7 +57,6 @@ class WorkerSpec:
     deadline_s: float  # seconds from the worker's start until it stops on its own
     shm_mode: str = "none"  # none, system, cuda or auto: where request tensors travel
     user_loads: tuple[ResolvedLoad, ...] = ()  # [[load]] entries, resolved against the server
-    load_weights: tuple[int, ...] = ()  # their weights, in order
     load: str = "closed"  # closed, constant or poisson
     rate: float = 10.0  # open loop: plans started per second
     max_outstanding: int = 256  # open loop: in flight before the schedule skips
@@ -69,12 +68,8 @@ def planners_for(user_loads: tuple[ResolvedLoad, ...]) -> dict[str, Callable[[Pl
 
 
 def all_weights(spec: WorkerSpec) -> dict[str, int]:
-    loads = {load.scenario: entry_weight for load, entry_weight in zip(spec.user_loads, _load_weights(spec))}
-    return {**dict(spec.scenarios.weights), **loads}
-
-
-def _load_weights(spec: WorkerSpec) -> list[int]:
-    return list(spec.load_weights) if spec.load_weights else [100] * len(spec.user_loads)
+    """The [scenarios] weights and one per [[load]] entry."""
+    return {**dict(spec.scenarios.weights), **{load.scenario: load.weight for load in spec.user_loads}}
 
 
 def scenario_table(weights: dict[str, int], models: tuple[ModelSpec, ...], settings: ScenarioSettings,
