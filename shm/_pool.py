@@ -21,8 +21,8 @@ One pool per process (or per thread): it is not thread-safe.
 from __future__ import annotations
 
 import collections
-import time
 import importlib
+import time
 from dataclasses import dataclass
 from typing import Any
 

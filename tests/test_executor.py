@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 import zmq
 
 from engine.config import ScenariosSection
 from model_repo_gen import RepoOptions, generate_repository
 from model_repo_gen.options import HEALTHY_MODELS
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
-
 from shm import ShmPool
 from tests.server_helpers import serve_repository, successes, telemetry_sink
 from workers.executor import Executor
@@ -24,9 +23,7 @@ from workers.sender import TelemetrySender
 from workers.telemetry import (
     KIND_BATCH,
     KIND_EVENT,
-    STATUS_EXPECTED_ERROR,
     STATUS_NAMES,
-    STATUS_OK,
     STATUS_WRONG,
     RecordBuffer,
     decode_batch,

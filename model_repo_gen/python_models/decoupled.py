@@ -4,7 +4,6 @@ import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
 from tee_model_common import model_parameters
 
 

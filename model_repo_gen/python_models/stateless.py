@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
 from tee_model_common import Gauge, instance_index, model_parameters
 
 INPUT, OUTPUT = "INPUT0", "OUTPUT0"
