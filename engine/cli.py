@@ -21,7 +21,7 @@ from .config import Config, ConfigError, config_to_dict, load_config, parse_dura
 from .server import ServerSetupError
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
-SUBCOMMANDS = ("run", "gen-repo", "show-config")
+SUBCOMMANDS = ("run", "gen-repo", "show-config", "cleanup")
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Load, validate and print the config with every default filled in.")
     _add_config_argument(show)
     _add_overrides(show)
+    clean = sub.add_parser("cleanup", help="remove what crashed runs left in /dev/shm (and on a server)",
+                           description="Unlink the shared-memory regions a run's workers created and the "
+                                       "python-backend regions of the server it launched; with --url, also "
+                                       "unregister the run's regions from that server. Without RUN_ID: every "
+                                       "run's leftovers (only when no run is going on).")
+    clean.add_argument("run_id", nargs="?", metavar="RUN_ID", help="the run (its directory name under results/)")
+    clean.add_argument("--url", metavar="HOST:PORT", help="gRPC address of a server to unregister regions from")
     return parser
 
 
@@ -120,6 +127,28 @@ def _cmd_gen_repo(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    import tritonclient.grpc as grpcclient
+
+    from shm import cleanup, cleanup_all_runs
+
+    from .run_setup import backend_region_prefix
+
+    client = grpcclient.InferenceServerClient(args.url) if args.url else None
+    try:
+        report = cleanup(args.run_id, client) if args.run_id else cleanup_all_runs(client)
+    finally:
+        if client is not None:
+            client.close()
+    prefix = backend_region_prefix(args.run_id) if args.run_id else "tee"
+    backend = [p for p in Path("/dev/shm").glob(f"{prefix}*") if not p.name.startswith("tee_")]
+    for region in backend:  # the python-backend regions of a server the run launched
+        region.unlink(missing_ok=True)
+    print(f"unregistered {len(report.unregistered)} regions, unlinked {len(report.unlinked)} worker regions "
+          f"and {len(backend)} server regions" + (f"; problems: {'; '.join(report.errors)}" if report.errors else ""))
+    return EXIT_PASS if not report.errors else EXIT_FAIL
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .coordinator import run
 
@@ -128,7 +157,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    handlers = {"run": _cmd_run, "gen-repo": _cmd_gen_repo, "show-config": _cmd_show_config}
+    handlers = {"run": _cmd_run, "gen-repo": _cmd_gen_repo, "show-config": _cmd_show_config,
+                "cleanup": _cmd_cleanup}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -31,6 +31,12 @@ class RunPaths:
     config_json: Path  # the resolved config, as the run used it
 
 
+def backend_region_prefix(run_id: str) -> str:
+    """Prefix of the python-backend regions of a server this run launches (never "tee_": that
+    prefix is the workers' regions)."""
+    return f"tee{run_id.replace('-', '')}_"
+
+
 def new_run_id() -> str:
     """Sortable by start time, unique across concurrent runs, short enough for shm names."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -73,7 +79,7 @@ def start_server(config: Config, paths: RunPaths, models: tuple[ModelSpec, ...])
         stop_timeout=server.stop_timeout,
         extra_args=tuple(server.extra_args),
         extra_repositories=(Path(server.model_repository).resolve(),) if server.model_repository else (),
-        shm_prefix=f"tee{paths.run_id.replace('-', '')}_",
+        shm_prefix=backend_region_prefix(paths.run_id),
     )
     launched = LaunchedServer(options)
     launched.start()

@@ -100,3 +100,22 @@ def test_sigint_stops_gracefully_with_a_full_report(tmp_path: Path) -> None:
     run_dir = next(tmp_path.iterdir())
     assert (run_dir / "stress_report.txt").exists()
     assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout == ""
+
+
+def test_cleanup_removes_a_crashed_runs_leftovers(tmp_path: Path) -> None:
+    """A killed run leaves POSIX shm objects behind: its workers' and its server's python backend's."""
+    run_id = "20990101-000000-dead"
+    ours = [Path(f"/dev/shm/tee_{run_id}_w0_0"), Path(f"/dev/shm/tee_{run_id}_w1_0"),
+            Path(f"/dev/shm/tee{run_id.replace('-', '')}_backendregion")]
+    other = Path("/dev/shm/tee_20990101-000000-live_w0_0")
+    try:
+        for path in (*ours, other):
+            path.write_bytes(b"\0" * 4096)
+        done = _run("-m", "engine", "cleanup", run_id)
+        assert done.returncode == 0, done.stderr
+        assert "unlinked 2 worker regions and 1 server regions" in done.stdout
+        assert not any(p.exists() for p in ours)
+        assert other.exists()  # another run's region is not touched
+    finally:
+        for path in (*ours, other):
+            path.unlink(missing_ok=True)
