@@ -118,3 +118,23 @@ def test_a_wrong_answer_is_recorded_as_wrong_with_its_text(server, tmp_path: Pat
     assert outcome.failed and "expected" in outcome.failure
     assert batches[0].columns["status"].tolist() == [STATUS_WRONG]
     assert events[0].body["what"] == "scenario_failed" and "identity_fp32 step 0" in events[0].body["text"]
+
+
+def test_repeated_timeouts_reuse_one_input_slot(server, tmp_path: Path) -> None:
+    """The timeout scenario's big constant input is written into shared memory once, not per request
+    (a request the client gave up on keeps its slots out of use, so per-request slots would pile up)."""
+    running, specs = server
+    models = {s.name: s for s in specs}
+    settings = ScenariosSection(timeout_input_bytes=8 << 20, timeout_client_deadline=0.1)
+    ctx = PlanContext(np.random.default_rng(2), settings, IdSource(1, 1000, 0), specs)
+    plans = [PLANNERS["timeout"](ctx) for _ in range(5)]
+    sync = grpcclient.InferenceServerClient(running.grpc_url)
+    with telemetry_sink(tmp_path) as (endpoint, pull), ShmPool(sync, "testrun-timeouts", 0, mode="system") as pool:
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("timeout",), "grpc"))
+        executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender, pool=pool)
+        outcomes = asyncio.run(_run_plans(executor, plans, {"timeout": 0}))
+        sender.close()
+        assert not any(o.failed for o in outcomes), [o.failure for o in outcomes]
+        assert pool.reserved_bytes < 2 * (8 << 20)  # one 8 MiB input region, not five
+    sync.close()

@@ -9,6 +9,7 @@ gRPC stream (HTTP has no client for it).
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ from .telemetry import (
 )
 
 FAILURE_TEXT_LIMIT = 400  # characters of an error or a mismatch kept in an event
+QUARANTINE_S = 60.0  # how long a failed request's shared-memory slots stay out of use
 
 
 @dataclass
@@ -113,7 +115,11 @@ class Executor:
         # that do not choose; `pools` (by mode) serves steps that do (users' [[load]] entries).
         self.pool = pool
         self.pools = dict(pools or {})
-        self.retired_slots = 0  # slots of failed requests, never reused (the server may still write)
+        # Slots of failed requests wait out QUARANTINE_S before reuse: a request the client gave up
+        # on may still be read or answered by the server.
+        self._quarantine: collections.deque[tuple[float, ShmPool, Slot]] = collections.deque()
+        self.retired_slots = 0
+        self._constant_slots: dict[tuple[int, int], Slot] = {}  # (pool, array) -> slot written once
         self.models = models
         self.model_codes = model_codes
         self.sender = sender
@@ -226,11 +232,16 @@ class Executor:
         return STATUS_OK, ""
 
     def _give_back(self, held: list[tuple[ShmPool, Slot]], answered: bool) -> None:
+        now = time.monotonic()
+        while self._quarantine and self._quarantine[0][0] <= now:
+            _, pool, slot = self._quarantine.popleft()
+            pool.release(slot)
         if answered:
             for pool, slot in held:
                 pool.release(slot)
         else:
             self.retired_slots += len(held)
+            self._quarantine.extend((now + QUARANTINE_S, pool, slot) for pool, slot in held)
 
     def _tensors(self, spec: ModelSpec, step: Step, names: list[str], held: list[tuple[ShmPool, Slot]],
                  protocol: str) -> tuple:
@@ -238,19 +249,27 @@ class Executor:
         module = httpclient if protocol == "http" else grpcclient
         pool = self._pool_for(step)
         inputs, outputs, slots = [], [], {}
+        first_size = 0  # bytes of the first input: what a model that echoes it answers with
         for name, data in _inputs(spec, step):
             if pool is None:
                 tensor = (_http_input if module is httpclient else _grpc_input)(name, data)
+            elif step.constant_input:  # written once, read by every request that sends it
+                key = (id(pool), id(data))
+                if key not in self._constant_slots:
+                    self._constant_slots[key] = pool.input_slot(data)
+                tensor = self._constant_slots[key].infer_input(name, protocol)
             else:
                 slot = pool.input_slot(data)
                 held.append((pool, slot))
                 tensor = slot.infer_input(name, protocol)
+                first_size = first_size or slot.byte_size
             inputs.append(tensor)
         for name in names:
             # The answer's size is known where the model echoes its first input (every generated
             # model but the user's); an expected error needs no output room.
-            if pool is not None and spec.kind != "user" and not step.expect_error and name == spec.outputs[0].name:
-                slot = pool.output_slot(held[0][1].byte_size)
+            if pool is not None and first_size and spec.kind != "user" and not step.expect_error \
+                    and name == spec.outputs[0].name:
+                slot = pool.output_slot(first_size)
                 pool.clear(slot)  # a stale answer in a reused slot must not pass the check
                 held.append((pool, slot))
                 slots[name] = (pool, slot)

@@ -38,6 +38,7 @@ class Step:
     # beyond the first input, and (name, expected) pairs beyond the first output.
     extra_inputs: tuple[tuple[str, np.ndarray], ...] = ()
     extra_expect: tuple[tuple[str, np.ndarray], ...] = ()
+    constant_input: bool = False  # the same array every time: shared memory writes it once, reuses it
     protocol: str = ""  # "" = the worker's protocol
     shm: str = ""  # "" = the worker's shared memory; "none" = inline; else that pool's mode
 
@@ -110,6 +111,13 @@ class PlanContext:
     settings: ScenarioSettings
     ids: IdSource
     models: Sequence[ModelSpec]
+    # Inputs that never change (the timeout scenario's 1 GiB of ones), made once per context.
+    constants: dict[tuple, np.ndarray] = field(default_factory=dict, compare=False)
+
+    def constant(self, key: tuple, make: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self.constants:
+            self.constants[key] = make()
+        return self.constants[key]
 
     def of_kind(self, kind: str, **where: object) -> list[ModelSpec]:
         return [m for m in self.models if m.kind == kind and all(getattr(m, k) == v for k, v in where.items())]
@@ -166,7 +174,8 @@ def plan_timeout(ctx: PlanContext) -> Plan:
     spec = ctx.pick(slow or _need("timeout", "a zero model whose execute delay exceeds the client deadline"))
     elements = max(1, ctx.settings.timeout_input_bytes // 4)
     shape = (1, elements) if spec.max_batch_size > 0 else (elements,)
-    step = Step(model=spec.name, values=np.ones(shape, np.float32), expect_error=DEADLINE_ERROR, timeout_s=deadline)
+    values = ctx.constant(("timeout", shape), lambda: np.ones(shape, np.float32))  # 1 GiB by default: made once
+    step = Step(model=spec.name, values=values, expect_error=DEADLINE_ERROR, timeout_s=deadline, constant_input=True)
     return Plan("timeout", (step,), deadline + 30.0)
 
 
