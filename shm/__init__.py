@@ -32,7 +32,13 @@ from ._errors import (
 )
 from ._naming import RegionName, belongs_to_run, parse_region_name, region_name
 from ._pool import ShmPool, Slot, resolve_mode
-from ._registration import RegisteredRegion, register_cuda, register_system, registered_regions, unregister
+from ._registration import (
+    RegisteredRegion,
+    register_cuda,
+    register_system,
+    registered_regions,
+    unregister,
+)
 from ._system import SystemRegion
 from .gpu import gpu_count, gpu_unavailable_reason
 

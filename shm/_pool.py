@@ -32,7 +32,15 @@ from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 from ._cuda import CudaRegion
 from ._errors import CudaUnavailable, RegionAlreadyRegistered, ShmError
 from ._naming import check_run_id, region_name
-from ._registration import CUDA, SYSTEM, protocol_of, register_cuda, register_system, require_sync, unregister
+from ._registration import (
+    CUDA,
+    SYSTEM,
+    protocol_of,
+    register_cuda,
+    register_system,
+    require_sync,
+    unregister,
+)
 from ._system import SystemRegion, is_bytes_dtype, tensor_bytes
 from .gpu import gpu_count, gpu_unavailable_reason
 

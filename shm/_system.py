@@ -15,6 +15,8 @@ import struct
 import numpy as np
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from ._errors import ShmError
+
 SHM_DIR = "/dev/shm"
 KIND = "system"
 
@@ -84,7 +86,15 @@ class SystemRegion:
         # O_EXCL: never adopt (and later unlink) an object someone else made under this name.
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
         try:
-            os.ftruncate(fd, byte_size)
+            # Reserve the pages now: a tmpfs too small for the region (a container's 64 MiB
+            # /dev/shm, say) fails here with ENOSPC instead of killing the process with SIGBUS on
+            # the first write past what it can hold.
+            try:
+                os.posix_fallocate(fd, 0, byte_size)
+            except OSError as exc:
+                free = os.statvfs(shm_dir)
+                raise ShmError(f"region {name}: cannot reserve {byte_size} bytes in {shm_dir} "
+                               f"({free.f_bavail * free.f_frsize} free): {exc.strerror}") from None
             self._map: mmap.mmap | None = mmap.mmap(fd, byte_size)
         except BaseException:
             os.close(fd)

@@ -349,3 +349,13 @@ def test_region_churn_does_not_grow_the_client_or_the_server(server: Any) -> Non
         assert name not in registered_names(client) and not mapped_by(server.pid, name)
     finally:
         client.close()
+
+
+def test_a_region_larger_than_dev_shm_is_a_clear_error_not_a_crash() -> None:
+    from shm import ShmError
+
+    free = os.statvfs("/dev/shm")
+    too_big = free.f_bavail * free.f_frsize + (1 << 30)
+    with pytest.raises(ShmError, match="cannot reserve"):
+        SystemRegion("tee_testrun-toolarge_w0_0", too_big)
+    assert not os.path.exists("/dev/shm/tee_testrun-toolarge_w0_0")

@@ -18,7 +18,14 @@ from model_repo_gen import RepoOptions, generate_repository
 from model_repo_gen.options import HEALTHY_MODELS
 from shm import cleanup, registered_regions
 from tests.server_helpers import serve_repository, successes, telemetry_sink
-from workers.telemetry import KIND_BATCH, KIND_EVENT, KIND_HEARTBEAT, STATUS_OK, decode_batch, unpack
+from workers.telemetry import (
+    KIND_BATCH,
+    KIND_EVENT,
+    KIND_HEARTBEAT,
+    STATUS_OK,
+    decode_batch,
+    unpack,
+)
 from workers.worker import WorkerSpec, replay_scenarios, scenario_table, start_worker
 
 pytestmark = pytest.mark.timeout(240)
