@@ -1,0 +1,66 @@
+"""Latency drift on per-window percentiles of one (model, scenario, protocol) (DETECTION.md §3).
+
+The run's own baseline (windows just after warm-up) against its recent windows: a relative gate
+on the median of p50 or of p99, a one-sided Mann-Whitney test on the log values, and persistence
+over consecutive evaluations, so a benign bump does not become a verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from .verdict import Verdict
+
+
+@dataclass(frozen=True)
+class DriftParams:
+    warmup_windows: int = 10
+    baseline_windows: int = 20
+    current_windows: int = 30
+    p50_gate: float = 0.10  # +10 % of the baseline median
+    p99_gate: float = 0.25
+    p_value: float = 1e-3
+    persistence: int = 5
+
+
+LONG = DriftParams()
+SMOKE = DriftParams(warmup_windows=3, baseline_windows=6, current_windows=12, persistence=3)
+
+
+@dataclass
+class DriftDetector:
+    subject: str
+    params: DriftParams = LONG
+    _hits: int = 0
+    open: bool = False
+    raised: list[Verdict] = field(default_factory=list)
+
+    def evaluate(self, t: np.ndarray, p50: np.ndarray, p99: np.ndarray, now: float) -> list[Verdict]:
+        """t: window starts (run seconds); p50, p99: each window's percentiles (same unit)."""
+        p = self.params
+        need = p.warmup_windows + p.baseline_windows + p.current_windows
+        if len(t) < need:
+            return []
+        base = slice(p.warmup_windows, p.warmup_windows + p.baseline_windows)
+        findings = []
+        for name, values, gate in (("p50", np.asarray(p50, float), p.p50_gate),
+                                   ("p99", np.asarray(p99, float), p.p99_gate)):
+            baseline, current = values[base], values[-p.current_windows:]
+            change = float(np.median(current) / np.median(baseline) - 1)
+            test = stats.mannwhitneyu(np.log(current), np.log(baseline), alternative="greater")
+            if change > gate and test.pvalue < p.p_value:
+                spread = np.percentile(current / np.median(baseline) - 1, [25, 75])
+                findings.append((name, change, float(spread[0]), float(spread[1]), float(test.pvalue), gate))
+        self._hits = self._hits + 1 if findings else 0
+        if self.open or self._hits < p.persistence:
+            return []
+        self.open = True
+        name, change, low, high, pvalue, gate = max(findings, key=lambda f: f[1] / f[5])
+        verdict = Verdict("drift", "DRIFT", f"{self.subject} {name}", float(t[-p.current_windows]), now,
+                          100 * change, "%", 100 * low, 100 * high,
+                          {"p_value": pvalue, "gate_pct": 100 * gate, "baseline_median": float(np.median(
+                              (p50 if name == "p50" else p99)[base])), "windows": float(len(t))})
+        self.raised.append(verdict)
+        return [verdict]

@@ -1,0 +1,149 @@
+"""Memory leak detection on one process's memory series (DETECTION.md §3, host memory).
+
+Two verdicts, each needing an effect size in real units, a significance test that accounts for
+autocorrelation, a minimum observation time, and persistence over consecutive evaluations:
+
+- GROWTH (early alarm): the lower confidence bound of the slope exceeds a large gate and the
+  growth is not decelerating. Withdrawn as PLATEAU when the growth stops (a cache that filled).
+- LEAK: over a long window, the lower bound exceeds a small gate, the 24 h projection is large
+  enough to matter, and the last third of the window grows at least half as fast as the first
+  (a leak keeps its pace; a filling cache slows down).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .trend import median_bins, robust_trend
+from .verdict import Verdict
+
+MIB = float(1 << 20)
+HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class LeakParams:
+    bin_s: float = 60.0  # samples are reduced to medians of this width
+    warmup_s: float = 600.0  # at least this long, and at least warmup_fraction of the run
+    warmup_fraction: float = 0.05
+    growth_every_s: float = 60.0
+    growth_min_data_s: float = 900.0
+    growth_gate_mib_h: float = 256.0
+    growth_gate_baseline_fraction_h: float = 0.25  # or this share of the baseline per hour, if larger
+    leak_every_s: float = 600.0
+    leak_after_s: float = 3 * HOUR  # or leak_after_fraction of the run, if sooner
+    leak_after_fraction: float = 0.4
+    leak_window_s: float = 2 * HOUR  # or half the post-warm-up data, if longer
+    leak_gate_mib_h: float = 8.0
+    leak_projection_mib: float = 64.0  # growth over 24 h must reach this much
+    persistence: int = 3
+    confidence: float = 0.99
+    leak_enabled: bool = True
+
+
+LONG = LeakParams()
+# Short CI runs: strong faults only (DETECTION.md "smoke" profile).
+SMOKE = LeakParams(bin_s=10.0, warmup_s=60.0, growth_every_s=10.0, growth_min_data_s=120.0,
+                   growth_gate_mib_h=64.0, leak_enabled=False)
+
+
+@dataclass
+class LeakDetector:
+    subject: str
+    params: LeakParams = LONG
+    run_s: float = 0.0  # planned run length (0: unknown)
+    _growth_hits: int = 0
+    _calm_hits: int = 0
+    _leak_hits: int = 0
+    _next_growth: float = 0.0
+    _next_leak: float = 0.0
+    growth_open: bool = False
+    raised: list[Verdict] = field(default_factory=list)
+
+    def _warmup(self) -> float:
+        return max(self.params.warmup_s, self.params.warmup_fraction * self.run_s)
+
+    def evaluate(self, t: np.ndarray, rss: np.ndarray, now: float,
+                 requests: np.ndarray | None = None) -> list[Verdict]:
+        """Feed the whole series so far (t in run seconds, bytes); returns verdicts raised now."""
+        p = self.params
+        warm = t >= self._warmup()
+        t, rss = np.asarray(t, float)[warm], np.asarray(rss, float)[warm]
+        reqs = np.asarray(requests, float)[warm] if requests is not None else None
+        out: list[Verdict] = []
+        if len(t) < 3:
+            return out
+        span = t[-1] - t[0]
+        if now >= self._next_growth and span >= p.growth_min_data_s:
+            self._next_growth = now + p.growth_every_s
+            out += self._growth(t, rss, now)
+        after = min(p.leak_after_s, p.leak_after_fraction * self.run_s) if self.run_s else p.leak_after_s
+        if p.leak_enabled and now >= self._next_leak and now >= after:
+            self._next_leak = now + p.leak_every_s
+            window = max(p.leak_window_s, span / 2)
+            keep = t >= t[-1] - window
+            out += self._leak(t[keep], rss[keep], now, reqs[keep] if reqs is not None else None)
+        self.raised += out
+        return out
+
+    def _growth(self, t: np.ndarray, rss: np.ndarray, now: float) -> list[Verdict]:
+        p = self.params
+        bx, by = median_bins(t, rss, p.bin_s)
+        if len(bx) < 6:
+            return []
+        trend = robust_trend(bx / HOUR, by / MIB, p.confidence)
+        gate = max(p.growth_gate_mib_h, p.growth_gate_baseline_fraction_h * by[0] / MIB)
+        growing = trend.low > gate and not _decelerating(bx, by)
+        if growing:
+            self._growth_hits += 1
+            self._calm_hits = 0
+        else:
+            self._growth_hits = 0
+            self._calm_hits += 1
+        evidence = {"slope_mib_h": trend.slope, "gate_mib_h": gate, "phi": trend.phi, "points": trend.n}
+        if not self.growth_open and self._growth_hits >= p.persistence:
+            self.growth_open = True
+            return [Verdict("leak", "GROWTH", self.subject, float(bx[0]), now, trend.slope, "MiB/h", trend.low,
+                            trend.high, evidence)]
+        if self.growth_open and self._calm_hits >= p.persistence:
+            self.growth_open = False
+            level = float(np.median(by[-max(3, len(by) // 10):]) / MIB)
+            return [Verdict("leak", "PLATEAU", self.subject, float(bx[0]), now, level, "MiB", level, level,
+                            {**evidence, "asymptote_mib": level})]
+        return []
+
+    def _leak(self, t: np.ndarray, rss: np.ndarray, now: float, reqs: np.ndarray | None) -> list[Verdict]:
+        p = self.params
+        bx, by = median_bins(t, rss, p.bin_s)
+        if len(bx) < 12:
+            return []
+        trend = robust_trend(bx / HOUR, by / MIB, p.confidence)
+        thirds = np.array_split(np.arange(len(bx)), 3)
+        first = robust_trend(bx[thirds[0]] / HOUR, by[thirds[0]] / MIB, p.confidence).slope
+        last = robust_trend(bx[thirds[-1]] / HOUR, by[thirds[-1]] / MIB, p.confidence).slope
+        steady = last >= 0.5 * first and last > p.leak_gate_mib_h
+        leaking = trend.low > p.leak_gate_mib_h and trend.slope * 24 > p.leak_projection_mib and steady
+        self._leak_hits = self._leak_hits + 1 if leaking else 0
+        if self._leak_hits != p.persistence:  # raised once, when persistence is first reached
+            return []
+        evidence = {"slope_mib_h": trend.slope, "first_third_mib_h": first, "last_third_mib_h": last,
+                    "gate_mib_h": p.leak_gate_mib_h, "phi": trend.phi, "window_h": (bx[-1] - bx[0]) / HOUR}
+        if reqs is not None and reqs[-1] > reqs[0]:
+            rx, ry = median_bins(reqs, rss, max(1.0, (reqs[-1] - reqs[0]) / max(len(bx), 1)))
+            per_request = robust_trend(rx, ry, p.confidence)
+            evidence.update(bytes_per_request=per_request.slope, bytes_per_request_low=per_request.low,
+                            bytes_per_request_high=per_request.high)
+        return [Verdict("leak", "LEAK", self.subject, float(bx[0]), now, trend.slope, "MiB/h", trend.low, trend.high,
+                        evidence)]
+
+
+def _decelerating(x: np.ndarray, y: np.ndarray) -> bool:
+    """Last third of the window grows at less than half the pace of the first third."""
+    thirds = np.array_split(np.arange(len(x)), 3)
+    if min(len(part) for part in thirds) < 3:
+        return False
+    first = robust_trend(x[thirds[0]], y[thirds[0]]).slope
+    last = robust_trend(x[thirds[-1]], y[thirds[-1]]).slope
+    return first > 0 and last < 0.5 * first

@@ -1,0 +1,24 @@
+"""What a detector says: which detector, about what, since when, how big, how sure, and the
+numbers behind it (the evidence echoes the thresholds that applied)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Verdict:
+    detector: str  # "leak", "drift", ...
+    kind: str  # "GROWTH", "LEAK", "PLATEAU", "DRIFT", ...
+    subject: str  # what it is about: a process, "model/stage", ...
+    since_s: float  # run time (seconds) from which the evidence starts
+    at_s: float  # run time of the evaluation that raised it
+    size: float  # effect size in `unit`
+    unit: str  # "MiB/h", "%", ...
+    low: float  # confidence bounds of `size`
+    high: float
+    evidence: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return (f"{self.kind} {self.subject}: {self.size:.3g} {self.unit} "
+                f"[{self.low:.3g}, {self.high:.3g}] since {self.since_s / 60:.0f} min")
