@@ -1,53 +1,78 @@
-"""python -m model_repo_gen --out DIR [options]: write a model repository for stress runs."""
+"""python -m model_repo_gen --out DIR [options]: write a model repository for stress runs.
+
+Every knob of RepoOptions and FaultOptions is a flag (``instance_count`` -> ``--instance-count``,
+``faults.wrong_every`` -> ``--wrong-every``), with the help text and default its field declares."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from .catalog import build_spec
-from .options import ALL_MODELS, DEFAULT_MODELS, FAULTY_MODELS, ONNX_MODELS, TORCH_MODELS, RepoOptions
+from .options import (
+    ALL_MODELS,
+    DEFAULT_MODELS,
+    FAULTY_MODELS,
+    ONNX_MODELS,
+    TORCH_MODELS,
+    FaultOptions,
+    RepoOptions,
+)
+from .validate import OptionError
 from .writer import generate_repository
 
-_FIELDS = {f.name: f for f in dataclasses.fields(RepoOptions)}
+# Fields that are not a plain scalar flag: models is a comma list, dynamic_batching a negative switch.
+_SPECIAL = ("models", "dynamic_batching", "faults")
 
 
-def _help(name: str) -> str:
-    field = _FIELDS[name]
-    default = field.default
-    return f"{field.metadata['help']} (default: {default})"
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage block: the caller sees what was wrong and where to look.
+        self.exit(2, f"error: {message} (see python -m model_repo_gen --help)\n")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_field(group: argparse._ArgumentGroup, field: dataclasses.Field, dest: str) -> None:
+    meta = field.metadata
+    kind = type(field.default)
+    help_text = f"{meta['help']} (default: {field.default:g})" if kind is float else \
+        f"{meta['help']} (default: {field.default})"
+    kwargs: dict[str, Any] = {"dest": dest, "default": field.default, "help": help_text, "type": kind}
+    if "choices" in meta:
+        kwargs["choices"] = meta["choices"]
+    elif meta.get("unit") == "duration":
+        kwargs["metavar"] = "SECONDS"
+    else:
+        kwargs["metavar"] = "N" if kind is int else "X"
+    group.add_argument(_flag(field.name), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model_repo_gen",
-                                description="Write a Triton model repository of generated models: identity, zero, "
-                                            "sequence accumulators, decoupled, and deliberately faulty models.")
-    p.add_argument("--out", metavar="DIR", help="repository directory (created; a directory this tool wrote "
-                                                "before is updated, any other non-empty one is refused)")
-    p.add_argument("--models", metavar="A,B,...", default=",".join(DEFAULT_MODELS),
-                   help="comma-separated model names (default: the stress-run set); --list shows all")
+    p = _Parser(prog="python -m model_repo_gen",
+                description="Write a Triton model repository of generated models: identity, zero, sequence "
+                            "accumulators, decoupled, and deliberately faulty models (python backend; ONNX and "
+                            "TorchScript variants when onnx / torch are installed).",
+                epilog="A directory this tool wrote before is regenerated (models it no longer names are removed); "
+                       "any other non-empty directory is refused. Errors exit with status 2.")
+    p.add_argument("--out", metavar="DIR", help="repository directory to write (created if missing)")
     p.add_argument("--list", action="store_true", help="list the model names and what each is, then exit")
-    p.add_argument("--instance-count", type=int, default=_FIELDS["instance_count"].default,
-                   help=_help("instance_count"))
-    p.add_argument("--instance-kind", choices=_FIELDS["instance_kind"].metadata["choices"],
-                   default=_FIELDS["instance_kind"].default, help=_help("instance_kind"))
-    p.add_argument("--max-batch-size", type=int, default=_FIELDS["max_batch_size"].default,
-                   help=_help("max_batch_size"))
-    p.add_argument("--no-dynamic-batching", action="store_true", help="no dynamic batching on the stateless models")
-    p.add_argument("--sequence-max-batch-size", type=int, default=_FIELDS["sequence_max_batch_size"].default,
-                   help=_help("sequence_max_batch_size"))
-    p.add_argument("--sequence-strategy", choices=_FIELDS["sequence_strategy"].metadata["choices"],
-                   default=_FIELDS["sequence_strategy"].default, help=_help("sequence_strategy"))
-    p.add_argument("--sequence-idle-timeout", type=float, metavar="SECONDS",
-                   default=_FIELDS["sequence_idle_timeout"].default, help=_help("sequence_idle_timeout"))
-    p.add_argument("--execute-delay-ms", type=float, default=_FIELDS["execute_delay_ms"].default,
-                   help=_help("execute_delay_ms"))
-    p.add_argument("--zero-delay-ms", type=float, default=_FIELDS["zero_delay_ms"].default,
-                   help=_help("zero_delay_ms"))
-    p.add_argument("--slow-zero-delay-ms", type=float, default=_FIELDS["slow_zero_delay_ms"].default,
-                   help=_help("slow_zero_delay_ms"))
+    p.add_argument("--models", metavar="A,B,...", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated model names (default: {','.join(DEFAULT_MODELS)}); --list shows all")
+    knobs = p.add_argument_group("model knobs")
+    for field in dataclasses.fields(RepoOptions):
+        if field.name not in _SPECIAL:
+            _add_field(knobs, field, field.name)
+    knobs.add_argument("--no-dynamic-batching", action="store_true",
+                       help="no dynamic_batching on the batching stateless models (default: dynamic batching on)")
+    faults = p.add_argument_group("faulty-model knobs (used only by the faulty models generated)")
+    for field in dataclasses.fields(FaultOptions):
+        _add_field(faults, field, "fault_" + field.name)
     return p
 
 
@@ -58,32 +83,18 @@ def _list() -> str:
         what = "faulty" if name in FAULTY_MODELS else "needs onnx" if name in ONNX_MODELS else \
             "needs torch" if name in TORCH_MODELS else "healthy"
         tensors = ", ".join(f"{t.name}:{t.datatype}" for t in spec.inputs)
-        rows.append(f"{name:<26} {spec.kind:<10} {spec.backend:<12} batch {spec.max_batch_size:<3} {what:<12} {tensors}")
+        rows.append(f"{name:<26} {spec.kind:<10} {spec.backend:<12} batch {spec.max_batch_size:<3} "
+                    f"{what:<12} {tensors}")
     return "\n".join(rows)
 
 
 def _options(args: argparse.Namespace) -> RepoOptions:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    checks = [("--instance-count", args.instance_count, 1), ("--max-batch-size", args.max_batch_size, 1),
-              ("--sequence-max-batch-size", args.sequence_max_batch_size, 1)]
-    for flag, value, low in checks:
-        if value < low:
-            raise ValueError(f"{flag} {value}: must be {low} or more")
-    for flag, value in (("--execute-delay-ms", args.execute_delay_ms), ("--zero-delay-ms", args.zero_delay_ms),
-                        ("--slow-zero-delay-ms", args.slow_zero_delay_ms)):
-        if value < 0:
-            raise ValueError(f"{flag} {value:g}: must be 0 or more")
-    if args.sequence_idle_timeout <= 0:
-        raise ValueError(f"--sequence-idle-timeout {args.sequence_idle_timeout:g}: must be greater than zero")
     if not models:
         raise ValueError("--models: name at least one model")
-    return RepoOptions(
-        models=models, instance_count=args.instance_count, instance_kind=args.instance_kind,
-        max_batch_size=args.max_batch_size, dynamic_batching=not args.no_dynamic_batching,
-        sequence_max_batch_size=args.sequence_max_batch_size, sequence_strategy=args.sequence_strategy,
-        sequence_idle_timeout=args.sequence_idle_timeout, execute_delay_ms=args.execute_delay_ms,
-        zero_delay_ms=args.zero_delay_ms, slow_zero_delay_ms=args.slow_zero_delay_ms,
-    )
+    faults = FaultOptions(**{f.name: getattr(args, "fault_" + f.name) for f in dataclasses.fields(FaultOptions)})
+    plain = {f.name: getattr(args, f.name) for f in dataclasses.fields(RepoOptions) if f.name not in _SPECIAL}
+    return RepoOptions(models=models, dynamic_batching=not args.no_dynamic_batching, faults=faults, **plain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,10 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--out DIR is required (or --list)")
     try:
         specs = generate_repository(args.out, _options(args))
-    except (ValueError, ImportError, OSError) as exc:
+    except OptionError as exc:
+        flag = _flag(exc.key.rsplit(".", 1)[-1])
+        print(f"error: {flag} {exc.value:g}: {exc.problem}" if isinstance(exc.value, float)
+              else f"error: {flag} {exc.value}: {exc.problem}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {len(specs)} models to {args.out}: {', '.join(s.name for s in specs)}")
+    for spec in specs:
+        print(f"wrote {args.out}/{spec.name}: {spec.kind}, {spec.backend}, {spec.instance_count} instance(s), "
+              f"max_batch_size {spec.max_batch_size}")
+    print(f"{len(specs)} models in {args.out}")
     return 0
 
 

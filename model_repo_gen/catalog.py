@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 from .options import ALL_MODELS, RepoOptions
 from .spec import (
@@ -22,6 +22,7 @@ from .spec import (
     SequenceSpec,
     TensorSpec,
 )
+from .validate import check_options
 
 _DTYPES = {"fp32": "FP32", "int32": "INT32", "bytes": "BYTES"}
 
@@ -54,9 +55,10 @@ def _zero(slow: bool) -> Callable[[str, RepoOptions], ModelSpec]:
 
 
 def _state_ttl(o: RepoOptions) -> str:
-    # Longer than the server's idle timeout (plus scheduling slack), so only sequences the server
-    # has already dropped lose their state.
-    return f"{2 * o.sequence_idle_timeout + 1:g}"
+    # Twice the server's idle timeout plus 1 s of scheduling slack, so only sequences the server
+    # has already dropped lose their state. A live sequence's requests can also wait in the queue
+    # behind other executions, each as long as the execute delay: that wait is added on top.
+    return f"{2 * o.sequence_idle_timeout + 1 + 2 * o.execute_delay_ms / 1000:g}"
 
 
 def _sequence(datatype: str, batching: bool, *, string_ids: bool = False, expires: bool = True,
@@ -76,7 +78,8 @@ def _sequence(datatype: str, batching: bool, *, string_ids: bool = False, expire
             parameters = (("expire_state", "1" if expires else "0"), ("state_ttl_s", _state_ttl(o)))
         return ModelSpec(
             name=name, kind="sequence", backend=backend, max_batch_size=o.sequence_max_batch_size if batching else 0,
-            inputs=(TensorSpec(SEQUENCE_INPUT, datatype, (1,)),), outputs=(TensorSpec(SEQUENCE_OUTPUT, datatype, (1,)),),
+            inputs=(TensorSpec(SEQUENCE_INPUT, datatype, (1,)),),
+            outputs=(TensorSpec(SEQUENCE_OUTPUT, datatype, (1,)),),
             execute_delay_ms=o.execute_delay_ms if backend == "python" else 0.0, sequence=sequence,
             parameters=parameters, **_instances(o),
         )
@@ -151,7 +154,7 @@ def unknown_model_message(name: str) -> str:
     return f"unknown model {name!r}{hint} (python -m model_repo_gen --list shows them all)"
 
 
-def build_spec(name: str, options: RepoOptions) -> ModelSpec:
+def _build(name: str, options: RepoOptions) -> ModelSpec:
     try:
         builder = BUILDERS[name]
     except KeyError:
@@ -159,6 +162,14 @@ def build_spec(name: str, options: RepoOptions) -> ModelSpec:
     return builder(name, options)
 
 
+def build_spec(name: str, options: RepoOptions) -> ModelSpec:
+    """The spec of one model; ValueError for an unknown name or an option out of its bounds."""
+    check_options(options)
+    return _build(name, options)
+
+
 def build_specs(options: RepoOptions) -> tuple[ModelSpec, ...]:
-    """The specs of `options.models`, in order, each name once."""
-    return tuple(build_spec(name, options) for name in dict.fromkeys(options.models))
+    """The specs of `options.models`, in order, each name once; ValueError for an unknown name
+    (with the closest known ones) or an option out of its bounds (naming the option)."""
+    check_options(options)
+    return tuple(_build(name, options) for name in dict.fromkeys(options.models))

@@ -51,7 +51,7 @@ def _control(name: str) -> str:
 def _sequence_batching(spec: ModelSpec) -> str:
     seq = spec.sequence
     assert seq is not None
-    lines = [f"  max_sequence_idle_microseconds: {int(round(seq.idle_timeout_s * 1_000_000))}"]
+    lines = [f"  max_sequence_idle_microseconds: {round(seq.idle_timeout_s * 1_000_000)}"]
     if spec.max_batch_size > 0:
         if seq.strategy == "oldest":
             lines.append(

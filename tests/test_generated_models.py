@@ -46,7 +46,9 @@ def _metric(server: RunningServer, name: str, model: str, instance: str | None =
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
     total, found = 0.0, False
     for line in text.splitlines():
-        if line.startswith(name + "{") and f'model="{model}"' in line and (instance is None or f'instance="{instance}"' in line):
+        if not line.startswith(name + "{") or f'model="{model}"' not in line:
+            continue
+        if instance is None or f'instance="{instance}"' in line:
             total += float(line.rsplit(" ", 1)[1])
             found = True
     assert found, f"{name} for {model} not on the metrics endpoint"
@@ -83,7 +85,7 @@ def test_identity_returns_its_input(server: RunningServer, model: str, datatype:
     else:
         data = np.arange(-5, 27).astype(np.float32 if datatype == "FP32" else np.int32) * 3
     if "nobatch" not in model:
-        data = data.reshape(1, -1)
+        data = data.reshape(2, -1)  # a batch of two rows
     module = grpcclient if protocol == "grpc" else httpclient
     client = module.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url)
     try:
@@ -267,15 +269,26 @@ def test_hang_model_blocks_one_instance_and_the_other_goes_on(faulty) -> None:
     assert _metric(server, "engine_model_hung_requests", "hang_fp32", "hang_fp32_0_1") == 0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
 def test_crash_model_stub_dies_and_the_server_lives(faulty) -> None:
     server, client = faulty
     stub = next(s for s in server.server.stub_processes() if s.instance.startswith("crash_fp32"))
-    for _ in range(3):
-        _ask(client, "crash_fp32")
-    with pytest.raises(InferenceServerException):
-        _ask(client, "crash_fp32", timeout=20)
+    for _ in range(3):  # crash_after_requests: these are answered
+        assert np.array_equal(_ask(client, "crash_fp32", 4.0), np.full((1, 8), 4.0, np.float32))
+    # The 4th request kills the stub; it and every later one fail, the server names the instance.
+    for _ in range(2):
+        with pytest.raises(InferenceServerException, match="crash_fp32_0_0' is not healthy"):
+            _ask(client, "crash_fp32", timeout=20)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and Path(f"/proc/{stub.pid}").exists():
+    while time.monotonic() < deadline and _alive(stub.pid):
         time.sleep(0.1)
-    assert not Path(f"/proc/{stub.pid}/status").exists() or "zombie" in Path(f"/proc/{stub.pid}/status").read_text()
+    assert not _alive(stub.pid)
     assert client.is_server_live()
+    # The dead stub's model is not unloaded, but the other models serve on.
+    assert np.array_equal(_ask(client, "plateau_fp32", 5.0, timeout=10), np.full((1, 8), 5.0, np.float32))

@@ -60,9 +60,43 @@ def test_knobs_reach_the_configs() -> None:
     assert configs["sequence_nobatch_fp32"].max_batch_size == 0
     # STRING CORRID controls fail every request on Triton 2.51: the string-id model has none.
     assert "CORRID" not in [c.name for c in configs["sequence_string_int32"].sequence_batching.control_input]
+    assert [c.name for c in configs["sequence_string_int32"].sequence_batching.control_input] == [
+        "START", "END", "READY"]
     assert configs["zero_fp32"].parameters["execute_delay_ms"].string_value == "150"
     assert configs["zero_slow_fp32"].parameters["execute_delay_ms"].string_value == "900"
     assert configs["decoupled_int32"].model_transaction_policy.decoupled
+
+
+def test_defaults_direct_strategy_delays_and_state_expiry() -> None:
+    options = RepoOptions(models=("identity_nobatch_int32", "sequence_int32", "sequence_nobatch_int32",
+                                  "identity_bytes"), execute_delay_ms=12.5, sequence_idle_timeout=3,
+                          dynamic_batching=False)
+    configs = {s.name: _parse(render_config(s)) for s in build_specs(options)}
+    nobatch = configs["identity_nobatch_int32"]
+    assert nobatch.max_batch_size == 0 and not nobatch.HasField("dynamic_batching")
+    assert list(nobatch.input[0].dims) == [-1]
+    assert not configs["identity_bytes"].HasField("dynamic_batching")  # dynamic_batching=False reaches it
+    assert model_config_pb2.DataType.Name(configs["identity_bytes"].input[0].data_type) == "TYPE_STRING"
+    assert nobatch.parameters["execute_delay_ms"].string_value == "12.5"
+    seq = configs["sequence_int32"]
+    assert seq.sequence_batching.HasField("direct")
+    assert seq.sequence_batching.max_sequence_idle_microseconds == 3_000_000
+    assert seq.parameters["execute_delay_ms"].string_value == "12.5"
+    # The model forgets a sequence after twice the server's idle timeout + 1 s (+ queueing behind delays).
+    assert float(seq.parameters["state_ttl_s"].string_value) == 2 * 3 + 1 + 2 * 0.0125
+    assert seq.parameters["expire_state"].string_value == "1"
+    corrid = next(c for c in seq.sequence_batching.control_input if c.name == "CORRID")
+    assert model_config_pb2.DataType.Name(corrid.control[0].data_type) == "TYPE_UINT64"
+    assert not configs["sequence_nobatch_int32"].sequence_batching.HasField("direct")  # nobatch: server default
+
+
+def test_options_out_of_bounds_are_refused_with_their_name() -> None:
+    with pytest.raises(ValueError, match="instance_count = 0: must be 1 or more"):
+        build_specs(RepoOptions(instance_count=0))
+    with pytest.raises(ValueError, match="faults.wrong_every = 0"):
+        build_specs(RepoOptions(faults=FaultOptions(wrong_every=0)))
+    with pytest.raises(ValueError, match="sequence_strategy = 'newest'"):
+        build_specs(RepoOptions(sequence_strategy="newest"))
 
 
 def test_fault_knobs_and_hang_gets_two_instances() -> None:
@@ -75,6 +109,9 @@ def test_fault_knobs_and_hang_gets_two_instances() -> None:
     assert configs["hang_fp32"].instance_group[0].count == 2  # one hangs, one goes on
     assert configs["wrong_fp32"].parameters["wrong_every"].string_value == "3"
     assert configs["sequence_noexpire_int32"].parameters["expire_state"].string_value == "0"
+    # The hanging instance must exist: hang_instance=3 needs four instances.
+    spec = build_specs(RepoOptions(models=("hang_fp32",), faults=FaultOptions(hang_instance=3)))[0]
+    assert spec.instance_count == 4
 
 
 def test_implicit_state_configs_for_onnx_and_torch() -> None:
@@ -84,6 +121,15 @@ def test_implicit_state_configs_for_onnx_and_torch() -> None:
         if spec.is_sequence:
             state = config.sequence_batching.state[0]
             assert (state.input_name, state.output_name) == ("INPUT_STATE", "OUTPUT_STATE")
+
+
+@pytest.mark.parametrize("module,model", [("onnx", "onnx_identity_fp32"), ("torch", "libtorch_sequence_int32")])
+def test_missing_export_package_is_named_and_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                module: str, model: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # import of it now fails, as when not installed
+    with pytest.raises(ValueError, match=rf"{model} needs the '{module}' package.*\[{module}\]"):
+        generate_repository(tmp_path / "repo", RepoOptions(models=("identity_fp32", model)))
+    assert not (tmp_path / "repo").exists()
 
 
 def test_unknown_model_is_refused_with_a_suggestion() -> None:
@@ -109,14 +155,42 @@ def test_a_foreign_directory_is_not_overwritten(tmp_path: Path) -> None:
 def test_cli_writes_lists_and_refuses_bad_input(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "model_repo_gen", *args], capture_output=True, text=True,
-                              timeout=60)
+                              timeout=60, check=False)
 
-    done = run("--out", str(tmp_path / "r"), "--models", "identity_int32,sequence_fp32", "--instance-count", "1")
+    done = run("--out", str(tmp_path / "r"), "--models", "identity_int32,sequence_fp32,wrong_fp32",
+               "--instance-count", "1", "--sequence-strategy", "oldest", "--wrong-every", "7")
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.is_dir()) == ["identity_int32", "sequence_fp32"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.is_dir()) == [
+        "identity_int32", "sequence_fp32", "wrong_fp32"]
+    assert "identity_int32" in done.stdout and "wrong_fp32" in done.stdout
+    wrong = _parse((tmp_path / "r" / "wrong_fp32" / "config.pbtxt").read_text())
+    assert wrong.parameters["wrong_every"].string_value == "7"
+    assert _parse((tmp_path / "r" / "sequence_fp32" / "config.pbtxt").read_text()).sequence_batching.HasField("oldest")
+    again = run("--out", str(tmp_path / "r"), "--models", "identity_int32")  # regenerating over its own output
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.is_dir()) == ["identity_int32"]
+    helped = run("--help")
+    assert helped.returncode == 0 and "usage:" in helped.stdout
+    for flag in ("--instance-count", "--max-batch-size", "--sequence-max-batch-size", "--sequence-strategy",
+                 "--sequence-idle-timeout", "--execute-delay-ms", "--zero-delay-ms", "--slow-zero-delay-ms",
+                 "--list", "--models", "--wrong-every", "--plateau-time-constant"):
+        assert flag in helped.stdout, flag
     listing = run("--list").stdout
     assert all(name in listing for name in HEALTHY_MODELS + FAULTY_MODELS)
-    for bad in (["--out", str(tmp_path / "x"), "--models", "nosuch"], ["--out", str(tmp_path / "y"),
-                "--instance-count", "0"], ["--out", str(tmp_path / "z"), "--sequence-idle-timeout", "-1"]):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    out = str(tmp_path / "x")
+    for bad, says in ((["--out", out, "--models", "nosuch"], "unknown model 'nosuch'"),
+                      (["--out", out, "--instance-count", "0"], "--instance-count 0: must be 1 or more"),
+                      (["--out", out, "--sequence-idle-timeout", "-1"], "--sequence-idle-timeout -1"),
+                      (["--out", out, "--instance-count", "two"], "invalid int value: 'two'"),
+                      (["--out", out, "--sequence-strategy", "newest"], "invalid choice: 'newest'"),
+                      (["--out", out, "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+                      (["--models", "identity_fp32"], "--out DIR is required"),
+                      (["--out", str(foreign)], "not written by model_repo_gen")):
         done = run(*bad)
-        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+        assert done.returncode == 2, bad
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert says in done.stderr, (says, done.stderr)
+    assert not (tmp_path / "x").exists() and (foreign / "keep.txt").read_text() == "mine"

@@ -26,4 +26,4 @@ class TritonPythonModel:
                     time.sleep(self.delay_s)
                 sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([base + i], np.int32))]))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return None
+        # A decoupled model answers through the senders; execute() itself returns None.

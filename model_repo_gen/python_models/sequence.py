@@ -2,9 +2,10 @@
 
 State is kept per correlation id (request.correlation_id(), an int or a str), in the input's
 dtype, added step by step. The server never tells a model that a sequence idled out, so state
-untouched for longer than `state_ttl_s` is dropped, by a sweeper thread (an instance that gets
-no more traffic must still let go); with expire_state = "0" it never is (the deliberately leaking
-variant).
+untouched for longer than `state_ttl_s` is dropped: at the start of an execution (at most every
+`state_ttl_s / 4`, so the hot path does not scan the table each time) and by a sweeper thread
+(an instance that gets no more traffic must still let go). With expire_state = "0" it never is
+(the deliberately leaking variant). The gauge engine_model_sequence_states says how many are held.
 """
 
 import threading
@@ -35,17 +36,22 @@ class TritonPythonModel:
         self.lock = threading.Lock()  # execute() and the sweeper share the state
         self.gauge = Gauge(pb_utils, "engine_model_sequence_states", "per-sequence states held now", args)
         self.gauge.set(0)
+        self.sweep_every_s = min(1.0, self.ttl_s / 4)
+        self.last_sweep = time.monotonic()
         self.stopping = threading.Event()
         if self.expire:
             threading.Thread(target=self._sweep, name="state-sweeper", daemon=True).start()
 
     def _sweep(self):
-        while not self.stopping.wait(min(1.0, self.ttl_s / 4)):
+        while not self.stopping.wait(self.sweep_every_s):
             with self.lock:
-                now = time.monotonic()
-                for key in [k for k, (_, touched) in self.state.items() if now - touched > self.ttl_s]:
-                    del self.state[key]
+                self._expire(time.monotonic())
                 self.gauge.set(len(self.state))
+
+    def _expire(self, now):
+        self.last_sweep = now
+        for key in [k for k, (_, touched) in self.state.items() if now - touched > self.ttl_s]:
+            del self.state[key]
 
     def finalize(self):
         self.stopping.set()
@@ -58,6 +64,8 @@ class TritonPythonModel:
 
     def _answer(self, requests):
         now = time.monotonic()
+        if self.expire and now - self.last_sweep >= self.sweep_every_s:
+            self._expire(now)
         responses = []
         for request in requests:
             data = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()

@@ -1,7 +1,22 @@
 """Stateless generated model: identity or zero, and the deliberately faulty identity variants.
 
 Config parameters (strings): execute_delay_ms, mode ("identity" | "zero"), fault ("" | "leak" |
-"hang" | "drift" | "wrong" | "crash" | "plateau") and the fault's own knobs.
+"hang" | "drift" | "wrong" | "crash" | "plateau") and the fault's own knobs. The delay is slept
+once per execute() call, which gets a list of requests (a dynamic batch).
+
+Faults count requests per instance (each instance is its own stub process):
+- leak: keeps leak_bytes_per_request written bytes per request, forever.
+- hang: on the instance whose index is hang_instance, the execute() call that receives its
+  (hang_after_requests + 1)-th request never returns and none of its requests is answered; the
+  server sends nothing more to a busy instance, so the other instances serve on.
+- drift: sleeps drift_ms_per_minute x minutes since (load + drift_onset_s) more per execute().
+- wrong: the wrong_every-th, 2 x wrong_every-th, ... request answers INPUT0 + 1.
+- crash: the stub exits (os._exit(1)) in the execute() call that receives its
+  (crash_after_requests + 1)-th request, before answering any of that call's requests. Without
+  batching exactly crash_after_requests requests are answered; with dynamic batching, requests
+  batched with the fatal one die with it. Requests after it fail too (the instance is gone).
+- plateau: holds plateau_bytes x (1 - exp(-t / plateau_time_constant_s)) bytes, t = time since
+  load, grown at each execute(), never more than plateau_bytes (memory that grows, then stops).
 """
 
 import math

@@ -23,6 +23,7 @@ class Gauge:
 
     def __init__(self, pb_utils, name, description, args):
         self._metric = None
+        self._last = None
         family_type = getattr(pb_utils, "MetricFamily", None)
         if family_type is None:
             return
@@ -35,5 +36,9 @@ class Gauge:
             self._metric = None
 
     def set(self, value):
-        if self._metric is not None:
-            self._metric.set(float(value))
+        # Each set is a round trip to the server process: skip the ones that change nothing,
+        # since sequence models publish after every execution.
+        value = float(value)
+        if self._metric is not None and value != self._last:
+            self._metric.set(value)
+            self._last = value
