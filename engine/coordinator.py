@@ -1,34 +1,58 @@
 """The run: set up, prove every model answers, drive the load for the configured duration with
-supervised worker processes, and say what happened.
+supervised worker processes, watch it (the aggregator and the monitor, each its own process),
+and say what happened.
 
-Graceful on SIGINT/SIGTERM (stop sending, let plans finish, final totals, report); a second
+Graceful on SIGINT/SIGTERM (stop sending, let plans finish, final windows, report); a second
 SIGINT stops at once. A worker that dies is an incident: it is replaced by a new worker with a
-fresh correlation-id block, and the run goes on.
+fresh correlation-id block, and the run goes on. A verdict of a detector listed as fatal ends
+the run.
 """
 
 from __future__ import annotations
 
+import datetime
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import tritonclient.grpc as grpcclient
 
 from model_repo_gen import ModelSpec
 from model_repo_gen.options import FAULTY_MODELS
 from shm import cleanup
+from workers.sender import TelemetrySender
+from workers.telemetry import RecordBuffer
 from workers.user_load import ResolvedLoad, resolve_loads
 from workers.worker import WorkerSpec, scenario_table, start_worker
 
-from .collector import Collector
-from .config import Config, format_duration
+from .aggregator.service import LOAD_STOPPED, AggregatorSpec, start_aggregator
+from .config import Config, config_to_dict, format_duration
+from .detectors.settings import DetectorSettings, resolve_settings
+from .detectors.stall import ModelTiming
+from .live_view import LiveView
+from .monitor import MonitorSpec, start_monitor
 from .probe import probe_model, probe_table
-from .run_setup import RunPaths, create_run_dir, prepare_repository, start_server
-from .stress_report import hhmmss, render_table
+from .run_setup import (
+    RunPaths,
+    backend_region_prefix,
+    create_run_dir,
+    prepare_repository,
+    start_server,
+)
+from .store import RunStore
+from .stress_report import ScenarioTotals, hhmmss, render_table
 
-PROGRESS_EVERY_S = 10.0
+LIVE_EVERY_S = 1.0
+AGGREGATOR_STOP_S = 60.0  # the final windows, detectors and commit
+
+
+def model_timings(specs: tuple[ModelSpec, ...]) -> dict[str, ModelTiming]:
+    """What each generated model's configuration says about how long a request may take."""
+    return {s.name: ModelTiming(s.execute_delay_ms / 1000.0, s.instance_count, s.max_batch_size,
+                                s.sequence.idle_timeout_s if s.sequence else 0.0) for s in specs}
 
 
 @dataclass
@@ -73,19 +97,26 @@ class Coordinator:
         self._next_worker = 0
         self._started = 0.0
         self.user_loads: tuple[ResolvedLoad, ...] = ()
+        self.settings: DetectorSettings = resolve_settings(config.detectors, config.scenarios.sequence_deadline)
+        self.live = LiveView(config.report.live)
+        self.store_path = self.paths.root / "run.sqlite"
+        self._telemetry = f"ipc://{self.paths.root}/telemetry.sock"
+        self._incident_sender: TelemetrySender | None = None
 
     def run(self) -> RunOutcome:
         config, paths = self.config, self.paths
         _say(f"run {paths.run_id}: results in {paths.root}")
         _say(f"config: duration {format_duration(config.run.duration)}, seed {config.run.seed}, "
-             f"{config.workers.count} workers x {config.workers.concurrency} in flight over {config.workers.protocol}")
+             f"{config.workers.count} workers x {config.workers.concurrency} in flight over {config.workers.protocol}; "
+             f"detectors {config.detectors.profile} ({', '.join(self.settings.enabled) or 'none'}), "
+             f"window {self.settings.window_s:g} s")
         specs = prepare_repository(config, paths)
         healthy = tuple(s for s in specs if s.name not in FAULTY_MODELS)
         if not config.load:  # with [[load]] entries the check waits until they are resolved
-            scenario_table(dict(config.scenarios.weights), healthy, config.scenarios)
+            scenario_table(dict(config.scenarios.weights), specs, config.scenarios)
         signals = _Signals()
         server = start_server(config, paths, specs)
-        collector = Collector(f"ipc://{paths.root}/telemetry.sock")
+        helpers: dict[str, object] = {}
         workers: dict[int, object] = {}
         try:
             _say(f"server: http {server.endpoints.http}, grpc {server.endpoints.grpc}, "
@@ -98,29 +129,72 @@ class Coordinator:
             base = config.source.parent if config.source else Path(".")
             self.user_loads = resolve_loads(config.load, server.endpoints.grpc, base)
             weights = {**dict(config.scenarios.weights), **{load.scenario: load.weight for load in self.user_loads}}
-            scenario_table(weights, healthy, config.scenarios, self.user_loads)
+            scenario_table(weights, specs, config.scenarios, self.user_loads)
             for load in self.user_loads:
                 _say(f"  {load.scenario}: inputs {', '.join(f'{t.name} {t.datatype}{list(t.dims)}' for t in load.spec.inputs)}"
                      f", data {load.data}" + (f", {len(load.expect)} validation rows" if load.expect else ""))
             self._started = time.monotonic()
             deadline = self._started + config.run.duration
+            self._start_watch(helpers, specs, server, deadline)
             for _ in range(config.workers.count):
-                self._spawn(workers, healthy, server.endpoints, collector.endpoint, deadline)
-            self._supervise(workers, healthy, server, collector, deadline, signals)
-            self._stop_workers(workers, collector)
+                self._spawn(workers, specs, server.endpoints, deadline)
+            self._supervise(workers, specs, server, helpers, deadline, signals)
+            self._stop_workers(workers)
         finally:
             for process in workers.values():
                 if process.is_alive():  # type: ignore[attr-defined]
                     process.kill()  # type: ignore[attr-defined]
             self._clean_shm(server.endpoints)
+            self._stop_watch(helpers)
             server.stop()
             signals.restore()
-            collector.poll(0.2)
-            collector.close()
-        return self._report(collector)
+            self.live.close()
+        return self._report()
 
-    def _spawn(self, workers: dict, models: tuple[ModelSpec, ...], endpoints, telemetry: str,
-               deadline: float) -> None:
+    # -- the watch side -------------------------------------------------------------------
+    def _start_watch(self, helpers: dict, specs: tuple[ModelSpec, ...], server, deadline: float) -> None:
+        config = self.config
+        spec = AggregatorSpec(
+            run_id=self.paths.run_id, endpoint=self._telemetry, store_path=str(self.store_path),
+            config_json=orjson.dumps({"config": config_to_dict(config), "detectors": self.settings.echo()},
+                                     default=str).decode(),
+            started_wall=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            origin_ns=int(self._started * 1e9), run_s=config.run.duration, settings=self.settings,
+            timings=model_timings(specs), prometheus_port=config.report.prometheus_port,
+        )
+        helpers["aggregator"] = start_aggregator(spec)
+        self._incident_sender = TelemetrySender(self._telemetry, "coordinator", RecordBuffer((), (), ""))
+        helpers["monitor"] = start_monitor(MonitorSpec(
+            server_pid=server.pid, metrics_url=server.endpoints.metrics, http_url=server.endpoints.http,
+            run_id=self.paths.run_id, shm_prefixes=(f"tee_{self.paths.run_id}_", backend_region_prefix(self.paths.run_id)),
+            interval_s=self.settings.sample_interval_s, telemetry_endpoint=self._telemetry,
+            deadline_s=max(0.0, deadline - time.monotonic()) + AGGREGATOR_STOP_S,
+        ))
+        waited = time.monotonic() + 30.0
+        while not self.store_path.exists() and time.monotonic() < waited and helpers["aggregator"].is_alive():
+            time.sleep(0.05)
+        if not self.store_path.exists():
+            raise RuntimeError(f"the aggregator did not start (exit status {helpers['aggregator'].exitcode})")
+
+    def _stop_watch(self, helpers: dict) -> None:
+        """The monitor first (nothing more to sample), then the aggregator: it drains, closes the
+        last windows, evaluates once more and commits."""
+        for name in ("monitor", "aggregator"):
+            process = helpers.get(name)
+            if process is None or not process.is_alive():
+                continue
+            process.terminate()
+            process.join(AGGREGATOR_STOP_S if name == "aggregator" else 10.0)
+            if process.is_alive():
+                self._incident(f"the {name} did not stop in time; killed")
+                process.kill()
+                process.join(5.0)
+        if self._incident_sender is not None:
+            self._incident_sender.close()
+            self._incident_sender = None
+
+    # -- workers --------------------------------------------------------------------------
+    def _spawn(self, workers: dict, models: tuple[ModelSpec, ...], endpoints, deadline: float) -> None:
         index = self._next_worker
         self._next_worker += 1
         block = self.config.workers.correlation_id_block
@@ -128,7 +202,7 @@ class Coordinator:
             worker_id=index, run_id=self.paths.run_id, seed=self.config.run.seed, id_base=1 + index * block,
             id_block=block, grpc_url=endpoints.grpc, http_url=endpoints.http, protocol=self.config.workers.protocol,
             concurrency=self.config.workers.concurrency, models=models, scenarios=self.config.scenarios,
-            telemetry_endpoint=telemetry, deadline_s=max(0.0, deadline - time.monotonic()),
+            telemetry_endpoint=self._telemetry, deadline_s=max(0.0, deadline - time.monotonic()),
             shm_mode=self.config.workers.shm,
             user_loads=self.user_loads,
             load=self.config.workers.load, rate=self.config.workers.rate,
@@ -136,33 +210,44 @@ class Coordinator:
         )
         workers[index] = start_worker(spec)
 
-    def _supervise(self, workers: dict, models, server, collector: Collector, deadline: float,
-                   signals: _Signals) -> None:
-        next_progress = time.monotonic() + PROGRESS_EVERY_S
-        while time.monotonic() < deadline and not signals.stop_requested:
-            collector.poll(0.5)
-            for index, process in list(workers.items()):
-                if not process.is_alive() and time.monotonic() < deadline - 1.0:
-                    self._incident(f"worker {index} exited with status {process.exitcode}; replaced")
-                    self._clean_shm(server.endpoints, worker_id=index)
-                    del workers[index]
-                    self._spawn(workers, models, server.endpoints, collector.endpoint, deadline)
-            if server.pid is not None and not server.is_running():
-                self._incident(f"the server exited (status {server.returncode}); the run stops")
-                break
-            if time.monotonic() >= next_progress:
-                next_progress += PROGRESS_EVERY_S
-                self._progress(collector, deadline)
+    def _supervise(self, workers: dict, models, server, helpers: dict, deadline: float, signals: _Signals) -> None:
+        reader = RunStore.open(self.store_path)
+        try:
+            while time.monotonic() < deadline and not signals.stop_requested:
+                time.sleep(LIVE_EVERY_S)
+                for index, process in list(workers.items()):
+                    if not process.is_alive() and time.monotonic() < deadline - 1.0:
+                        self._incident(f"worker {index} exited with status {process.exitcode}; replaced")
+                        self._clean_shm(server.endpoints, worker_id=index)
+                        del workers[index]
+                        self._spawn(workers, models, server.endpoints, deadline)
+                if server.pid is not None and not server.is_running():
+                    self._incident(f"the server exited (status {server.returncode}); the run stops")
+                    break
+                if not helpers["aggregator"].is_alive():
+                    self._incident(f"the aggregator exited (status {helpers['aggregator'].exitcode}); the run stops")
+                    break
+                status = reader.status()
+                elapsed = time.monotonic() - self._started
+                self.live.update(status, elapsed, max(0.0, deadline - time.monotonic()))
+                if status.get("fatal"):
+                    self._incident(f"fatal verdict: {status['fatal'][0]}; the run stops")
+                    break
+        finally:
+            reader.close()
         if signals.stop_requested:
             self._incident("stop requested by signal; stopping gracefully")
 
-    def _stop_workers(self, workers: dict, collector: Collector) -> None:
+    def _stop_workers(self, workers: dict) -> None:
+        if self._incident_sender is not None:  # leak and drift are judged on loaded time only
+            self._incident_sender.event(LOAD_STOPPED, "", "", "the coordinator stops the load")
+            self._incident_sender.flush_events()
         for process in workers.values():
             if process.is_alive():
                 process.terminate()  # graceful: plans finish, final heartbeat
         grace = time.monotonic() + 2 * self.config.scenarios.sequence_deadline + 30
         while time.monotonic() < grace and any(p.is_alive() for p in workers.values()):
-            collector.poll(0.2)
+            time.sleep(0.2)
         for index, process in workers.items():
             if process.is_alive():
                 self._incident(f"worker {index} did not stop in time; killed")
@@ -186,30 +271,42 @@ class Coordinator:
     def _incident(self, what: str) -> None:
         at = time.monotonic() - self._started if self._started else 0.0
         self.incidents.append(Incident(at, what))
-        _say(f"[{hhmmss(at)}] incident: {what}")
+        self.live.say(f"[{hhmmss(at)}] incident: {what}")
+        if self._incident_sender is not None:  # into the store, through the aggregator
+            self._incident_sender.event("incident", "", "", what)
+            self._incident_sender.flush_events()
 
-    def _progress(self, collector: Collector, deadline: float) -> None:
-        elapsed = time.monotonic() - self._started
-        done = sum(collector.requests.values())
-        failed = sum(t.failed for t in collector.scenario_totals())
-        _say(f"[{hhmmss(elapsed)}] {done} requests ({done / max(elapsed, 1e-9):.0f}/s), "
-             f"{failed} failed scenarios, {hhmmss(max(0.0, deadline - time.monotonic()))} left")
-
-    def _report(self, collector: Collector) -> RunOutcome:
-        duration = time.monotonic() - self._started
-        totals = collector.scenario_totals()
+    def _report(self) -> RunOutcome:
+        duration = time.monotonic() - self._started if self._started else 0.0
+        if not self.store_path.exists():
+            _say("verdict: FAIL (nothing was recorded)")
+            return RunOutcome(1, self.paths, self.incidents)
+        store = RunStore.open(self.store_path)
+        try:
+            totals = [ScenarioTotals(*row) for row in store.totals()]
+            verdicts = store.verdicts()
+            status = store.status()
+            texts = {}
+            for event in store.events():
+                if event.what == "scenario_failed" and event.text:
+                    texts.setdefault(event.scenario, event.text)
+        finally:
+            store.close()
         table = render_table(totals, duration)
         (self.paths.root / "stress_report.txt").write_text(table)
         _say(table)
-        for (what, scenario), count in sorted(collector.event_counts.items()):
-            texts = collector.events.get((what, scenario)) or [""]
-            where = f" in {scenario}" if scenario else ""
-            _say(f"{what}{where}: {count} (first: {texts[0][:300]})")
-        if collector.lost_messages:
-            _say(f"telemetry: {collector.lost_messages} messages lost")
+        for scenario, text in sorted(texts.items()):
+            _say(f"scenario_failed in {scenario} (first: {text[:300]})")
+        if status.get("lost_messages"):
+            _say(f"telemetry: {status['lost_messages']} messages lost")
+        failing = [v for v in verdicts if v.state in ("open", "cleared")]
+        for v in verdicts:
+            _say(f"{'verdict' if v in failing else 'note'}: [{v.state}] {v.verdict.describe()}")
         failed = sum(t.failed for t in totals)
-        ok = failed == 0 and not any("server exited" in i.what for i in self.incidents)
-        _say(f"verdict: {'PASS' if ok else 'FAIL'}; {len(self.incidents)} incidents; report {self.paths.root}")
+        ok = failed == 0 and not failing and not any("server exited" in i.what or "fatal verdict" in i.what
+                                                     for i in self.incidents)
+        _say(f"verdict: {'PASS' if ok else 'FAIL'}; {len(failing)} failing verdicts, {failed} failed scenarios, "
+             f"{len(self.incidents)} incidents; store {self.store_path}")
         return RunOutcome(0 if ok else 1, self.paths, self.incidents)
 
 

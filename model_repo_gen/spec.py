@@ -44,7 +44,9 @@ METRIC_ADDED_DELAY_MS = "engine_model_added_delay_ms"  # drift: delay added to t
 METRIC_WRONG_ANSWERS = "engine_model_wrong_answers"  # wrong: answers falsified so far
 METRIC_SEQUENCE_STATES = "engine_model_sequence_states"  # sequence: per-sequence states held now
 
-KINDS = ("identity", "zero", "sequence", "decoupled", "leak", "hang", "drift", "wrong", "crash", "plateau")
+# Identity models with a deliberate fault: they answer like identity models (until the fault bites).
+FAULT_KINDS = ("leak", "hang", "drift", "wrong", "crash", "plateau")
+KINDS = ("identity", "zero", "sequence", "decoupled", *FAULT_KINDS)
 BACKENDS = ("python", "onnxruntime", "pytorch")
 
 

@@ -37,6 +37,26 @@ def _our_regions() -> set[str]:
     return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(TEST_SHM_PREFIXES)}
 
 
+def _regions_in_use() -> set[str]:
+    """Regions some live process still maps or holds open: another test session's server is
+    using them, so they are not this session's leftovers (sessions may run side by side)."""
+    used: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for line in (proc / "maps").read_text().splitlines():
+                if "/dev/shm/" in line:
+                    used.add(line.split("/dev/shm/", 1)[1].split(" ")[0])
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("/dev/shm/"):
+                    used.add(target[len("/dev/shm/"):].split(" ")[0])
+        except OSError:
+            continue
+    return used
+
+
 _BEFORE: set[str] = set()
 
 
@@ -46,7 +66,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     leftovers = [pid for pid in _descendants(os.getpid()) if "triton" in _command(pid)]
-    regions = sorted(_our_regions() - _BEFORE)
+    regions = sorted(_our_regions() - _BEFORE - _regions_in_use())
     if not leftovers and not regions:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -89,7 +89,7 @@ def test_sigint_stops_gracefully_with_a_full_report(tmp_path: Path) -> None:
                                 str(tmp_path), "--duration", "10m"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         for line in process.stdout:  # type: ignore[union-attr]
-            if "requests (" in line:  # the first progress line: load is flowing
+            if " requests, " in line:  # the first progress line: load is flowing
                 break
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=120)

@@ -70,6 +70,13 @@ class InFlight:
     def oldest_ns(self) -> int:
         return min((start for start, _ in self.requests.values()), default=0)
 
+    def oldest_by_model(self) -> dict[int, int]:
+        oldest: dict[int, int] = {}
+        for start, model in self.requests.values():  # at most `concurrency` entries, once a second
+            if start < oldest.get(model, start + 1):
+                oldest[model] = start
+        return oldest
+
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):

@@ -14,7 +14,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from model_repo_gen.spec import ModelSpec
+from model_repo_gen.spec import FAULT_KINDS, ModelSpec
 
 # The server's own words for the expected errors of the negative scenarios.
 NO_START_ERROR = "must specify the START flag"
@@ -180,7 +180,10 @@ def plan_timeout(ctx: PlanContext) -> Plan:
 
 
 def plan_identity(ctx: PlanContext) -> Plan:
-    spec = ctx.pick(ctx.of_kind("identity") or _need("identity", "an identity model"))
+    # Faulty identity models generated for a run are driven like the healthy ones: the detectors
+    # must find them from the data, and the healthy ones beside them are the negative control.
+    candidates = ctx.of_kind("identity") + [m for m in ctx.models if m.kind in FAULT_KINDS]
+    spec = ctx.pick(candidates or _need("identity", "an identity model"))
     return Plan("identity", (_identity_step(ctx.rng, spec, int(ctx.rng.integers(1, 65))),), 30.0)
 
 

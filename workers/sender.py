@@ -80,6 +80,8 @@ class TelemetrySender:
             "plans": {k: list(v) for k, v in heartbeat.plans.items()},
             "schedule_lateness_ns": heartbeat.schedule_lateness_ns,
             "schedule_skipped": heartbeat.schedule_skipped,
+            "oldest_by_model": {str(k): v for k, v in heartbeat.oldest_by_model.items()},
+            "models": list(heartbeat.models),
         }
         self._send(KIND_HEARTBEAT, body)
 

@@ -110,6 +110,10 @@ class Heartbeat:
     # it skipped because `max_outstanding` plans were still in flight.
     schedule_lateness_ns: int = 0
     schedule_skipped: int = 0
+    # Per model code: start time of its oldest request in flight, so a stall names its model.
+    oldest_by_model: dict[int, int] = field(default_factory=dict)
+    # The name table that the model codes above (and in open_sequences) index.
+    models: tuple[str, ...] = ()
 
 
 class RecordBuffer:

@@ -298,6 +298,7 @@ class Worker:
             records_dropped=self.sender.records_dropped,
             plans={k: (v[0], v[1], v[2]) for k, v in self.totals.items()},
             schedule_lateness_ns=self._lateness_ns, schedule_skipped=self._skipped,
+            oldest_by_model=flight.oldest_by_model(), models=tuple(self.models),
         ))
         self._lateness_ns = 0
 

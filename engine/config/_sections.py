@@ -140,6 +140,23 @@ class DetectorsSection:
     enabled: tuple[str, ...] = field(default=DETECTORS, metadata={"choices": DETECTORS, "help": "detectors that run"})
     fatal: tuple[str, ...] = field(default=(), metadata={
         "choices": DETECTORS, "help": "detectors whose verdict ends the run at once"})
+    # Overrides of the profile's values; absent = the profile's (long / smoke). Every value that
+    # applied is echoed in each verdict's evidence and in the run's config.json.
+    window: float | None = field(default=None, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "aggregation window (long: 60 s, smoke: 10 s)"})
+    sample_interval: float | None = field(default=None, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "resource sampling period (long: 5 s, smoke: 1 s)"})
+    warmup: float | None = field(default=None, metadata={
+        "unit": "duration", "min": 0, "help": "no verdict on data from before this (long: 10 min, smoke: 60 s)"})
+    leak_gate: float | None = field(default=None, metadata={
+        "min_exclusive": 0, "help": "memory growth alarm, MiB/h (long: 256, smoke: 64)"})
+    leak_min_data: float | None = field(default=None, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "data needed after warm-up for a growth alarm "
+                                                        "(long: 15 min, smoke: 2 min)"})
+    stall_floor: float | None = field(default=None, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "shortest stall threshold (long: 10 s, smoke: 5 s)"})
+    drift_min_requests: int | None = field(default=None, metadata={
+        "min": 1, "help": "answered requests a window needs to count for drift (long: 100, smoke: 20)"})
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,12 @@ class EmailSection:
 @dataclass(frozen=True)
 class ReportSection:
     formats: tuple[str, ...] = field(default=REPORT_FORMATS, metadata={"choices": REPORT_FORMATS, "help": "outputs"})
+    live: str = field(default="auto", metadata={
+        "choices": ("auto", "line", "plain", "off"),
+        "help": "progress while running: one updating line (a terminal), a line every 10 s (logs), or none; "
+                "auto = line on a terminal, else plain"})
+    prometheus_port: int = field(default=0, metadata={
+        "min": 0, "max": 65535, "help": "serve the live figures for Prometheus on 127.0.0.1:PORT; 0 = off"})
     email: EmailSection = field(default_factory=EmailSection)
 
 

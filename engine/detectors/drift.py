@@ -23,6 +23,9 @@ class DriftParams:
     p99_gate: float = 0.25
     p_value: float = 1e-3
     persistence: int = 5
+    # p99 is judged only on windows this full: from fewer, it is one of the top few samples, and
+    # moves with every hiccup of a loaded machine.
+    p99_min_requests: int = 1000
 
 
 LONG = DriftParams()
@@ -37,16 +40,21 @@ class DriftDetector:
     open: bool = False
     raised: list[Verdict] = field(default_factory=list)
 
-    def evaluate(self, t: np.ndarray, p50: np.ndarray, p99: np.ndarray, now: float) -> list[Verdict]:
-        """t: window starts (run seconds); p50, p99: each window's percentiles (same unit)."""
+    def evaluate(self, t: np.ndarray, p50: np.ndarray, p99: np.ndarray, now: float,
+                 answered: np.ndarray | None = None) -> list[Verdict]:
+        """t: window starts (run seconds); p50, p99: each window's percentiles (same unit);
+        answered: each window's answered requests (None: every window is full enough for p99)."""
         p = self.params
         need = p.warmup_windows + p.baseline_windows + p.current_windows
         if len(t) < need:
             return []
         base = slice(p.warmup_windows, p.warmup_windows + p.baseline_windows)
         findings = []
-        for name, values, gate in (("p50", np.asarray(p50, float), p.p50_gate),
-                                   ("p99", np.asarray(p99, float), p.p99_gate)):
+        used = np.r_[np.arange(len(t))[base], np.arange(len(t))[-p.current_windows:]]
+        judged = [("p50", np.asarray(p50, float), p.p50_gate)]
+        if answered is None or np.min(np.asarray(answered)[used]) >= p.p99_min_requests:
+            judged.append(("p99", np.asarray(p99, float), p.p99_gate))
+        for name, values, gate in judged:
             baseline, current = values[base], values[-p.current_windows:]
             change = float(np.median(current) / np.median(baseline) - 1)
             test = stats.mannwhitneyu(np.log(current), np.log(baseline), alternative="greater")

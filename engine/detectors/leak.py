@@ -78,7 +78,7 @@ class LeakDetector:
         span = t[-1] - t[0]
         if now >= self._next_growth and span >= p.growth_min_data_s:
             self._next_growth = now + p.growth_every_s
-            out += self._growth(t, rss, now)
+            out += self._growth(t, rss, now, reqs)
         after = min(p.leak_after_s, p.leak_after_fraction * self.run_s) if self.run_s else p.leak_after_s
         if p.leak_enabled and now >= self._next_leak and now >= after:
             self._next_leak = now + p.leak_every_s
@@ -88,14 +88,20 @@ class LeakDetector:
         self.raised += out
         return out
 
-    def _growth(self, t: np.ndarray, rss: np.ndarray, now: float) -> list[Verdict]:
+    def _growth(self, t: np.ndarray, rss: np.ndarray, now: float, reqs: np.ndarray | None) -> list[Verdict]:
         p = self.params
         bx, by = median_bins(t, rss, p.bin_s)
         if len(bx) < 6:
             return []
         trend = robust_trend(bx / HOUR, by / MIB, p.confidence)
         gate = max(p.growth_gate_mib_h, p.growth_gate_baseline_fraction_h * by[0] / MIB)
-        growing = trend.low > gate and not _decelerating(bx, by)
+        # Deceleration is judged against completed requests when they are known: a leak per
+        # request slows down in time when the load does, and is still a leak; a cache that fills
+        # slows down per request as well.
+        pace = bx
+        if reqs is not None and reqs[-1] > reqs[0]:
+            pace, _ = median_bins(t, reqs, p.bin_s)
+        growing = trend.low > gate and not _decelerating(pace, by)
         if growing:
             self._growth_hits += 1
             self._calm_hits = 0

@@ -18,7 +18,14 @@ class Verdict:
     low: float  # confidence bounds of `size`
     high: float
     evidence: dict[str, float] = field(default_factory=dict)
+    samples: tuple[str, ...] = ()  # first texts behind it (error messages), verbatim
 
     def describe(self) -> str:
-        return (f"{self.kind} {self.subject}: {self.size:.3g} {self.unit} "
-                f"[{self.low:.3g}, {self.high:.3g}] since {self.since_s / 60:.0f} min")
+        bounds = f" [{self.low:.3g}, {self.high:.3g}]" if (self.low, self.high) != (self.size, self.size) else ""
+        text = f"{self.kind} {self.subject}: {self.size:.3g} {self.unit}{bounds} since {_clock(self.since_s)}"
+        return text + (f" (first: {self.samples[0][:200]})" if self.samples else "")
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

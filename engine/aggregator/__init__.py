@@ -1,0 +1,8 @@
+"""The aggregator: windows of request records, latency histograms, and the process that runs
+the detectors and writes the run's store."""
+
+from .histogram import LatencyHistogram
+from .window_stats import WindowStats
+from .windows import WindowFolder, merge_windows
+
+__all__ = ["LatencyHistogram", "WindowFolder", "WindowStats", "merge_windows"]

@@ -1,0 +1,379 @@
+"""The aggregator process: reads every telemetry message of the run (workers' records, heartbeats
+and events, the monitor's resource samples), folds records into windows, runs the detectors as
+the run goes on, writes everything to the run's store, and keeps the live figures there.
+
+It is the store's only writer. It commits at least once a second, so a run killed at any moment
+keeps everything up to its last second. SIGTERM: drain what is still queued, close the open
+windows, evaluate once more, write the totals, exit.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import signal
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from engine.detectors.drift import DriftDetector
+from engine.detectors.errors import ErrorDetector
+from engine.detectors.leak import LeakDetector
+from engine.detectors.settings import DetectorSettings
+from engine.detectors.stall import ModelTiming, StallDetector, StallView, instance_model
+from engine.detectors.verdict import Verdict
+from engine.store import RunStore
+from workers.telemetry import (
+    KIND_BATCH,
+    KIND_EVENT,
+    KIND_HEARTBEAT,
+    KIND_RESOURCES,
+    Message,
+    decode_batch,
+    unpack,
+)
+
+from .histogram import LatencyHistogram
+from .series import Series, field_of, process_of
+from .window_stats import WindowStats
+from .windows import WindowFolder
+
+TICK_S = 1.0  # windows closed, detectors run, store committed, status written
+HEARTBEAT_MISSING_S = 3.0  # a worker silent this long is missing: its in-flight table is not evidence
+SAMPLE_TEXTS = 5
+LEAK_FIELD = "rss_anon"  # heap growth; RssShmem grows with registered regions and is not a leak
+# The coordinator's event when it stops the load: memory and latency after it say nothing about
+# the load (a heap stops growing when requests stop), so leak and drift are not judged on them.
+LOAD_STOPPED = "load_stopped"
+
+
+@dataclass(frozen=True)
+class AggregatorSpec:
+    run_id: str
+    endpoint: str  # where it binds its PULL socket
+    store_path: str
+    config_json: str
+    started_wall: str
+    origin_ns: int  # monotonic ns of the run's time zero (the same clock in every process)
+    run_s: float  # planned run length
+    settings: DetectorSettings
+    timings: dict[str, ModelTiming] = field(default_factory=dict)
+    prometheus_port: int = 0  # 0 = no endpoint
+
+
+@dataclass
+class _Sender:
+    next_seq: int = 0
+    lost: int = 0
+    last_heartbeat: float = 0.0  # monotonic s
+    body: dict = field(default_factory=dict)
+
+
+class Aggregator:
+    def __init__(self, spec: AggregatorSpec, context: zmq.Context | None = None) -> None:
+        self.spec = spec
+        s = spec.settings
+        self.store = RunStore.create(spec.store_path, spec.run_id, spec.config_json, spec.started_wall)
+        self._socket = (context or zmq.Context.instance()).socket(zmq.PULL)
+        self._socket.setsockopt(zmq.RCVHWM, 100_000)
+        self._socket.bind(spec.endpoint)
+        self.folder = WindowFolder(spec.origin_ns, s.window_s)
+        self.senders: dict[str, _Sender] = collections.defaultdict(_Sender)
+        self.last_answer: dict[str, float] = {}
+        self.completed: collections.Counter[str] = collections.Counter()
+        self.series: dict[str, Series] = {}
+        self.pids: dict[str, float] = {}
+        self.texts: dict[str, list[str]] = collections.defaultdict(list)  # scenario -> first error texts
+        self.leak: dict[str, LeakDetector] = {}
+        self.drift: dict[tuple[str, str, str], DriftDetector] = {}
+        self.drift_points: dict[tuple[str, str, str], list[tuple[float, float, float, int]]] = \
+            collections.defaultdict(list)
+        self.stall = StallDetector(s.stall, spec.timings)
+        self.errors = ErrorDetector(tuple(d for d in s.enabled if d in ("errors", "wrong_answers")))
+        self.model_latency: dict[str, LatencyHistogram] = {}  # after warm-up, for the stall threshold
+        self.load_stopped_s: float | None = None
+        self.pending: dict[str, float] = {}  # model -> the server's pending request count, last sample
+        self.requests = 0
+        self.failed_requests = 0  # errors and missing expected errors, from closed windows
+        self.wrong_answers = 0
+        self.verdicts: list[tuple[int, Verdict]] = []
+        self._growth_ids: dict[str, int] = {}
+        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=11)
+        self._last_window: dict[str, float] = {}
+        self.prometheus = None
+        if spec.prometheus_port:
+            from .prometheus import PrometheusEndpoint
+            self.prometheus = PrometheusEndpoint(spec.prometheus_port)
+
+    # -- time -----------------------------------------------------------------------------
+    def run_s(self, monotonic_ns: int | None = None) -> float:
+        return ((monotonic_ns if monotonic_ns is not None else time.monotonic_ns()) - self.spec.origin_ns) / 1e9
+
+    # -- messages -------------------------------------------------------------------------
+    def poll(self, timeout_s: float) -> int:
+        handled = 0
+        if not self._socket.poll(int(timeout_s * 1000)):
+            return 0
+        while True:
+            try:
+                data = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return handled
+            self.handle(unpack(data))
+            handled += 1
+
+    def handle(self, message: Message) -> None:
+        sender = self.senders[message.sender]
+        if message.seq > sender.next_seq:
+            sender.lost += message.seq - sender.next_seq
+        sender.next_seq = message.seq + 1
+        if message.kind == KIND_BATCH:
+            self._batch(message)
+        elif message.kind == KIND_HEARTBEAT:
+            sender.last_heartbeat = time.monotonic()
+            sender.body = message.body
+        elif message.kind == KIND_EVENT:
+            self._event(message)
+        elif message.kind == KIND_RESOURCES:
+            self._resources(message.body)
+
+    def _batch(self, message: Message) -> None:
+        batch = decode_batch(message)
+        self.folder.add(batch)
+        codes = batch.columns["model"]
+        ends = batch.columns["start_ns"] + batch.columns["latency_ns"]
+        self.requests += len(batch)
+        for code, count in enumerate(np.bincount(codes).tolist()):
+            if count:
+                name = batch.models[code]
+                self.completed[name] += count
+                last = self.run_s(int(ends[codes == code].max()))
+                if last > self.last_answer.get(name, -1e18):
+                    self.last_answer[name] = last
+
+    def _event(self, message: Message) -> None:
+        body = message.body
+        at = self.run_s(body.get("time_ns") or time.monotonic_ns())
+        if body.get("what") == LOAD_STOPPED:
+            self.load_stopped_s = at
+        text = body.get("text", "")
+        self.store.add_event(at, message.sender, body.get("what", ""), body.get("model", ""),
+                             body.get("scenario", ""), body.get("count", 1), text)
+        scenario_texts = self.texts[body.get("scenario", "")]
+        if text and len(scenario_texts) < SAMPLE_TEXTS:
+            scenario_texts.append(text)
+
+    def _resources(self, body: dict) -> None:
+        at = self.run_s(body.get("time_ns") or time.monotonic_ns())
+        samples: dict[str, float] = body.get("samples", {})
+        self.store.add_resources(at, samples)
+        for name, value in samples.items():
+            if name.startswith("model/") and name.endswith("/pending"):
+                self.pending[name[len("model/"):-len("/pending")]] = float(value)
+            process = process_of(name)
+            if process is None:
+                continue
+            if field_of(name) == "pid":
+                if self.pids.get(process, value) != value:
+                    self._restart(process)
+                self.pids[process] = value
+                continue
+            series = self.series.get(name)
+            if series is None:
+                series = self.series[name] = Series()
+            model = instance_model(process[len("stub/"):]) if process.startswith("stub/") else ""
+            series.append(at, float(value), float(self.completed[model] if model else self.requests))
+
+    def _restart(self, process: str) -> None:
+        """A new pid behind a process name: its old series and leak state do not continue."""
+        prefix = f"proc/{process}/"
+        for name in [n for n in self.series if n.startswith(prefix)]:
+            del self.series[name]
+            self.leak.pop(name, None)
+
+    # -- ticks ------------------------------------------------------------------------------
+    def tick(self, final: bool = False) -> list[Verdict]:
+        now_ns = time.monotonic_ns()
+        now = self.run_s(now_ns)
+        closed = self.folder.close_all() if final else self.folder.close_until(now_ns)
+        if closed:
+            self.store.add_windows(closed)
+            self.failed_requests += sum(w.errors + w.missing_errors for w in closed)
+            self.wrong_answers += sum(w.wrong for w in closed)
+        raised = self._evaluate(closed, now)
+        self._recent.append((now, self.requests))
+        status = self.status(now, closed)
+        self.store.set_status(status)
+        self.store.set_totals(self.totals())
+        self.store.commit()
+        if self.prometheus is not None:
+            self.prometheus.update(_gauges(status))
+        return raised
+
+    def _evaluate(self, closed: list[WindowStats], now: float) -> list[Verdict]:
+        enabled = self.spec.settings.enabled
+        raised: list[Verdict] = []
+        if closed:
+            raised += self.errors.evaluate(closed, now, self.texts)
+            self._fold_latency(closed)
+        loaded = [w for w in closed if self.load_stopped_s is None or w.start_s + w.length_s <= self.load_stopped_s]
+        if "drift" in enabled:
+            raised += self._drift(loaded, now)
+        if "stall" in enabled:
+            raised += self.stall.evaluate(self._stall_view(now), self._p999())
+        if "leak" in enabled and self.load_stopped_s is None:
+            raised += self._leaks(now)
+        for verdict in raised:
+            state = "info" if verdict.kind == "PLATEAU" else "open"
+            verdict_id = self.store.add_verdict(verdict, state=state)
+            if verdict.kind == "GROWTH":
+                self._growth_ids[verdict.subject] = verdict_id
+            elif verdict.kind == "PLATEAU" and verdict.subject in self._growth_ids:
+                self.store.set_verdict_state(self._growth_ids.pop(verdict.subject), "withdrawn")
+            self.verdicts.append((verdict_id, verdict))
+        return raised
+
+    def _fold_latency(self, closed: list[WindowStats]) -> None:
+        warm = self.spec.settings.leak.warmup_s
+        for w in closed:
+            if w.start_s >= warm and w.histogram:
+                histogram = LatencyHistogram.from_bytes(w.histogram)
+                if w.model in self.model_latency:
+                    self.model_latency[w.model].merge(histogram)
+                else:
+                    self.model_latency[w.model] = histogram
+
+    def _p999(self) -> dict[str, float]:
+        return {m: h.percentile(99.9) / 1e9 for m, h in self.model_latency.items() if h.count >= 1000}
+
+    def _drift(self, closed: list[WindowStats], now: float) -> list[Verdict]:
+        s = self.spec.settings
+        out: list[Verdict] = []
+        for w in closed:
+            if w.ok + w.wrong < s.drift_min_requests:
+                continue
+            key = (w.model, w.scenario, w.protocol)
+            points = self.drift_points[key]
+            points.append((w.start_s, w.p50_ms, w.p99_ms, w.ok + w.wrong))
+            detector = self.drift.get(key)
+            if detector is None:
+                detector = self.drift[key] = DriftDetector(f"{w.model} {w.scenario} {w.protocol}", s.drift)
+            t, p50, p99, answered = (np.array(column) for column in zip(*points))
+            out += detector.evaluate(t, p50, p99, now, answered)
+        return out
+
+    def _stall_view(self, now: float) -> StallView:
+        fresh = time.monotonic() - HEARTBEAT_MISSING_S
+        oldest: dict[str, float] = {}
+        sequences: dict[tuple[str, str], tuple[float, int]] = {}
+        in_flight = 0
+        for sender in self.senders.values():
+            body = sender.body
+            if not body or sender.last_heartbeat < fresh:
+                continue
+            names = body.get("models", [])
+            in_flight += body.get("in_flight", 0)
+            for code, start_ns in body.get("oldest_by_model", {}).items():
+                name = names[int(code)] if int(code) < len(names) else code
+                oldest[name] = min(oldest.get(name, now), self.run_s(start_ns))
+            for sequence, (code, last_ns, step) in body.get("open_sequences", {}).items():
+                name = names[code] if code < len(names) else str(code)
+                sequences[(name, sequence)] = (self.run_s(last_ns), step)
+        stub_cpu = {}
+        for name, series in self.series.items():
+            if name.startswith("proc/stub/") and name.endswith("/cpu_s"):
+                stub_cpu[name[len("proc/stub/"):-len("/cpu_s")]] = series.recent(min(oldest.values(), default=now))
+        return StallView(now, oldest, {m: in_flight for m in oldest}, dict(self.last_answer), sequences, stub_cpu,
+                         dict(self.pending))
+
+    def _leaks(self, now: float) -> list[Verdict]:
+        out: list[Verdict] = []
+        for name, series in self.series.items():
+            if field_of(name) != LEAK_FIELD:
+                continue
+            detector = self.leak.get(name)
+            if detector is None:
+                subject = process_of(name) or name
+                pid = self.pids.get(subject)
+                detector = self.leak[name] = LeakDetector(
+                    f"{subject} (pid {pid:.0f})" if pid else subject, self.spec.settings.leak, self.spec.run_s)
+            t, v, requests = series.arrays()
+            out += detector.evaluate(t, v, now, requests)
+        return out
+
+    # -- figures ----------------------------------------------------------------------------
+    def totals(self) -> list[tuple[str, int, int, int]]:
+        merged: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
+        for sender in self.senders.values():
+            for scenario, values in sender.body.get("plans", {}).items():
+                row = merged[scenario]
+                for i in range(3):
+                    row[i] += values[i]
+        return [(name, *row) for name, row in sorted(merged.items())]  # type: ignore[misc]
+
+    def status(self, now: float, closed: list[WindowStats]) -> dict:
+        for w in closed:
+            self._last_window[w.model] = max(self._last_window.get(w.model, 0.0), w.p99_ms)
+        then, before = self._recent[0] if self._recent else (now, self.requests)
+        workers = {name: round(time.monotonic() - s.last_heartbeat, 1) for name, s in self.senders.items()
+                   if name.startswith("worker")}
+        return {
+            "time_s": now, "requests": self.requests,
+            "rate": (self.requests - before) / (now - then) if now > then else 0.0,
+            "p99_ms": max(self._last_window.values(), default=0.0),
+            "errors": self.failed_requests, "wrong": self.wrong_answers,
+            "verdicts": [v.describe() for _, v in self.verdicts if v.kind != "PLATEAU"],
+            "fatal": [v.describe() for _, v in self.verdicts if v.detector in self.spec.settings.fatal
+                      and v.kind != "PLATEAU"],
+            "lost_messages": sum(s.lost for s in self.senders.values()),
+            "late_records": self.folder.late_records,
+            "heartbeat_age_s": workers,
+        }
+
+    def close(self) -> None:
+        self._socket.close(0)
+        if self.prometheus is not None:
+            self.prometheus.close()
+        self.store.close()
+
+
+def _gauges(status: dict) -> dict:
+    return {
+        "engine_requests_total": ("request records received", {(): float(status["requests"])}),
+        "engine_request_rate": ("requests per second over the last 10 s", {(): float(status["rate"])}),
+        "engine_window_p99_ms": ("worst p99 of the last closed windows, ms", {(): float(status["p99_ms"])}),
+        "engine_failed_requests_total": ("failed requests and missing expected errors",
+                                         {(): float(status["errors"])}),
+        "engine_wrong_answers_total": ("answers that failed validation", {(): float(status["wrong"])}),
+        "engine_verdicts": ("verdicts raised", {(): float(len(status["verdicts"]))}),
+        "engine_telemetry_lost_messages": ("telemetry messages lost", {(): float(status["lost_messages"])}),
+    }
+
+
+def aggregator_main(spec: AggregatorSpec) -> None:
+    """Process entry point (spawn context)."""
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
+    aggregator = Aggregator(spec)
+    try:
+        next_tick = time.monotonic() + TICK_S
+        while not stopping:
+            aggregator.poll(min(0.1, max(0.0, next_tick - time.monotonic())))
+            if time.monotonic() >= next_tick:
+                next_tick += TICK_S
+                aggregator.tick()
+        # Drain: the workers have stopped; what they sent last is queued here.
+        while aggregator.poll(0.3):
+            pass
+        aggregator.tick(final=True)
+    finally:
+        aggregator.close()
+
+
+def start_aggregator(spec: AggregatorSpec) -> multiprocessing.process.BaseProcess:
+    process = multiprocessing.get_context("spawn").Process(target=aggregator_main, args=(spec,), name="aggregator")
+    process.start()
+    return process
