@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .collector import ScenarioTotals
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ScenarioTotals:
+    scenario: str
+    plans: int
+    failed: int
+    requests: int
+
 
 DESCRIPTIONS = {
     "sequence_valid": "one complete sequence, START ... END, every running sum checked",

@@ -1,9 +1,8 @@
-"""Telemetry cost, measured three ways in one run (numbers, not a test):
+"""Telemetry cost, measured two ways in one run (the aggregator's ingest: tools/bench_aggregator.py) (numbers, not a test):
 
 1. sender: CPU per record of RecordBuffer.add + batch encode + ZeroMQ send (a receiver process
    drains the socket), in ns/record;
-2. collector: records/s the coordinator-side collector decodes and counts on one core;
-3. worker: CPU per request of a real worker process against the bundled server (identity
+2. worker: CPU per request of a real worker process against the bundled server (identity
    scenario, closed loop), so (1) can be put as a share of the worker's CPU (target: under 3 %).
 
     python tools/bench_telemetry.py [--records 1000000] [--seconds 10] [--concurrency 8]
@@ -55,27 +54,6 @@ def bench_sender(records: int, workdir: Path) -> float:
     return spent / records * 1e9
 
 
-def bench_collector(records: int, workdir: Path) -> float:
-    from engine.collector import Collector
-    from workers.telemetry import pack
-
-    buffer = RecordBuffer(("m0", "m1"), ("s0", "s1", "s2"), "grpc")
-    for i in range(buffer.capacity):
-        buffer.add(i, 1000 + i, i % 2, i % 3, STATUS_OK, i, 0)
-    body = buffer.take_body()
-    batches = records // buffer.capacity
-    messages = [pack("batch", "bench", seq, body) for seq in range(batches)]
-    collector = Collector(f"ipc://{workdir}/bench-collector.sock")
-    from workers.telemetry import unpack
-
-    start = time.process_time()
-    for data in messages:
-        collector.handle(unpack(data))
-    spent = time.process_time() - start
-    collector.close()
-    return batches * buffer.capacity / spent
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -125,8 +103,6 @@ def main() -> None:
         workdir = Path(tmp)
         sender_ns = bench_sender(args.records, workdir)
         print(f"sender:    {sender_ns:8.0f} ns CPU per record (add + encode + send), {args.records} records")
-        ingest = bench_collector(args.records, workdir)
-        print(f"collector: {ingest:8.0f} records/s decoded and counted on one core")
         per_request_us, requests = bench_worker(args.seconds, args.concurrency, workdir)
         print(f"worker:    {per_request_us:8.1f} us CPU per request ({requests} identity requests, "
               f"concurrency {args.concurrency}, gRPC, inline tensors)")
