@@ -8,6 +8,7 @@ everything up to its last commit; a reader of a killed run's file gets SQLite's 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -74,8 +75,9 @@ class VerdictRow:
 
 
 class RunStore:
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, writer: bool = False) -> None:
         self._db = connection
+        self._writer = writer
         self.path = path
         self._series: dict[str, int] = {}
 
@@ -83,16 +85,25 @@ class RunStore:
     def create(cls, path: str | Path, run_id: str, config_json: str, started_wall: str) -> RunStore:
         """A new store, or the same run's store reopened for writing (a restarted aggregator)."""
         path = Path(path)
+        if not path.exists():
+            # Built whole under another name, then renamed: a reader that waits for the path
+            # never finds a file without its schema, its version or its run row.
+            draft = path.with_name(path.name + ".draft")
+            draft.unlink(missing_ok=True)
+            db = sqlite3.connect(draft)
+            db.executescript(_SCHEMA)
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            db.execute("INSERT INTO run VALUES (?, ?, ?)", (run_id, config_json, started_wall))
+            db.commit()
+            db.execute("PRAGMA journal_mode=WAL")  # recorded in the file's header
+            db.close()  # the last connection checkpoints and removes the draft's -wal
+            os.replace(draft, path)
         db = sqlite3.connect(path, timeout=30.0, isolation_level="DEFERRED")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at each checkpoint, never corrupt
         db.executescript(_SCHEMA)
-        store = cls(db, path)
-        if db.execute("SELECT COUNT(*) FROM run").fetchone()[0] == 0:
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            db.execute("INSERT INTO run VALUES (?, ?, ?)", (run_id, config_json, started_wall))
+        store = cls(db, path, writer=True)
         store._series = dict(db.execute("SELECT name, id FROM series").fetchall())
-        db.commit()
         return store
 
     @classmethod
@@ -202,4 +213,13 @@ class RunStore:
         return [tuple(row) for row in self._db.execute("SELECT * FROM totals ORDER BY scenario")]
 
     def close(self) -> None:
+        if self._writer:
+            self._db.commit()
+            # A finished run leaves one plain file, so read-only readers find no -wal/-shm to
+            # create. Only possible when no reader is attached: then it stays WAL, and fine.
+            self._db.execute("PRAGMA busy_timeout = 0")
+            try:
+                self._db.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.OperationalError:
+                pass
         self._db.close()

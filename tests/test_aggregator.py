@@ -81,3 +81,32 @@ def test_prometheus_endpoint_serves_the_figures_on_loopback() -> None:
         assert endpoint._server.server_address[0] == "127.0.0.1"
     finally:
         endpoint.close()
+
+
+def test_a_malformed_message_is_recorded_and_the_aggregator_goes_on(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/telemetry.sock"
+    settings = resolve_settings(DetectorsSection(profile="smoke", window=0.5))
+    spec = AggregatorSpec(run_id="r", endpoint=endpoint, store_path=str(tmp_path / "run.sqlite"), config_json="{}",
+                          started_wall="now", origin_ns=time.monotonic_ns(), run_s=10.0, settings=settings)
+    process = start_aggregator(spec)
+    sender = TelemetrySender(endpoint, "worker-0", RecordBuffer(("m",), ("identity",), "grpc"))
+    try:
+        sender.send("batch", {"protocol": "grpc", "models": ["m"], "scenarios": ["identity"], "count": 3,
+                              "columns": {}})  # no columns: cannot be decoded
+        now = time.monotonic_ns()
+        sender.record(now - 1000, 1000, 0, 0, STATUS_OK)
+        sender.flush()
+        time.sleep(2.0)
+        process.terminate()
+        process.join(30)
+        assert process.exitcode == 0
+    finally:
+        sender.close()
+        if process.is_alive():
+            process.kill()
+    store = RunStore.open(tmp_path / "run.sqlite")
+    try:
+        assert [e.what for e in store.events()] == ["bad_message"]
+        assert sum(w.requests for w in store.windows()) == 1 and store.status()["bad_messages"] == 1
+    finally:
+        store.close()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.store import RunStore
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -99,6 +101,12 @@ def test_sigint_stops_gracefully_with_a_full_report(tmp_path: Path) -> None:
     assert "stop requested by signal" in out and "TOTAL" in out and "verdict: PASS" in out
     run_dir = next(tmp_path.iterdir())
     assert (run_dir / "stress_report.txt").exists()
+    store = RunStore.open(run_dir / "run.sqlite")  # the incident and the last windows are in the store
+    try:
+        assert any("stop requested by signal" in what for _, what in store.incidents())
+        assert store.windows() and store.totals()
+    finally:
+        store.close()
     assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout == ""
 
 

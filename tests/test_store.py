@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,46 +45,6 @@ def test_every_table_round_trips(tmp_path: Path) -> None:
         assert row.state == "withdrawn" and row.verdict.samples == ("first",) and row.verdict.evidence["gate_mib_h"] == 64
         assert reader.incidents() == [(3.0, "worker 1 exited")]
         assert reader.status() == {"requests": 10} and reader.totals() == [("identity", 3, 1, 10)]
-    finally:
-        reader.close()
-
-
-def _writer(path: str, stop_after: int) -> None:
-    store = RunStore.create(path, "r2", "{}", "now")
-    for i in range(10_000):
-        store.add_windows([_window(float(i))])
-        if i < stop_after:
-            store.commit()
-        time.sleep(0.01 if i < stop_after else 0.0)
-        if i == stop_after:
-            time.sleep(60)  # holding an uncommitted window when it is killed
-
-
-def test_a_killed_writer_leaves_everything_it_committed_and_nothing_else(tmp_path: Path) -> None:
-    path = tmp_path / "run.sqlite"
-    process = multiprocessing.get_context("spawn").Process(target=_writer, args=(str(path), 30))
-    process.start()
-    try:
-        deadline = time.monotonic() + 30
-        seen = 0
-        while time.monotonic() < deadline and seen < 30:
-            if path.exists():
-                try:
-                    reader = RunStore.open(path)
-                    seen = len(reader.windows())  # reads while the writer writes
-                    reader.close()
-                except Exception:  # noqa: BLE001 - the schema may not be committed yet
-                    pass
-            time.sleep(0.05)
-        assert seen == 30
-        os.kill(process.pid, signal.SIGKILL)
-        process.join(10)
-    finally:
-        if process.is_alive():
-            process.kill()
-    reader = RunStore.open(path)
-    try:
-        assert [w.start_s for w in reader.windows()] == [float(i) for i in range(30)]
     finally:
         reader.close()
 

@@ -1,14 +1,18 @@
 """Aggregator ingest, measured on one core (numbers, not a test):
 
 1. ingest: records/s through what the aggregator does per batch message: msgpack unpack,
-   np.frombuffer decode, WindowFolder.add, plus closing windows as simulated time passes
+   np.frombuffer decode, WindowFolder.add, and a close_until every simulated second
    (target: 1,000,000 records/s);
-2. accuracy: the histogram's p50/p99/p99.9 against numpy's exact percentiles;
-3. memory: the folder's traced peak after the first and after the last tenth of the records
-   (it must stay flat: only open windows are held);
+2. accuracy: whole-run p50/p90/p99/p99.9 merged from the closed windows' histograms against
+   numpy's exact percentiles of the same latencies;
+3. memory: what the folder holds (tracemalloc, current and peak) after the first tenth and at the
+   end of the run: it must stay flat, only open windows are held;
 4. store: microseconds per resource value written to SQLite, committed every second.
 
-    python tools/bench_aggregator.py [--records 5000000] [--models 6] [--scenarios 4]
+The messages are the real wire format: bodies built by RecordBuffer, packed by telemetry.pack,
+from several senders whose name tables list the same models in different orders.
+
+    python tools/bench_aggregator.py [--records 10000000] [--models 6] [--scenarios 4] [--rate 5000]
 """
 
 from __future__ import annotations
@@ -24,57 +28,89 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.aggregator import LatencyHistogram, WindowFolder  # noqa: E402
-from engine.store import RunStore  # noqa: E402
-from workers.telemetry import RecordBuffer, decode_batch, pack, unpack  # noqa: E402
+from engine.aggregator import LatencyHistogram, WindowFolder, merge_windows
+from engine.store import RunStore
+from workers.telemetry import (
+    COLUMNS,
+    STATUS_ERROR,
+    STATUS_EXPECTED_ERROR,
+    STATUS_OK,
+    STATUS_WRONG,
+    RecordBuffer,
+    decode_batch,
+    pack,
+    unpack,
+)
 
 BATCH = 512
+TEMPLATES = 256  # distinct batches; the run repeats them, shifted in time
 S = 1_000_000_000
+# ok, error, wrong, expected error (of a negative scenario), missing error
+STATUS_MIX = ((STATUS_OK, 0.955), (STATUS_ERROR, 0.01), (STATUS_WRONG, 0.005), (STATUS_EXPECTED_ERROR, 0.03))
 
 
-def _messages(models: int, scenarios: int, count: int, rate: float, seed: int = 1) -> tuple[list[bytes], np.ndarray]:
-    """`count` batch messages as workers send them: `rate` records per simulated second."""
-    rng = np.random.default_rng(seed)
-    names = tuple(f"model_{i}" for i in range(models))
-    kinds = tuple(f"scenario_{i}" for i in range(scenarios))
-    buffer = RecordBuffer(names, kinds, "grpc", capacity=BATCH)
-    out, latencies = [], []
-    t = 0
-    for _ in range(count):
+def _templates(models: int, scenarios: int, senders: int, rng: np.random.Generator) -> tuple[list[dict], list]:
+    """Batch bodies as RecordBuffer makes them (start times from 0), and each one's answered latencies."""
+    names = [f"model_{i}" for i in range(models)]
+    kinds = [f"scenario_{i}" for i in range(scenarios)]
+    buffers = []
+    for _ in range(senders):  # each sender its own order of the same names: codes differ
+        buffers.append(RecordBuffer(tuple(rng.permutation(names)), tuple(rng.permutation(kinds)), "grpc", BATCH))
+    codes, weights = zip(*STATUS_MIX)
+    bodies, answered = [], []
+    for t in range(TEMPLATES):
+        buffer = buffers[t % senders]
         latency = rng.lognormal(np.log(3e6), 0.6, BATCH).astype(np.int64)
+        latency[rng.random(BATCH) < 0.002] *= 50  # a slow tail
+        status = rng.choice(codes, BATCH, p=np.array(weights) / sum(weights))
         model = rng.integers(0, models, BATCH)
         scenario = rng.integers(0, scenarios, BATCH)
-        status = np.where(rng.random(BATCH) < 0.01, 1, 0)
         for i in range(BATCH):
-            t += int(S / rate)
-            buffer.add(t, int(latency[i]), int(model[i]), int(scenario[i]), int(status[i]))
-        out.append(pack("batch", "worker-0", len(out), buffer.take_body()))
-        latencies.append(latency[status == 0])
-    return out, np.concatenate(latencies)
+            buffer.add(i, int(latency[i]), int(model[i]), int(scenario[i]), int(status[i]), 0, -1)
+        bodies.append(buffer.take_body())
+        answered.append(latency[(status == STATUS_OK) | (status == STATUS_WRONG)])
+    return bodies, answered
 
 
-def bench_ingest(messages: list[bytes], rate: float, trace: bool = False) -> tuple[float, list[int]]:
-    """Records/s (trace=False), or the traced memory peaks (trace=True: tracing slows it down)."""
-    folder = WindowFolder(0, window_s=10.0, lateness_s=2.0)
-    peaks: list[int] = []
+def _messages(bodies: list[dict], count: int, rate: float) -> list[bytes]:
+    """`count` packed batch messages, batch i starting where i - 1 ended at `rate` records/s."""
+    step = int(S / rate)
+    out = []
+    for index in range(count):
+        body = bodies[index % len(bodies)]
+        start = np.frombuffer(body["columns"]["start_ns"], COLUMNS["start_ns"]) * step + index * BATCH * step
+        shifted = {**body, "columns": {**body["columns"], "start_ns": start.tobytes()}}
+        out.append(pack("batch", f"worker-{index % 4}", index // 4, shifted))
+    return out
+
+
+def bench_ingest(messages: list[bytes], rate: float, window_s: float, trace: bool = False) -> dict:
+    """Fold every message as the aggregator does; CPU time, closed windows, traced memory."""
+    folder = WindowFolder(0, window_s=window_s, lateness_s=2.0)
+    closed = []
+    per_message_ns = BATCH * int(S / rate)
+    marks = {len(messages) // 10: "tenth", len(messages) - 1: "end"}
+    memory: dict[str, tuple[int, int]] = {}
     if trace:
         tracemalloc.start()
     began = time.process_time()
     next_close = S
     for index, data in enumerate(messages):
         folder.add(decode_batch(unpack(data)))
-        now = (index + 1) * BATCH * int(S / rate)
+        now = (index + 1) * per_message_ns
         if now >= next_close:  # the aggregator closes windows once a second
-            folder.close_until(now)
+            done = folder.close_until(now)
+            if not trace:  # kept for the accuracy figures; traced, they would count as the folder's
+                closed += done
             next_close += S
-        if trace and index in (len(messages) // 10, len(messages) - 1):
-            peaks.append(tracemalloc.get_traced_memory()[1])
+        if trace and index in marks:
+            memory[marks[index]] = tracemalloc.get_traced_memory()
             tracemalloc.reset_peak()
-    elapsed = time.process_time() - began
+    cpu = time.process_time() - began
     if trace:
         tracemalloc.stop()
-    folder.close_all()
-    return len(messages) * BATCH / elapsed, peaks
+    closed += folder.close_all()
+    return {"cpu": cpu, "closed": closed, "memory": memory, "late": folder.late_records}
 
 
 def bench_store(values: int = 100, seconds: int = 300) -> float:
@@ -91,25 +127,50 @@ def bench_store(values: int = 100, seconds: int = 300) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=5_000_000)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=10_000_000)
     parser.add_argument("--models", type=int, default=6)
     parser.add_argument("--scenarios", type=int, default=4)
-    parser.add_argument("--rate", type=float, default=2000.0, help="records per simulated second")
+    parser.add_argument("--senders", type=int, default=4, help="name-table orders (one per simulated worker)")
+    parser.add_argument("--rate", type=float, default=5_000.0, help="records per simulated second")
+    parser.add_argument("--window", type=float, default=10.0, help="window length, s")
     args = parser.parse_args()
     count = max(10, args.records // BATCH)
-    print(f"building {count} batch messages of {BATCH} records ...", flush=True)
-    messages, answered = _messages(args.models, args.scenarios, count, args.rate)
-    rate, _ = bench_ingest(messages, args.rate)
-    _, peaks = bench_ingest(messages, args.rate, trace=True)
-    whole = LatencyHistogram()
-    whole.add(answered)
-    print(f"{'ingest (unpack + decode + fold + close), one core':<52} {rate / 1e6:8.2f} M records/s")
-    for q in (50, 99, 99.9):
-        exact = np.percentile(answered, q, method="inverted_cdf")
-        print(f"{f'histogram p{q:g} vs exact':<52} {100 * (whole.percentile(q) / exact - 1):+8.3f} %")
-    print(f"{'folder traced peak, first tenth -> last tenth':<52} {peaks[0] / 1e6:8.2f} -> {peaks[1] / 1e6:.2f} MB")
-    print(f"{'store: resource value insert, commit each second':<52} {bench_store() * 1e6:8.2f} us")
+    rng = np.random.default_rng(1)
+    bodies, answered = _templates(args.models, args.scenarios, args.senders, rng)
+    messages = _messages(bodies, count, args.rate)
+    records = count * BATCH
+    simulated = records / args.rate
+    print(f"{records:,} records in {count:,} messages of {BATCH}; {simulated / 3600:.1f} simulated hours at "
+          f"{args.rate:,.0f} records/s; {args.models} models x {args.scenarios} scenarios, "
+          f"{args.window:g} s windows", flush=True)
+
+    run = bench_ingest(messages, args.rate, args.window)
+    traced = bench_ingest(messages, args.rate, args.window, trace=True)
+
+    rows = [("ingest (unpack + decode + fold + close), one core", f"{records / run['cpu'] / 1e6:8.2f} M records/s"),
+            ("  CPU per record", f"{run['cpu'] / records * 1e9:8.0f} ns"),
+            ("windows closed / late records", f"{len(run['closed']):8,d} / {run['late']}")]
+    whole = merge_windows(run["closed"])
+    exact_values = np.concatenate([answered[i % TEMPLATES] for i in range(count)])
+    assert whole.count == len(exact_values)
+    for q in (50, 90, 99, 99.9):
+        exact = np.percentile(exact_values, q, method="inverted_cdf")
+        rows.append((f"whole-run p{q:g} from merged windows vs exact", f"{100 * (whole.percentile(q) / exact - 1):+8.3f} %"))
+    mean_error, max_error = whole.mean_ns - exact_values.mean(), whole.max_ns - int(exact_values.max())
+    rows.append(("whole-run mean, max vs exact", f"{mean_error:+8.3g} ns, {max_error:+d} ns"))
+    one = LatencyHistogram()
+    one.add(exact_values)
+    rows.append(("merged windows == one histogram of everything", f"{one == whole!s:>8}"))
+    (tenth, tenth_peak), (end, end_peak) = traced["memory"]["tenth"], traced["memory"]["end"]
+    rows.append(("folder traced memory held, at 1/10 -> at the end", f"{tenth / 1e6:8.2f} -> {end / 1e6:.2f} MB"))
+    rows.append(("folder traced peak, first 1/10 -> last 9/10", f"{tenth_peak / 1e6:8.2f} -> {end_peak / 1e6:.2f} MB"))
+    rows.append(("histogram bytes per window (mean)",
+                 f"{np.mean([len(w.histogram) for w in run['closed']]):8.0f} B"))
+    rows.append(("store: resource value insert, commit each second", f"{bench_store() * 1e6:8.2f} us"))
+    width = max(len(name) for name, _ in rows) + 2
+    for name, value in rows:
+        print(f"{name:<{width}}{value}")
 
 
 if __name__ == "__main__":

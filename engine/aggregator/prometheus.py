@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,14 +16,24 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _value(value: float) -> str:
+    """The spec spells the special values NaN, +Inf, -Inf (repr gives nan, inf)."""
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
 def render(gauges: Gauges) -> str:
     lines = []
     for name, (help_text, samples) in sorted(gauges.items()):
-        lines.append(f"# HELP {name} {help_text.replace(chr(10), ' ')}")
+        lines.append(f"# HELP {name} {help_text.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}")
         lines.append(f"# TYPE {name} gauge")
         for labels, value in samples.items():
             label_text = ",".join(f'{key}="{_escape(str(v))}"' for key, v in labels)
-            lines.append(f"{name}{{{label_text}}} {value!r}" if label_text else f"{name} {value!r}")
+            lines.append(f"{name}{{{label_text}}} {_value(value)}" if label_text else f"{name} {_value(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -33,7 +44,7 @@ class PrometheusEndpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+            def do_GET(self) -> None:  # the name is http.server's interface
                 with endpoint._lock:
                     body = endpoint._text
                 self.send_response(200 if self.path.startswith("/metrics") else 404)

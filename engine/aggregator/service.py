@@ -10,6 +10,7 @@ windows, evaluate once more, write the totals, exit.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import multiprocessing
 import signal
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+from engine.detectors.discrete import RISE_GATES, DiscreteLeakDetector
 from engine.detectors.drift import DriftDetector
 from engine.detectors.errors import ErrorDetector
 from engine.detectors.leak import LeakDetector
@@ -47,6 +49,10 @@ LEAK_FIELD = "rss_anon"  # heap growth; RssShmem grows with registered regions a
 # The coordinator's event when it stops the load: memory and latency after it say nothing about
 # the load (a heap stops growing when requests stop), so leak and drift are not judged on them.
 LOAD_STOPPED = "load_stopped"
+INCIDENT = "incident"  # the coordinator's incidents, kept in their own table too
+# Countable resources judged by their floors: per process, and the run's /dev/shm footprint.
+DISCRETE_FIELDS = ("fds", "threads")
+SHM_SERIES = {"shm/files": "files", "shm/bytes": "bytes"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class Aggregator:
         self.pids: dict[str, float] = {}
         self.texts: dict[str, list[str]] = collections.defaultdict(list)  # scenario -> first error texts
         self.leak: dict[str, LeakDetector] = {}
+        self.discrete: dict[str, DiscreteLeakDetector] = {}
+        self._missing: set[str] = set()  # workers whose heartbeats stopped (reported once)
         self.drift: dict[tuple[str, str, str], DriftDetector] = {}
         self.drift_points: dict[tuple[str, str, str], list[tuple[float, float, float, int]]] = \
             collections.defaultdict(list)
@@ -94,6 +102,7 @@ class Aggregator:
         self.errors = ErrorDetector(tuple(d for d in s.enabled if d in ("errors", "wrong_answers")))
         self.model_latency: dict[str, LatencyHistogram] = {}  # after warm-up, for the stall threshold
         self.load_stopped_s: float | None = None
+        self.bad_messages = 0
         self.pending: dict[str, float] = {}  # model -> the server's pending request count, last sample
         self.requests = 0
         self.failed_requests = 0  # errors and missing expected errors, from closed windows
@@ -121,7 +130,14 @@ class Aggregator:
                 data = self._socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return handled
-            self.handle(unpack(data))
+            try:
+                self.handle(unpack(data))
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                # A malformed message is a finding, not the end of the run's record.
+                self.bad_messages += 1
+                if self.bad_messages <= SAMPLE_TEXTS:
+                    self.store.add_event(self.run_s(), "aggregator", "bad_message", "", "", 1,
+                                         f"{type(exc).__name__}: {exc}"[:500])
             handled += 1
 
     def handle(self, message: Message) -> None:
@@ -158,6 +174,8 @@ class Aggregator:
         at = self.run_s(body.get("time_ns") or time.monotonic_ns())
         if body.get("what") == LOAD_STOPPED:
             self.load_stopped_s = at
+        elif body.get("what") == INCIDENT:
+            self.store.add_incident(at, body.get("text", ""))
         text = body.get("text", "")
         self.store.add_event(at, message.sender, body.get("what", ""), body.get("model", ""),
                              body.get("scenario", ""), body.get("count", 1), text)
@@ -173,6 +191,8 @@ class Aggregator:
             if name.startswith("model/") and name.endswith("/pending"):
                 self.pending[name[len("model/"):-len("/pending")]] = float(value)
             process = process_of(name)
+            if name in SHM_SERIES:
+                self.series.setdefault(name, Series()).append(at, float(value), float(self.requests))
             if process is None:
                 continue
             if field_of(name) == "pid":
@@ -192,6 +212,7 @@ class Aggregator:
         for name in [n for n in self.series if n.startswith(prefix)]:
             del self.series[name]
             self.leak.pop(name, None)
+            self.discrete.pop(name, None)
 
     # -- ticks ------------------------------------------------------------------------------
     def tick(self, final: bool = False) -> list[Verdict]:
@@ -203,6 +224,7 @@ class Aggregator:
             self.failed_requests += sum(w.errors + w.missing_errors for w in closed)
             self.wrong_answers += sum(w.wrong for w in closed)
         raised = self._evaluate(closed, now)
+        self._missing_workers(now)
         self._recent.append((now, self.requests))
         status = self.status(now, closed)
         self.store.set_status(status)
@@ -291,6 +313,10 @@ class Aggregator:
     def _leaks(self, now: float) -> list[Verdict]:
         out: list[Verdict] = []
         for name, series in self.series.items():
+            unit = SHM_SERIES.get(name) or (field_of(name) if field_of(name) in DISCRETE_FIELDS else "")
+            if unit:
+                out += self._discrete(name, unit, series, now)
+                continue
             if field_of(name) != LEAK_FIELD:
                 continue
             detector = self.leak.get(name)
@@ -302,6 +328,34 @@ class Aggregator:
             t, v, requests = series.arrays()
             out += detector.evaluate(t, v, now, requests)
         return out
+
+    def _discrete(self, name: str, unit: str, series: Series, now: float) -> list[Verdict]:
+        detector = self.discrete.get(name)
+        if detector is None:
+            process = process_of(name)
+            pid = self.pids.get(process or "")
+            subject = f"{process} (pid {pid:.0f}) {unit}" if pid else f"{process} {unit}" if process else \
+                f"the run's /dev/shm {unit}"
+            params = dataclasses.replace(self.spec.settings.discrete, min_rise=RISE_GATES[unit])
+            detector = self.discrete[name] = DiscreteLeakDetector(subject, unit, params)
+        t, v, _ = series.arrays()
+        return detector.evaluate(t, v, now)
+
+    def _missing_workers(self, now: float) -> None:
+        """A worker silent for 3 heartbeats is missing: said once, so a starved or dead load
+        generator is on record (its in-flight table is no longer read as evidence)."""
+        if self.load_stopped_s is not None:
+            return
+        silent = time.monotonic() - HEARTBEAT_MISSING_S
+        for name, sender in self.senders.items():
+            if not name.startswith("worker") or not sender.last_heartbeat:
+                continue
+            if sender.last_heartbeat < silent and name not in self._missing:
+                self._missing.add(name)
+                self.store.add_event(now, "aggregator", "worker_missing", "", "",
+                                     1, f"{name}: no heartbeat for {HEARTBEAT_MISSING_S:g} s")
+            elif sender.last_heartbeat >= silent:
+                self._missing.discard(name)
 
     # -- figures ----------------------------------------------------------------------------
     def totals(self) -> list[tuple[str, int, int, int]]:
@@ -327,7 +381,7 @@ class Aggregator:
             "verdicts": [v.describe() for _, v in self.verdicts if v.kind != "PLATEAU"],
             "fatal": [v.describe() for _, v in self.verdicts if v.detector in self.spec.settings.fatal
                       and v.kind != "PLATEAU"],
-            "lost_messages": sum(s.lost for s in self.senders.values()),
+            "lost_messages": sum(s.lost for s in self.senders.values()), "bad_messages": self.bad_messages,
             "late_records": self.folder.late_records,
             "heartbeat_age_s": workers,
         }

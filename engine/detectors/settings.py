@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import drift, leak, stall
+from .discrete import DiscreteParams
 from .drift import DriftParams
 from .leak import LeakParams
 from .stall import StallParams
@@ -24,6 +25,7 @@ class DetectorSettings:
     drift: DriftParams
     stall: StallParams
     drift_min_requests: int
+    discrete: DiscreteParams = dataclasses.field(default_factory=DiscreteParams)
 
     def echo(self) -> dict[str, Any]:
         """Every value that applies, for the run's record and each verdict's context."""
@@ -31,10 +33,10 @@ class DetectorSettings:
 
 
 _PROFILES = {
-    "long": dict(window_s=60.0, sample_interval_s=5.0, leak=leak.LONG, drift=drift.LONG, stall=stall.LONG,
-                 drift_min_requests=100),
-    "smoke": dict(window_s=10.0, sample_interval_s=1.0, leak=leak.SMOKE, drift=drift.SMOKE, stall=stall.SMOKE,
-                  drift_min_requests=20),
+    "long": {"window_s": 60.0, "sample_interval_s": 5.0, "leak": leak.LONG, "drift": drift.LONG, "stall": stall.LONG,
+             "drift_min_requests": 100, "discrete": DiscreteParams()},
+    "smoke": {"window_s": 10.0, "sample_interval_s": 1.0, "leak": leak.SMOKE, "drift": drift.SMOKE,
+              "stall": stall.SMOKE, "drift_min_requests": 20, "discrete": DiscreteParams(bin_s=10.0, warmup_s=60.0)},
 }
 
 
@@ -46,7 +48,9 @@ def resolve_settings(section: Any, sequence_deadline_s: float = 0.0) -> Detector
     leak_p: LeakParams = base["leak"]
     drift_p: DriftParams = base["drift"]
     stall_p: StallParams = dataclasses.replace(base["stall"], sequence_deadline_s=sequence_deadline_s)
+    discrete_p: DiscreteParams = base["discrete"]
     if section.warmup is not None:
+        discrete_p = dataclasses.replace(discrete_p, warmup_s=section.warmup)
         leak_p = dataclasses.replace(leak_p, warmup_s=section.warmup, warmup_fraction=0.0)
         drift_p = dataclasses.replace(drift_p, warmup_windows=math.ceil(section.warmup / window))
     if section.leak_gate is not None:
@@ -62,5 +66,5 @@ def resolve_settings(section: Any, sequence_deadline_s: float = 0.0) -> Detector
     return DetectorSettings(
         enabled=tuple(section.enabled), fatal=tuple(section.fatal), window_s=window, sample_interval_s=interval,
         leak=leak_p, drift=drift_p, stall=stall_p,
-        drift_min_requests=section.drift_min_requests or base["drift_min_requests"],
+        drift_min_requests=section.drift_min_requests or base["drift_min_requests"], discrete=discrete_p,
     )

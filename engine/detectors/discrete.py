@@ -1,0 +1,72 @@
+"""Leaks of countable resources: open fds, threads, /dev/shm files and bytes (DETECTION.md §3,
+discrete resources, "without quiesce: trend of the floors").
+
+A leaked fd or thread never comes back, so the *floor* of the count (its minimum over a bin)
+rises and keeps rising, while healthy churn (connections, worker threads) moves the count above
+a steady floor. A verdict needs the floor to have risen in at least 4 of the last 5 steps between
+bins (a pool that grows once and stays is a step, not a leak) and by at least the gate in total
+since warm-up, on several evaluations in a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .verdict import Verdict
+
+
+@dataclass(frozen=True)
+class DiscreteParams:
+    bin_s: float = 60.0  # floors are minima over bins this wide
+    warmup_s: float = 600.0
+    min_rise: float = 8.0  # in the resource's own unit (fds, threads, files, bytes)
+    min_fraction: float = 0.02  # ...or this share of the first floor, if larger
+    steps: int = 5  # of the last `steps` bin-to-bin steps...
+    rising_steps: int = 4  # ...at least this many must rise
+    persistence: int = 3
+
+
+# Gates per resource: what one leaked unit is worth noticing at.
+RISE_GATES = {"fds": 8.0, "threads": 4.0, "files": 1.0, "bytes": float(1 << 20)}
+
+
+@dataclass
+class DiscreteLeakDetector:
+    subject: str
+    unit: str
+    params: DiscreteParams = DiscreteParams()
+    _hits: int = 0
+    open: bool = False
+    raised: list[Verdict] = field(default_factory=list)
+
+    def evaluate(self, t: np.ndarray, values: np.ndarray, now: float) -> list[Verdict]:
+        p = self.params
+        t, values = np.asarray(t, float), np.asarray(values, float)
+        keep = t >= p.warmup_s
+        t, values = t[keep], values[keep]
+        if len(t) < 2:
+            return []
+        keys = np.floor((t - t[0]) / p.bin_s).astype(np.int64)
+        edges = np.flatnonzero(np.diff(keys)) + 1
+        floors = np.array([part.min() for part in np.split(values, edges)])
+        starts = np.array([part[0] for part in np.split(t, edges)])
+        if len(floors) < p.steps + 2:  # the last bin is still filling: left out
+            return []
+        floors, starts = floors[:-1], starts[:-1]
+        rises = int(np.sum(np.diff(floors[-(p.steps + 1):]) > 0))
+        total = float(floors[-1] - floors[0])
+        gate = max(p.min_rise, p.min_fraction * floors[0])
+        leaking = rises >= p.rising_steps and total >= gate
+        self._hits = self._hits + 1 if leaking else 0
+        if self.open or self._hits < p.persistence:
+            return []
+        self.open = True
+        hours = max((starts[-1] - starts[0]) / 3600.0, 1e-9)
+        verdict = Verdict("leak", "LEAK", self.subject, float(starts[0]), now, total / hours, f"{self.unit}/h",
+                          total / hours, total / hours,
+                          {"floor_first": float(floors[0]), "floor_last": float(floors[-1]), "rise": total,
+                           "gate": gate, "rising_steps": float(rises), "bin_s": p.bin_s})
+        self.raised.append(verdict)
+        return [verdict]
