@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/smoke.toml
 
-.PHONY: smoke test install-run install-test clean
+.PHONY: smoke test install-run install-test browser clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,17 @@ smoke: install-run
 	$(PY) -m engine --config $(CONFIG)
 
 # Everything the tests need (the optional ONNX and TorchScript paths included), then the suite.
-test: install-test
+test: install-test browser
 	$(PY) -m pytest
+
+# Headless Chromium renders report.html in the tests; where it cannot be installed (no apt, no
+# root) that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && \
+		    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+		echo "chromium not installed: the browser check of report.html will skip"
 
 install-run: $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[server]'

@@ -1,4 +1,5 @@
-"""Command line: `python -m engine [run] --config FILE`, `gen-repo`, `show-config`.
+"""Command line: `python -m engine [run] --config FILE`, `gen-repo`, `show-config`, `cleanup`,
+`report RUN_DIR`.
 
 Exit status: 0 pass, 1 a failing check, 2 bad config or set-up failure (never a traceback for
 input the user can fix).
@@ -21,7 +22,7 @@ from .config import Config, ConfigError, config_to_dict, load_config, parse_dura
 from .server import ServerSetupError
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
-SUBCOMMANDS = ("run", "gen-repo", "show-config", "cleanup")
+SUBCOMMANDS = ("run", "gen-repo", "show-config", "cleanup", "report")
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "run's leftovers (only when no run is going on).")
     clean.add_argument("run_id", nargs="?", metavar="RUN_ID", help="the run (its directory name under results/)")
     clean.add_argument("--url", metavar="HOST:PORT", help="gRPC address of a server to unregister regions from")
+    report = sub.add_parser("report", help="rebuild a run's report from its store (also of a crashed run)",
+                            description="Read RUN_DIR/run.sqlite (never written to), print the summary (the "
+                                        "per-scenario table, latency per model, incidents, verdicts) and write "
+                                        "report.json, report.html and stress_report.txt into RUN_DIR. Exit status: 0 pass, "
+                                        "1 fail (or a run that did not end normally), 2 no readable store.")
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run's directory (results/<run id>)")
+    report.add_argument("--no-write", action="store_true", help="print only; write no file")
     return parser
 
 
@@ -149,6 +157,23 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_PASS if not report.errors else EXIT_FAIL
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from .report import load_report, render_summary, write_reports
+
+    try:
+        report = load_report(args.run_dir)
+    except (FileNotFoundError, ValueError, sqlite3.Error) as exc:
+        print(f"report error: {args.run_dir}: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    sys.stdout.write(render_summary(report))
+    if not args.no_write:
+        written = write_reports(args.run_dir, report, ("json", "html", "text"))
+        print(f"wrote {', '.join(str(p) for p in written)}")
+    return report.exit_code
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .coordinator import run
 
@@ -158,7 +183,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     handlers = {"run": _cmd_run, "gen-repo": _cmd_gen_repo, "show-config": _cmd_show_config,
-                "cleanup": _cmd_cleanup}
+                "cleanup": _cmd_cleanup, "report": _cmd_report}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

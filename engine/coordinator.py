@@ -35,6 +35,8 @@ from .detectors.stall import ModelTiming
 from .live_view import LiveView
 from .monitor import MonitorSpec, start_monitor
 from .probe import probe_model, probe_table
+from .report import load_report, render_page, render_summary, write_reports
+from .report.mail import MailError, send_report
 from .run_setup import (
     RunPaths,
     backend_region_prefix,
@@ -43,7 +45,7 @@ from .run_setup import (
     start_server,
 )
 from .store import RunStore
-from .stress_report import ScenarioTotals, hhmmss, render_table
+from .stress_report import hhmmss
 
 LIVE_EVERY_S = 1.0
 AGGREGATOR_STOP_S = 60.0  # the final windows, detectors and commit
@@ -277,37 +279,23 @@ class Coordinator:
             self._incident_sender.flush_events()
 
     def _report(self) -> RunOutcome:
-        duration = time.monotonic() - self._started if self._started else 0.0
         if not self.store_path.exists():
             _say("verdict: FAIL (nothing was recorded)")
             return RunOutcome(1, self.paths, self.incidents)
-        store = RunStore.open(self.store_path)
-        try:
-            totals = [ScenarioTotals(*row) for row in store.totals()]
-            verdicts = store.verdicts()
-            status = store.status()
-            texts = {}
-            for event in store.events():
-                if event.what == "scenario_failed" and event.text:
-                    texts.setdefault(event.scenario, event.text)
-        finally:
-            store.close()
-        table = render_table(totals, duration)
-        (self.paths.root / "stress_report.txt").write_text(table)
-        _say(table)
-        for scenario, text in sorted(texts.items()):
-            _say(f"scenario_failed in {scenario} (first: {text[:300]})")
-        if status.get("lost_messages"):
-            _say(f"telemetry: {status['lost_messages']} messages lost")
-        failing = [v for v in verdicts if v.state in ("open", "cleared")]
-        for v in verdicts:
-            _say(f"{'verdict' if v in failing else 'note'}: [{v.state}] {v.verdict.describe()}")
-        failed = sum(t.failed for t in totals)
-        ok = failed == 0 and not failing and not any("server exited" in i.what or "fatal verdict" in i.what
-                                                     for i in self.incidents)
-        _say(f"verdict: {'PASS' if ok else 'FAIL'}; {len(failing)} failing verdicts, {failed} failed scenarios, "
-             f"{len(self.incidents)} incidents; store {self.store_path}")
-        return RunOutcome(0 if ok else 1, self.paths, self.incidents)
+        report = load_report(self.paths.root)
+        written = write_reports(self.paths.root, report, self.config.report.formats)
+        summary = render_summary(report)
+        if "terminal" in self.config.report.formats:
+            sys.stdout.write(summary)
+        email = self.config.report.email
+        if email.smtp_host:
+            page = self.paths.root / "report.html"
+            try:
+                _say(send_report(email, summary, page.read_text() if page in written else render_page(self.paths.root)))
+            except MailError as exc:  # the run's verdict stands; the reason is said
+                _say(f"e-mail: {exc}")
+        _say(f"report: {self.paths.root} (run.sqlite; python -m engine report {self.paths.root} rebuilds it)")
+        return RunOutcome(report.exit_code, self.paths, self.incidents)
 
 
 def run(config: Config) -> int:

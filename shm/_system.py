@@ -66,6 +66,23 @@ def decode_bytes_tensor(buffer: np.ndarray, shape: tuple[int, ...]) -> np.ndarra
     return deserialize_bytes_tensor(buffer[:extent].tobytes()).reshape(shape)
 
 
+def _room_for_region(shm_dir: str) -> int:
+    """Bytes a new region can take: the tmpfs's free space, capped by memory the kernel can give.
+
+    tmpfs pages are RAM (or swap), so a /dev/shm mounted larger than the memory left cannot
+    really hold its nominal free space.
+    """
+    fs = os.statvfs(shm_dir)
+    room = fs.f_bavail * fs.f_frsize
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            fields = dict(line.split(b":", 1) for line in meminfo)
+        available_kib = int(fields[b"MemAvailable"].split()[0]) + int(fields[b"SwapFree"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return room  # not Linux, or an odd /proc: the tmpfs's own answer is all there is
+    return min(room, available_kib * 1024)
+
+
 class SystemRegion:
     """`/dev/shm/<name>` of `byte_size` bytes, created exclusively, mapped read-write.
 
@@ -89,6 +106,13 @@ class SystemRegion:
             # Reserve the pages now: a tmpfs too small for the region (a container's 64 MiB
             # /dev/shm, say) fails here with ENOSPC instead of killing the process with SIGBUS on
             # the first write past what it can hold.
+            # Refuse up front what cannot fit: on a tmpfs sized like the machine's RAM, a
+            # posix_fallocate that is bound to fail first takes every free page and wakes the OOM
+            # killer, which may pick this process (or the server) before ENOSPC comes back.
+            room = _room_for_region(shm_dir)
+            if byte_size > room:
+                raise ShmError(f"region {name}: cannot reserve {byte_size} bytes in {shm_dir} "
+                               f"(room for {room}: free space in {shm_dir} and available memory)")
             try:
                 os.posix_fallocate(fd, 0, byte_size)
             except OSError as exc:

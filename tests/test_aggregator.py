@@ -17,6 +17,14 @@ from workers.sender import TelemetrySender
 from workers.telemetry import STATUS_ERROR, STATUS_OK, Heartbeat, RecordBuffer
 
 
+def _started(process, store: Path) -> None:
+    """The aggregator is up when its store exists (as the coordinator waits for it too)."""
+    deadline = time.monotonic() + 60
+    while not store.exists() and process.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.exists(), f"aggregator exit status {process.exitcode}"
+
+
 def test_records_heartbeats_and_events_reach_the_store(tmp_path: Path) -> None:
     endpoint = f"ipc://{tmp_path}/telemetry.sock"
     origin = time.monotonic_ns()
@@ -25,6 +33,7 @@ def test_records_heartbeats_and_events_reach_the_store(tmp_path: Path) -> None:
                           started_wall="now", origin_ns=origin, run_s=10.0, settings=settings,
                           timings={"m": ModelTiming(0.0, 1, 0)})
     process = start_aggregator(spec)
+    _started(process, tmp_path / "run.sqlite")
     sender = TelemetrySender(endpoint, "worker-0", RecordBuffer(("m", "n"), ("identity",), "grpc"))
     try:
         sent = 0
@@ -89,6 +98,7 @@ def test_a_malformed_message_is_recorded_and_the_aggregator_goes_on(tmp_path: Pa
     spec = AggregatorSpec(run_id="r", endpoint=endpoint, store_path=str(tmp_path / "run.sqlite"), config_json="{}",
                           started_wall="now", origin_ns=time.monotonic_ns(), run_s=10.0, settings=settings)
     process = start_aggregator(spec)
+    _started(process, tmp_path / "run.sqlite")
     sender = TelemetrySender(endpoint, "worker-0", RecordBuffer(("m",), ("identity",), "grpc"))
     try:
         sender.send("batch", {"protocol": "grpc", "models": ["m"], "scenarios": ["identity"], "count": 3,

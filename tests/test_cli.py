@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ def _run(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.Comple
     ("-m", "engine", "run", "--help"),
     ("-m", "engine", "gen-repo", "--help"),
     ("-m", "engine", "show-config", "--help"),
+    ("-m", "engine", "report", "--help"),
     ("-m", "model_repo_gen", "--help"),
 ])
 def test_help_works(args: tuple[str, ...]) -> None:
@@ -81,6 +84,13 @@ def test_smoke_run_passes_reports_and_stops_everything(tmp_path: Path) -> None:
     assert int(total[1]) == 0 and int(total[2]) > 10 and int(total[3]) > int(total[2])
     assert "sequence_valid" in report
     assert (run_dirs[0] / "server" / "tritonserver.log").exists()
+    report_json = json.loads((run_dirs[0] / "report.json").read_text())
+    assert report_json["verdict"] == "PASS" and report_json["ended_normally"] and report_json["verdicts"] == []
+    assert sum(row["requests"] for row in report_json["scenarios"]) == int(total[3])
+    page = (run_dirs[0] / "report.html").read_text()
+    assert page.count("<svg") >= 3 and "PASS" in page  # throughput, latency and memory plots
+    assert not re.search(r'(src|href)=["\']?(https?:|//)', page)  # self-contained: nothing fetched
+
     leftover = subprocess.run(["pgrep", "-f", str(run_dirs[0])], capture_output=True, text=True)
     assert leftover.stdout == ""
 
@@ -127,3 +137,39 @@ def test_cleanup_removes_a_crashed_runs_leftovers(tmp_path: Path) -> None:
     finally:
         for path in (*ours, other):
             path.unlink(missing_ok=True)
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_coordinator_leaves_nothing_running_and_report_rebuilds_from_its_store(tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "engine", "--config", "configs/smoke.toml", "--results-dir",
+                                str(tmp_path), "--duration", "10m"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:  # type: ignore[union-attr]
+            if " requests, " in line:  # load is flowing, windows are being written
+                break
+        process.kill()  # SIGKILL: no handler, no finally
+        process.wait(10)
+    finally:
+        process.kill()
+    run_dir = next(tmp_path.iterdir())
+    # Its children stop with it: the server (PDEATHSIG), the workers after their plans, the
+    # aggregator after draining; nothing of the run keeps running.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True,
+                                                         text=True).stdout:
+        time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout == ""
+    done = _run("-m", "engine", "report", str(run_dir))
+    assert done.returncode in (0, 1), done.stderr
+    assert "TOTAL" in done.stdout and "identity_fp32" in done.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["schema_version"] == 1 and report["run_id"] == run_dir.name
+    assert sum(row["requests"] for row in report["latency"]) > 100
+    assert sum(row["requests"] for row in report["scenarios"]) > 0
+    cleanup = _run("-m", "engine", "cleanup", run_dir.name)  # whatever the workers could not unlink
+    assert cleanup.returncode == 0, cleanup.stderr
+
+
+def test_report_of_a_directory_without_a_store_is_exit_2(tmp_path: Path) -> None:
+    done = _run("-m", "engine", "report", str(tmp_path))
+    assert done.returncode == 2 and "no run store" in done.stderr and "Traceback" not in done.stderr

@@ -48,3 +48,22 @@ def test_one_percent_a_minute_is_flagged_within_forty_minutes(seed: int) -> None
     verdict = detector.raised[0]
     assert verdict.kind == "DRIFT" and verdict.size > 10
     assert verdict.at_s - 120 * 60 <= 40 * 60, verdict.at_s / 60
+
+
+def test_what_moved_every_series_is_taken_out_by_the_reference() -> None:
+    """A host that got 30 % slower moves every model: net of the others' median change (the
+    reference) a model has not drifted; its own +1 %/min on top still shows."""
+    t, p50, p99 = _windows(7)
+    host = np.where(np.arange(WINDOWS) >= 120, 1.3, 1.0)
+    assert _run(t, p50 * host, p99 * host).raised  # alone, a step of +30 % is a drift
+
+    def run_with_reference(p50_series, p99_series) -> DriftDetector:
+        detector = DriftDetector("m", LONG)
+        for end in range(1, WINDOWS + 1):
+            reference = detector.change(host[:end]) if detector.ready(end) else 1.0
+            detector.evaluate(t[:end], p50_series[:end], p99_series[:end], float(t[end - 1]), reference=reference)
+        return detector
+
+    assert run_with_reference(p50 * host, p99 * host).raised == []
+    _, own50, own99 = _windows(7, drift_per_min=0.01)
+    assert run_with_reference(own50 * host, own99 * host).raised

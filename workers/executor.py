@@ -209,6 +209,12 @@ class Executor:
                 got = await self._unary(spec, step, held)
         except Exception as exc:  # every failure is a finding: recorded, not raised
             error = exc
+        except asyncio.CancelledError:
+            # The plan's deadline (or the stop) cancelled it while it waited on the server: it is
+            # still a request, and it failed; without this record a hung request would vanish.
+            outcome.requests += 1
+            self.sender.record(start, time.monotonic_ns() - start, model, scenario, STATUS_ERROR, seq_code, index)
+            raise
         finally:
             self.in_flight.end(token)
         latency = time.monotonic_ns() - start

@@ -19,6 +19,7 @@ from model_repo_gen.spec import ModelSpec
 from shm import ShmPool
 
 from .executor import Executor, PlanOutcome
+from .lifeline import stop_with_parent
 from .plans import (
     PLANNERS,
     PROCESS_SCENARIOS,
@@ -305,7 +306,10 @@ class Worker:
 
 def worker_main(spec: WorkerSpec) -> None:
     """Process entry point (spawn context). SIGTERM and SIGINT stop it gracefully: in-flight plans
-    finish (each is bounded by its deadline), the last records and heartbeat are sent."""
+    finish (each is bounded by its deadline), the last records and heartbeat are sent. The same
+    happens when the coordinator dies."""
+    parent = multiprocessing.parent_process()
+    stop_with_parent(parent.pid if parent else None)
     worker = Worker(spec)
 
     async def main() -> None:

@@ -27,6 +27,7 @@ from engine.detectors.settings import DetectorSettings
 from engine.detectors.stall import ModelTiming, StallDetector, StallView, instance_model
 from engine.detectors.verdict import Verdict
 from engine.store import RunStore
+from workers.lifeline import stop_with_parent
 from workers.telemetry import (
     KIND_BATCH,
     KIND_EVENT,
@@ -96,6 +97,7 @@ class Aggregator:
         self.discrete: dict[str, DiscreteLeakDetector] = {}
         self._missing: set[str] = set()  # workers whose heartbeats stopped (reported once)
         self.drift: dict[tuple[str, str, str], DriftDetector] = {}
+        self.common_drift: DriftDetector | None = None
         self.drift_points: dict[tuple[str, str, str], list[tuple[float, float, float, int]]] = \
             collections.defaultdict(list)
         self.stall = StallDetector(s.stall, spec.timings)
@@ -227,6 +229,7 @@ class Aggregator:
         self._missing_workers(now)
         self._recent.append((now, self.requests))
         status = self.status(now, closed)
+        status["final"] = final  # a report of a store without it says the run did not end normally
         self.store.set_status(status)
         self.store.set_totals(self.totals())
         self.store.commit()
@@ -271,20 +274,53 @@ class Aggregator:
         return {m: h.percentile(99.9) / 1e9 for m, h in self.model_latency.items() if h.count >= 1000}
 
     def _drift(self, closed: list[WindowStats], now: float) -> list[Verdict]:
+        """Each (model, scenario, protocol) against its own baseline, net of what moved all of
+        them (the common mode: the median change of the others); the common mode itself is
+        judged as the drift of "all models"."""
         s = self.spec.settings
-        out: list[Verdict] = []
+        fresh = set()
         for w in closed:
             if w.ok + w.wrong < s.drift_min_requests:
                 continue
             key = (w.model, w.scenario, w.protocol)
-            points = self.drift_points[key]
-            points.append((w.start_s, w.p50_ms, w.p99_ms, w.ok + w.wrong))
-            detector = self.drift.get(key)
-            if detector is None:
-                detector = self.drift[key] = DriftDetector(f"{w.model} {w.scenario} {w.protocol}", s.drift)
-            t, p50, p99, answered = (np.array(column) for column in zip(*points))
-            out += detector.evaluate(t, p50, p99, now, answered)
+            self.drift_points[key].append((w.start_s, w.p50_ms, w.p99_ms, w.ok + w.wrong))
+            if key not in self.drift:
+                self.drift[key] = DriftDetector(f"{w.model} {w.scenario} {w.protocol}", s.drift)
+            fresh.add(key)
+        if not fresh:
+            return []
+        columns = {key: [np.array(c) for c in zip(*points)] for key, points in self.drift_points.items()}
+        changes = {key: self.drift[key].change(columns[key][1]) for key in columns
+                   if self.drift[key].ready(len(columns[key][0]))}
+        out: list[Verdict] = []
+        for key in sorted(fresh):
+            others = [c for k, c in changes.items() if k != key]
+            reference = float(np.median(others)) if len(others) >= 2 else 1.0
+            t, p50, p99, answered = columns[key]
+            out += self.drift[key].evaluate(t, p50, p99, now, answered, reference)
+        if len(changes) >= 3:
+            out += self._common_drift(columns, changes, now)
         return out
+
+    def _common_drift(self, columns: dict, changes: dict, now: float) -> list[Verdict]:
+        """The median over series of each window's p50 and p99 relative to the series' own
+        baseline: a server (or host) that slows everything down drifts here."""
+        params = self.spec.settings.drift
+        base = slice(params.warmup_windows, params.warmup_windows + params.baseline_windows)
+        by_start: dict[float, list[tuple[float, float]]] = collections.defaultdict(list)
+        for key in changes:
+            t, p50, p99, _ = columns[key]
+            b50, b99 = float(np.median(p50[base])), float(np.median(p99[base]))
+            for start, v50, v99 in zip(t.tolist(), p50.tolist(), p99.tolist()):
+                by_start[start].append((v50 / b50, v99 / b99))
+        quorum = max(2, len(changes) // 2)
+        starts = sorted(start for start, values in by_start.items() if len(values) >= quorum)
+        t = np.array(starts)
+        p50 = np.array([np.median([v[0] for v in by_start[x]]) for x in starts])
+        p99 = np.array([np.median([v[1] for v in by_start[x]]) for x in starts])
+        if self.common_drift is None:
+            self.common_drift = DriftDetector("all models", params)
+        return self.common_drift.evaluate(t, p50, p99, now)
 
     def _stall_view(self, now: float) -> StallView:
         fresh = time.monotonic() - HEARTBEAT_MISSING_S
@@ -411,6 +447,8 @@ def aggregator_main(spec: AggregatorSpec) -> None:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
+    parent = multiprocessing.parent_process()
+    stop_with_parent(parent.pid if parent else None)  # a killed coordinator still gets a drained store
     aggregator = Aggregator(spec)
     try:
         next_tick = time.monotonic() + TICK_S

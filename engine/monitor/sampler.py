@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from engine.server import find_stub_processes
+from workers.lifeline import stop_with_parent
 from workers.sender import TelemetrySender
 from workers.telemetry import KIND_RESOURCES, RecordBuffer
 
@@ -121,6 +122,8 @@ def monitor_main(spec: MonitorSpec) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    parent = multiprocessing.parent_process()
+    stop_with_parent(parent.pid if parent else None)
     sender = TelemetrySender(spec.telemetry_endpoint, "monitor", RecordBuffer((), (), ""))
     monitor = Monitor(spec)
     end = time.monotonic() + spec.deadline_s

@@ -1,0 +1,172 @@
+"""A run's report, built from its store alone: the same code for a run that ended normally and
+for the store of one that was killed (then the report says so and holds what was committed).
+
+`report.json` is this dataclass tree (documented in SCHEMA.md beside this file); its `schema_version` changes
+whenever a field changes meaning or goes away."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.aggregator.windows import merge_windows
+from engine.store import RunStore
+from engine.stress_report import DESCRIPTIONS
+
+SCHEMA_VERSION = 1
+FAILING_STATES = ("open", "cleared")
+FAILING_INCIDENTS = ("server exited", "fatal verdict", "aggregator exited")
+SUMMARY_FIELDS = ("rss_anon", "rss_shmem", "fds", "threads", "cpu_s")
+
+
+@dataclass(frozen=True)
+class ScenarioRow:
+    scenario: str
+    plans: int
+    failed: int
+    requests: int
+    description: str
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """One (model, scenario, protocol) over the whole run, from its merged windows."""
+
+    model: str
+    scenario: str
+    protocol: str
+    requests: int
+    ok: int
+    errors: int
+    wrong: int
+    expected_errors: int
+    missing_errors: int
+    throughput: float  # requests/s over the windows that held any
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass(frozen=True)
+class VerdictEntry:
+    id: int
+    state: str
+    failing: bool
+    detector: str
+    kind: str
+    subject: str
+    since_s: float
+    at_s: float
+    size: float
+    unit: str
+    low: float
+    high: float
+    evidence: dict[str, Any]
+    samples: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class ResourceSummary:
+    series: str
+    first: float
+    last: float
+    min: float
+    max: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class RunReport:
+    schema_version: int
+    run_id: str
+    started: str
+    duration_s: float
+    ended_normally: bool  # False: the store of a run that was killed, or whose aggregator was
+    verdict: str  # PASS or FAIL
+    exit_code: int
+    scenarios: list[ScenarioRow]
+    verdicts: list[VerdictEntry]
+    incidents: list[tuple[float, str]]
+    latency: list[LatencyRow]
+    resources: list[ResourceSummary]
+    events: dict[str, int]  # what -> count
+    first_texts: dict[str, str]  # "what in scenario" -> its first text
+    figures: dict[str, Any]  # the aggregator's last live figures (lost messages, late records, ...)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _latency(store: RunStore) -> list[LatencyRow]:
+    groups = collections.defaultdict(list)
+    for w in store.windows():
+        groups[(w.model, w.scenario, w.protocol)].append(w)
+    rows = []
+    for (model, scenario, protocol), windows in sorted(groups.items()):
+        h = merge_windows(windows)
+        span = sum(w.length_s for w in windows)
+        total = {name: sum(getattr(w, name) for w in windows)
+                 for name in ("requests", "ok", "errors", "wrong", "expected_errors", "missing_errors")}
+        ms = 1e-6
+        rows.append(LatencyRow(model, scenario, protocol, **total, throughput=total["requests"] / span if span else 0.0,
+                               mean_ms=h.mean_ns * ms, p50_ms=h.percentile(50) * ms, p90_ms=h.percentile(90) * ms,
+                               p95_ms=h.percentile(95) * ms, p99_ms=h.percentile(99) * ms, max_ms=h.max_ns * ms))
+    return rows
+
+
+def _resources(store: RunStore) -> list[ResourceSummary]:
+    out = []
+    for name in store.series_names():
+        if not (name.startswith("proc/") and name.rsplit("/", 1)[-1] in SUMMARY_FIELDS) and not name.startswith("shm/"):
+            continue
+        _, values = store.series(name)
+        if len(values):
+            out.append(ResourceSummary(name, float(values[0]), float(values[-1]), float(values.min()),
+                                       float(values.max()), len(values)))
+    return out
+
+
+def build_report(store: RunStore) -> RunReport:
+    info = store.run_info()
+    figures = store.status()
+    scenarios = [ScenarioRow(*row, DESCRIPTIONS.get(row[0], "")) for row in store.totals()]
+    verdicts = [VerdictEntry(row.id, row.state, row.state in FAILING_STATES, **dataclasses.asdict(row.verdict),
+                             text=row.verdict.describe()) for row in store.verdicts()]
+    incidents = store.incidents()
+    events: collections.Counter[str] = collections.Counter()
+    first_texts: dict[str, str] = {}
+    for event in store.events():
+        events[event.what] += event.count
+        key = f"{event.what} in {event.scenario}" if event.scenario else event.what
+        if event.text and key not in first_texts:
+            first_texts[key] = event.text
+    failed = sum(s.failed for s in scenarios)
+    failing = any(v.failing for v in verdicts) or failed > 0 or any(
+        marker in what for _, what in incidents for marker in FAILING_INCIDENTS)
+    ended = bool(figures.get("final"))
+    ok = not failing and ended
+    return RunReport(
+        schema_version=SCHEMA_VERSION, run_id=info.run_id, started=info.started,
+        duration_s=float(figures.get("time_s", 0.0)), ended_normally=ended, verdict="PASS" if ok else "FAIL",
+        exit_code=0 if ok else 1, scenarios=scenarios, verdicts=verdicts, incidents=incidents,
+        latency=_latency(store), resources=_resources(store), events=dict(events), first_texts=first_texts,
+        figures=figures, config=info.config,
+    )
+
+
+def load_report(run_dir: Path) -> RunReport:
+    store = RunStore.open(Path(run_dir) / "run.sqlite")
+    try:
+        return build_report(store)
+    finally:
+        store.close()

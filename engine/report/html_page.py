@@ -1,0 +1,139 @@
+"""report.html: one self-contained page (inline CSS and SVG, no script, nothing fetched) with the
+reference table, verdicts, incidents, latency per model, and plots over time: latency p50/p99 and
+throughput per model, memory per process with the trend of any leak verdict, verdicts as markers."""
+
+from __future__ import annotations
+
+import collections
+import html
+
+import numpy as np
+
+from engine.store import RunStore
+from engine.stress_report import hhmmss
+
+from .build import RunReport
+from .svg import Chart, Line, render_chart
+
+MIB = float(1 << 20)
+HOUR = 3600.0
+
+_CSS = """
+body { font: 14px/1.4 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 20px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 8px 0; } td, th { border: 1px solid #ddd; padding: 3px 8px; }
+th { background: #f4f4f4; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.PASS { color: #fff; background: #2a7d2a; padding: 2px 10px; border-radius: 4px; }
+.FAIL { color: #fff; background: #b02020; padding: 2px 10px; border-radius: 4px; }
+.note { color: #8a5a00; } svg { display: block; margin: 10px 0; }
+svg .title { font-size: 13px; font-weight: 600; } svg .frame { fill: none; stroke: #999; }
+svg .grid { stroke: #eee; } svg .ytick { font-size: 11px; text-anchor: end; fill: #555; }
+svg .xtick { font-size: 11px; text-anchor: middle; fill: #555; } svg .ylabel { font-size: 11px; fill: #555; }
+svg .legend { font-size: 11px; fill: #333; } svg .marker { stroke: #b02020; stroke-dasharray: 3 3; }
+"""
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for cell in row:
+            numeric = isinstance(cell, (int, float)) and not isinstance(cell, bool)
+            text = f"{cell:.3g}" if isinstance(cell, float) else str(cell)
+            cells.append(f'<td class="n">{text}</td>' if numeric else f"<td>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _latency_charts(store: RunStore, markers: list[tuple[float, str]]) -> list[str]:
+    by_key = collections.defaultdict(list)
+    for w in store.windows():
+        if w.ok + w.wrong:
+            by_key[(w.model, w.scenario, w.protocol)].append(w)
+    # Each model's busiest (scenario, protocol): one latency chart per model stays readable.
+    busiest: dict[str, tuple[str, str, str]] = {}
+    for key, windows in by_key.items():
+        if key[0] not in busiest or len(windows) > len(by_key[busiest[key[0]]]):
+            busiest[key[0]] = key
+    charts = []
+    for model in sorted(busiest):
+        windows = by_key[busiest[model]]
+        t = np.array([w.start_s for w in windows])
+        charts.append(render_chart(Chart(
+            f"{model}: latency ({busiest[model][1]}, {busiest[model][2]})", "ms",
+            [Line("p50", t, np.array([w.p50_ms for w in windows])), Line("p99", t, np.array([w.p99_ms for w in windows]))],
+            markers)))
+    per_model = collections.defaultdict(lambda: collections.Counter())
+    lengths = {}
+    for key, windows in by_key.items():
+        for w in windows:
+            per_model[key[0]][w.start_s] += w.requests
+            lengths[key[0]] = w.length_s
+    throughput = [Line(model, np.array(sorted(counts)), np.array([counts[s] for s in sorted(counts)]) / lengths[model])
+                  for model, counts in sorted(per_model.items())]
+    charts.insert(0, render_chart(Chart("throughput per model", "requests/s", throughput, markers)))
+    return charts
+
+
+def _memory_charts(store: RunStore, report: RunReport, markers: list[tuple[float, str]]) -> list[str]:
+    names = [n for n in store.series_names() if n.startswith("proc/") and n.endswith("/rss_anon")]
+    lines = []
+    leaks = {v.subject.split(" (pid", 1)[0]: v for v in report.verdicts
+             if v.detector == "leak" and v.unit == "MiB/h" and v.kind in ("GROWTH", "LEAK")}
+    charts = []
+    for name in names:
+        t, v = store.series(name)
+        process = name[len("proc/"):-len("/rss_anon")]
+        lines.append(Line(process, t, v / MIB))
+        verdict = leaks.get(process)
+        if verdict is not None and len(t):
+            # The verdict's own slope, drawn from where its evidence starts.
+            start = verdict.since_s
+            after = t >= start
+            # The line's level: the median intercept at `start` of the points under the slope.
+            level = float(np.median(v[after] / MIB - verdict.size * (t[after] - start) / HOUR)) if after.any() else 0.0
+            span = np.array([start, float(t[-1])])
+            trend = level + verdict.size * (span - start) / HOUR
+            charts.append(render_chart(Chart(f"{process}: RssAnon with the {verdict.kind} trend ({verdict.size:.3g} "
+                                             "MiB/h)", "MiB", [Line(process, t, v / MIB),
+                                                               Line("trend", span, trend, dashed=True)], markers)))
+    charts.insert(0, render_chart(Chart("RssAnon per process (heap; registered shm is RssShmem, not a leak)", "MiB",
+                                        lines, markers)))
+    return charts
+
+
+def render_html(report: RunReport, store: RunStore) -> str:
+    markers = [(v.at_s, v.text) for v in report.verdicts if v.failing]
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Run {html.escape(report.run_id)}"
+             f"</title><style>{_CSS}</style></head><body>",
+             f"<h1>Run {html.escape(report.run_id)} <span class='{report.verdict}'>{report.verdict}</span></h1>",
+             f"<p>Started {html.escape(report.started)}; {hhmmss(report.duration_s)} of load recorded.</p>"]
+    if not report.ended_normally:
+        parts.append("<p class='note'>The run did not end normally: this report holds what was committed.</p>")
+    parts.append("<h2>Scenarios</h2>")
+    rows = [[s.scenario, s.failed, s.plans, s.requests, s.description] for s in report.scenarios]
+    rows.append(["TOTAL", sum(s.failed for s in report.scenarios), sum(s.plans for s in report.scenarios),
+                 sum(s.requests for s in report.scenarios), ""])
+    parts.append(_table(["Test Case", "Number of Failures", "Test Count", "Request Count", "Test Case Description"],
+                        rows))
+    parts.append("<h2>Verdicts</h2>")
+    parts.append(_table(["state", "detector", "kind", "subject", "size", "unit", "since", "raised at"],
+                        [[v.state, v.detector, v.kind, v.subject, v.size, v.unit, hhmmss(v.since_s), hhmmss(v.at_s)]
+                         for v in report.verdicts]) if report.verdicts else "<p>None.</p>")
+    if report.incidents:
+        parts.append("<h2>Incidents</h2><ul>" + "".join(
+            f"<li>{hhmmss(at)} {html.escape(what)}</li>" for at, what in report.incidents) + "</ul>")
+    parts.append("<h2>Latency per model, scenario and protocol</h2>")
+    parts.append(_table(["model", "scenario", "protocol", "requests", "failed", "wrong", "req/s", "p50 ms", "p90 ms",
+                         "p99 ms", "max ms"],
+                        [[r.model, r.scenario, r.protocol, r.requests, r.errors + r.missing_errors, r.wrong,
+                          r.throughput, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms] for r in report.latency]))
+    parts.append("<h2>Over time</h2>")
+    parts += _latency_charts(store, markers)
+    parts.append("<h2>Resources</h2>")
+    parts += _memory_charts(store, report, markers)
+    parts.append(_table(["series", "first", "last", "min", "max"],
+                        [[r.series, r.first, r.last, r.min, r.max] for r in report.resources]))
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,44 @@
+"""The report as text: the reference suite's table, then verdicts, incidents and per-model
+latency; what the terminal shows at the end of a run and what `report RUN_DIR` prints."""
+
+from __future__ import annotations
+
+from engine.stress_report import ScenarioTotals, hhmmss, render_table
+
+from .build import RunReport
+
+
+def scenario_table(report: RunReport) -> str:
+    return render_table([ScenarioTotals(s.scenario, s.plans, s.failed, s.requests) for s in report.scenarios],
+                        report.duration_s)
+
+
+def render_summary(report: RunReport) -> str:
+    lines = [scenario_table(report).rstrip("\n")]
+    if not report.ended_normally:
+        lines.append(f"note: the run did not end normally; this report holds what was committed up to "
+                     f"{hhmmss(report.duration_s)} of the run")
+    for key, text in sorted(report.first_texts.items()):
+        if key.startswith("scenario_failed"):
+            lines.append(f"{key} (first: {text[:300]})")
+    if report.latency:
+        lines.append("")
+        lines.append(f"{'model':<24} {'scenario':<22} {'proto':<11} {'requests':>9} {'fail':>5} {'wrong':>5} "
+                     f"{'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+        for r in report.latency:
+            lines.append(f"{r.model:<24} {r.scenario:<22} {r.protocol:<11} {r.requests:>9} "
+                         f"{r.errors + r.missing_errors:>5} {r.wrong:>5} {r.throughput:>8.1f} {r.p50_ms:>8.2f} "
+                         f"{r.p99_ms:>8.2f} {r.max_ms:>8.1f}")
+    lines.append("")
+    for at, what in report.incidents:
+        lines.append(f"incident [{hhmmss(at)}]: {what}")
+    for v in report.verdicts:
+        lines.append(f"{'verdict' if v.failing else 'note'} [{v.state}]: {v.text}")
+    lost = report.figures.get("lost_messages", 0)
+    if lost:
+        lines.append(f"telemetry: {lost} messages lost")
+    failing = sum(v.failing for v in report.verdicts)
+    failed = sum(s.failed for s in report.scenarios)
+    lines.append(f"verdict: {report.verdict}; {failing} failing verdicts, {failed} failed scenarios, "
+                 f"{len(report.incidents)} incidents")
+    return "\n".join(lines) + "\n"
