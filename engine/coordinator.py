@@ -4,7 +4,10 @@ and say what happened.
 
 Graceful on SIGINT/SIGTERM (stop sending, let plans finish, final windows, report); a second
 SIGINT stops at once. A worker that dies is an incident: it is replaced by a new worker with a
-fresh correlation-id block, and the run goes on. A verdict of a detector listed as fatal ends
+fresh correlation-id block, and the run goes on. A server that dies is started again on its
+ports ([server] restarts), an attached one that stops answering is waited for with backoff
+([server] reconnect_timeout); the load stops meanwhile and starts again with fresh workers. Either
+is an incident that fails the run: a server that goes away under load is a finding. A verdict of a detector listed as fatal ends
 the run.
 """
 
@@ -28,7 +31,7 @@ from workers.telemetry import RecordBuffer
 from workers.user_load import ResolvedLoad, resolve_loads
 from workers.worker import WorkerSpec, scenario_table, start_worker
 
-from .aggregator.service import LOAD_STOPPED, AggregatorSpec, start_aggregator
+from .aggregator.service import INCIDENT, LOAD_STOPPED, WORKER_GONE, AggregatorSpec, start_aggregator
 from .config import Config, config_to_dict, format_duration
 from .detectors.settings import DetectorSettings, resolve_settings
 from .detectors.stall import ModelTiming
@@ -44,11 +47,13 @@ from .run_setup import (
     prepare_repository,
     start_server,
 )
+from .server import LaunchedServer, ServerSetupError
 from .store import RunStore
 from .stress_report import hhmmss
 
 LIVE_EVERY_S = 1.0
 AGGREGATOR_STOP_S = 60.0  # the final windows, detectors and commit
+AGGREGATOR_RESTARTS = 3
 
 
 def model_timings(specs: tuple[ModelSpec, ...]) -> dict[str, ModelTiming]:
@@ -104,6 +109,9 @@ class Coordinator:
         self.store_path = self.paths.root / "run.sqlite"
         self._telemetry = f"ipc://{self.paths.root}/telemetry.sock"
         self._incident_sender: TelemetrySender | None = None
+        self._server_restarts = 0
+        self._aggregator_restarts = 0
+        self._aggregator_spec: AggregatorSpec | None = None
 
     def run(self) -> RunOutcome:
         config, paths = self.config, self.paths
@@ -164,19 +172,49 @@ class Coordinator:
             origin_ns=int(self._started * 1e9), run_s=config.run.duration, settings=self.settings,
             timings=model_timings(specs), prometheus_port=config.report.prometheus_port,
         )
+        self._aggregator_spec = spec
         helpers["aggregator"] = start_aggregator(spec)
         self._incident_sender = TelemetrySender(self._telemetry, "coordinator", RecordBuffer((), (), ""))
+        self._start_monitor(helpers, server, deadline)
+        waited = time.monotonic() + 30.0
+        while not self.store_path.exists() and time.monotonic() < waited and helpers["aggregator"].is_alive():
+            time.sleep(0.05)
+        if not self.store_path.exists():
+            raise RuntimeError(f"the aggregator did not start (exit status {helpers['aggregator'].exitcode})")
+
+    def _start_monitor(self, helpers: dict, server, deadline: float) -> None:
         helpers["monitor"] = start_monitor(MonitorSpec(
             server_pid=server.pid, metrics_url=server.endpoints.metrics, http_url=server.endpoints.http,
             run_id=self.paths.run_id, shm_prefixes=(f"tee_{self.paths.run_id}_", backend_region_prefix(self.paths.run_id)),
             interval_s=self.settings.sample_interval_s, telemetry_endpoint=self._telemetry,
             deadline_s=max(0.0, deadline - time.monotonic()) + AGGREGATOR_STOP_S,
         ))
-        waited = time.monotonic() + 30.0
-        while not self.store_path.exists() and time.monotonic() < waited and helpers["aggregator"].is_alive():
-            time.sleep(0.05)
-        if not self.store_path.exists():
-            raise RuntimeError(f"the aggregator did not start (exit status {helpers['aggregator'].exitcode})")
+
+    def _restart_monitor(self, helpers: dict, server, deadline: float) -> None:
+        """A restarted server is a new process: the monitor follows it from scratch (its series
+        start again under the new pid, so the drop to a fresh server is never read as a trend)."""
+        old = helpers.get("monitor")
+        if old is not None and old.is_alive():
+            old.terminate()
+            old.join(10.0)
+            if old.is_alive():
+                old.kill()
+                old.join(5.0)
+        self._start_monitor(helpers, server, deadline)
+
+    def _restart_aggregator(self, helpers: dict) -> bool:
+        """Start a new aggregator on the same store and socket: it goes on from the last commit
+        (the workers' sockets reconnect by themselves; what was sent meanwhile is counted lost)."""
+        status = helpers["aggregator"].exitcode
+        if self._aggregator_restarts >= AGGREGATOR_RESTARTS:
+            self._incident(f"the aggregator exited (status {status}) for the {self._aggregator_restarts + 1}th time; "
+                           "the run stops")
+            return False
+        self._aggregator_restarts += 1
+        helpers["aggregator"] = start_aggregator(self._aggregator_spec)
+        # Said once it listens again, so the incident reaches the store.
+        self._incident(f"the aggregator exited (status {status}); started again, its open windows are lost")
+        return True
 
     def _stop_watch(self, helpers: dict) -> None:
         """The monitor first (nothing more to sample), then the aggregator: it drains, closes the
@@ -220,14 +258,13 @@ class Coordinator:
                 for index, process in list(workers.items()):
                     if not process.is_alive() and time.monotonic() < deadline - 1.0:
                         self._incident(f"worker {index} exited with status {process.exitcode}; replaced")
+                        self._tell_aggregator(WORKER_GONE, f"worker-{index}")
                         self._clean_shm(server.endpoints, worker_id=index)
                         del workers[index]
                         self._spawn(workers, models, server.endpoints, deadline)
-                if server.pid is not None and not server.is_running():
-                    self._incident(f"the server exited (status {server.returncode}); the run stops")
+                if not server.is_running() and not self._recover_server(workers, models, server, helpers, deadline):
                     break
-                if not helpers["aggregator"].is_alive():
-                    self._incident(f"the aggregator exited (status {helpers['aggregator'].exitcode}); the run stops")
+                if not helpers["aggregator"].is_alive() and not self._restart_aggregator(helpers):
                     break
                 status = reader.status()
                 elapsed = time.monotonic() - self._started
@@ -240,10 +277,59 @@ class Coordinator:
         if signals.stop_requested:
             self._incident("stop requested by signal; stopping gracefully")
 
+    def _recover_server(self, workers: dict, models, server, helpers: dict, deadline: float) -> bool:
+        """The server died (launched) or stopped answering (attached): stop the load, bring the
+        server back (start it again on its ports, or wait for it with backoff), clean what the old
+        workers left, and start fresh workers; they register their regions with the new server.
+        False when it does not come back: the run stops."""
+        launched = isinstance(server, LaunchedServer)
+        if launched:
+            self._incident(f"the server exited (status {server.returncode})")
+        else:
+            self._incident(f"the server at {server.endpoints.http} stopped answering")
+        self._halt_workers(workers)
+        if launched:
+            if self._server_restarts >= self.config.server.restarts:
+                self._incident(f"no server restart left ([server] restarts = {self.config.server.restarts}); "
+                               "the run stops")
+                return False
+            self._server_restarts += 1
+            try:
+                server.restart()
+            except ServerSetupError as exc:
+                self._incident(f"the server could not be started again; the run stops: {exc}")
+                return False
+            self._incident(f"the server runs again (restart {self._server_restarts} of "
+                           f"{self.config.server.restarts}, pid {server.pid})")
+            self._restart_monitor(helpers, server, deadline)
+        else:
+            lost_at = time.monotonic()
+            wait = min(self.config.server.reconnect_timeout, max(0.0, deadline - lost_at))
+            if not server.wait_back(wait):
+                self._incident(f"the server did not come back within {wait:.0f} s; the run stops")
+                return False
+            self._incident(f"the server answers again after {time.monotonic() - lost_at:.1f} s")
+        self._clean_shm(server.endpoints)
+        for _ in range(self.config.workers.count):
+            self._spawn(workers, models, server.endpoints, deadline)
+        return True
+
+    def _halt_workers(self, workers: dict, grace_s: float = 10.0) -> None:
+        """Stop every worker now (their server is gone: nothing they would finish counts)."""
+        for process in workers.values():
+            if process.is_alive():
+                process.terminate()
+        until = time.monotonic() + grace_s
+        while time.monotonic() < until and any(p.is_alive() for p in workers.values()):
+            time.sleep(0.1)
+        for process in workers.values():
+            if process.is_alive():
+                process.kill()
+                process.join(5.0)
+        workers.clear()
+
     def _stop_workers(self, workers: dict) -> None:
-        if self._incident_sender is not None:  # leak and drift are judged on loaded time only
-            self._incident_sender.event(LOAD_STOPPED, "", "", "the coordinator stops the load")
-            self._incident_sender.flush_events()
+        self._tell_aggregator(LOAD_STOPPED, "the coordinator stops the load")  # leak and drift: loaded time only
         for process in workers.values():
             if process.is_alive():
                 process.terminate()  # graceful: plans finish, final heartbeat
@@ -274,8 +360,11 @@ class Coordinator:
         at = time.monotonic() - self._started if self._started else 0.0
         self.incidents.append(Incident(at, what))
         self.live.say(f"[{hhmmss(at)}] incident: {what}")
-        if self._incident_sender is not None:  # into the store, through the aggregator
-            self._incident_sender.event("incident", "", "", what)
+        self._tell_aggregator(INCIDENT, what)  # into the store, through the aggregator
+
+    def _tell_aggregator(self, what: str, text: str) -> None:
+        if self._incident_sender is not None:
+            self._incident_sender.event(what, "", "", text)
             self._incident_sender.flush_events()
 
     def _report(self) -> RunOutcome:

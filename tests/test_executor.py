@@ -4,6 +4,7 @@ recorded, and the count of successes equals the server's own count."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from workers.telemetry import (
     KIND_BATCH,
     KIND_EVENT,
     STATUS_NAMES,
+    STATUS_OK,
     STATUS_WRONG,
     RecordBuffer,
     decode_batch,
@@ -138,3 +140,31 @@ def test_repeated_timeouts_reuse_one_input_slot(server, tmp_path: Path) -> None:
         assert not any(o.failed for o in outcomes), [o.failure for o in outcomes]
         assert pool.reserved_bytes < 2 * (8 << 20)  # one 8 MiB input region, not five
     sync.close()
+
+
+def test_a_sequence_the_engine_was_too_late_for_is_abandoned_not_blamed_on_the_server(server, tmp_path: Path) -> None:
+    """A starved client (here: a record call that blocks the event loop past the 2 s idle timeout)
+    finds its sequence dropped by the server; that is the engine's lateness, not a server error."""
+    running, specs = server
+    models = {s.name: s for s in specs}
+    steps = tuple(Step(model="sequence_int32", values=np.array([[v]], dtype=np.int32), sequence_id=4242,
+                       start=i == 0, end=i == 2) for i, v in enumerate((1, 2, 3)))
+    plan = Plan("sequence_valid", steps, 20.0)
+    with telemetry_sink(tmp_path) as (endpoint, pull):
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("sequence_valid",), "grpc"))
+        record = sender.record
+
+        def starved_record(*args, **kwargs) -> None:
+            record(*args, **kwargs)
+            time.sleep(2.5)  # the whole event loop stands still, as under a starved CPU
+
+        sender.record = starved_record  # type: ignore[method-assign]
+        executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender)
+        [outcome] = asyncio.run(_run_plans(executor, [plan], {"sequence_valid": 0}))
+        sender.close()
+        batches, events = _drain(pull)
+    assert not outcome.failed and outcome.abandoned and outcome.requests == 1
+    assert [b.columns["status"].tolist() for b in batches] == [[STATUS_OK]]  # the one request that was sent
+    [late] = [e.body for e in events if e.body["what"] == "engine_late"]
+    assert "sequence 4242 of sequence_int32 abandoned" in late["text"] and "2 s idle timeout" in late["text"]

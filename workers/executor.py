@@ -49,6 +49,8 @@ class PlanOutcome:
     requests: int = 0
     failed: bool = False
     failure: str = ""  # the first thing that went wrong, verbatim
+    abandoned: bool = False  # a sequence given up because the engine itself was late (not a failure)
+    answered_ns: int = 0  # monotonic ns of the last answer (or error) from the server
 
 
 @dataclass
@@ -181,12 +183,31 @@ class Executor:
         stream = _SequenceStream(self._grpc) if protocol == "grpc_stream" else None
         try:
             for index, step in enumerate(plan.steps):
+                if index and self._sequence_idled_out(step, outcome.answered_ns, plan.scenario):
+                    outcome.abandoned = True
+                    return  # the server has let the sequence go: what follows would fail for our lateness
                 ok = await self._step(step, index, scenario_code, outcome, stream, intended_ns if index == 0 else 0)
                 if not ok:
                     return  # the rest of a broken sequence would only repeat the same failure
         finally:
             if stream is not None:
                 await stream.close()
+
+    def _sequence_idled_out(self, step: Step, answered_ns: int, scenario: str) -> bool:
+        """True when this process was so late (a starved event loop, a paused machine) that more
+        than the model's sequence idle timeout passed since the previous answer: the server has
+        dropped the sequence, and its 'must specify the START flag' error would blame the server
+        for the engine's own delay. Said as an `engine_late` event, never as a server error."""
+        sequence = self.models[step.model].sequence
+        if not step.sequence_id or step.start or step.expect_error or sequence is None:
+            return False
+        idle_s = (time.monotonic_ns() - answered_ns) / 1e9
+        if idle_s <= sequence.idle_timeout_s:
+            return False
+        self.sender.event("engine_late", step.model, scenario,
+                          f"sequence {step.sequence_id} of {step.model} abandoned: the engine sent its next step "
+                          f"{idle_s:.2f} s after the last answer, past the {sequence.idle_timeout_s:g} s idle timeout")
+        return True
 
     async def _step(self, step: Step, index: int, scenario: int, outcome: PlanOutcome,
                     stream: "_SequenceStream | None", intended_ns: int = 0) -> bool:
@@ -217,7 +238,8 @@ class Executor:
             raise
         finally:
             self.in_flight.end(token)
-        latency = time.monotonic_ns() - start
+        outcome.answered_ns = time.monotonic_ns()
+        latency = outcome.answered_ns - start
         outcome.requests += 1
         status, failure = self._judge(spec, step, got, error)  # reads shm outputs in place, before release
         self._give_back(held, error is None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import multiprocessing
 import signal
 import time
@@ -50,6 +51,11 @@ LEAK_FIELD = "rss_anon"  # heap growth; RssShmem grows with registered regions a
 # The coordinator's event when it stops the load: memory and latency after it say nothing about
 # the load (a heap stops growing when requests stop), so leak and drift are not judged on them.
 LOAD_STOPPED = "load_stopped"
+# A worker's batch leaves every 100 ms, checked on a 100 ms tick: what it answered in up to 200 ms
+# before a SIGKILL never left.
+UNSENT_WINDOW_S = 0.2
+WORKER_GONE = "worker_gone"  # the coordinator saw a worker die; text: its sender name
+UNCOUNTED = "uncounted_in_flight"  # count: requests a dead worker had on the wire, never reported
 INCIDENT = "incident"  # the coordinator's incidents, kept in their own table too
 # Countable resources judged by their floors: per process, and the run's /dev/shm footprint.
 DISCRETE_FIELDS = ("fds", "threads")
@@ -76,6 +82,7 @@ class _Sender:
     lost: int = 0
     last_heartbeat: float = 0.0  # monotonic s
     body: dict = field(default_factory=dict)
+    rate: float = 0.0  # records/s between its last two heartbeats
 
 
 class Aggregator:
@@ -113,10 +120,26 @@ class Aggregator:
         self._growth_ids: dict[str, int] = {}
         self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=11)
         self._last_window: dict[str, float] = {}
+        self._resume(self.store)
         self.prometheus = None
         if spec.prometheus_port:
             from .prometheus import PrometheusEndpoint
             self.prometheus = PrometheusEndpoint(spec.prometheus_port)
+
+    def _resume(self, store: RunStore) -> None:
+        """A restarted aggregator goes on from what its predecessor committed: the counters, the
+        verdicts, each sender's plan totals and message sequence (so the gap is counted as the
+        messages lost while nobody listened). Open windows and detector history died with it."""
+        figures = store.status()
+        if not figures:
+            return
+        self.requests = int(figures.get("requests", 0))
+        self.failed_requests = int(figures.get("errors", 0))
+        self.wrong_answers = int(figures.get("wrong", 0))
+        for name, (next_seq, plans) in figures.get("senders", {}).items():
+            self.senders[name].next_seq = int(next_seq)
+            self.senders[name].body = {"plans": plans}
+        self.verdicts = [(row.id, row.verdict) for row in store.verdicts() if row.state != "withdrawn"]
 
     # -- time -----------------------------------------------------------------------------
     def run_s(self, monotonic_ns: int | None = None) -> float:
@@ -151,7 +174,11 @@ class Aggregator:
             self._batch(message)
         elif message.kind == KIND_HEARTBEAT:
             sender.last_heartbeat = time.monotonic()
-            sender.body = message.body
+            before, sender.body = sender.body, message.body
+            if "time_ns" in before:
+                seconds = (message.body.get("time_ns", 0) - before.get("time_ns", 0)) / 1e9
+                if seconds > 0:
+                    sender.rate = (message.body.get("records_sent", 0) - before.get("records_sent", 0)) / seconds
         elif message.kind == KIND_EVENT:
             self._event(message)
         elif message.kind == KIND_RESOURCES:
@@ -178,6 +205,8 @@ class Aggregator:
             self.load_stopped_s = at
         elif body.get("what") == INCIDENT:
             self.store.add_incident(at, body.get("text", ""))
+        elif body.get("what") == WORKER_GONE:
+            self._worker_gone(at, body.get("text", ""))
         text = body.get("text", "")
         self.store.add_event(at, message.sender, body.get("what", ""), body.get("model", ""),
                              body.get("scenario", ""), body.get("count", 1), text)
@@ -377,6 +406,25 @@ class Aggregator:
         t, v, _ = series.arrays()
         return detector.evaluate(t, v, now)
 
+    def _worker_gone(self, at: float, name: str) -> None:
+        """A worker died without a goodbye (SIGKILL, a crash): what the server may have answered
+        for it but the run never counted is what it had on the wire at its last heartbeat, plus
+        what it got after its last batch left (at most the sender's 100 ms flush interval)."""
+        sender = self.senders.get(name)
+        if sender is None or not sender.last_heartbeat:
+            text = f"{name} died before its first heartbeat: none of its requests is known"
+            in_flight = 0
+        else:
+            in_flight = int(sender.body.get("in_flight", 0))
+            unsent = math.ceil(sender.rate * UNSENT_WINDOW_S)
+            text = (f"{name} died: up to about {in_flight + unsent} of its requests are not counted (the server "
+                    f"may have counted them): {in_flight} in flight at its last heartbeat "
+                    f"({time.monotonic() - sender.last_heartbeat:.1f} s before), and about {unsent} answered after "
+                    f"its last batch left ({sender.rate:.0f}/s for {UNSENT_WINDOW_S * 1000:.0f} ms)")
+            in_flight += unsent
+        self.store.add_incident(at, text)
+        self.store.add_event(at, "aggregator", UNCOUNTED, "", "", in_flight, text)
+
     def _missing_workers(self, now: float) -> None:
         """A worker silent for 3 heartbeats is missing: said once, so a starved or dead load
         generator is on record (its in-flight table is no longer read as evidence)."""
@@ -420,6 +468,8 @@ class Aggregator:
             "lost_messages": sum(s.lost for s in self.senders.values()), "bad_messages": self.bad_messages,
             "late_records": self.folder.late_records,
             "heartbeat_age_s": workers,
+            # what a restarted aggregator needs to go on counting (see _resume)
+            "senders": {name: [s.next_seq, s.body.get("plans", {})] for name, s in self.senders.items()},
         }
 
     def close(self) -> None:

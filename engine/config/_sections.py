@@ -61,6 +61,10 @@ class ServerSection:
     stop_timeout: float = field(default=30.0, metadata={
         "unit": "duration", "min_exclusive": 0, "help": "how long a launched server gets to exit before SIGKILL"})
     extra_args: tuple[str, ...] = field(default=(), metadata={"help": "more tritonserver arguments"})
+    restarts: int = field(default=3, metadata={
+        "min": 0, "help": "times a launched server that dies mid-run is started again (0: the run stops)"})
+    reconnect_timeout: float = field(default=300.0, metadata={
+        "unit": "duration", "min": 0, "help": "how long to wait for an attached server that stops answering"})
     model_repository: str = field(default="", metadata={
         "help": "a model repository of your own, served beside the generated one (drive it with [[load]])"})
 
@@ -202,6 +206,13 @@ class PerfSection:
     baseline_throughput_tolerance: float = field(default=0.05, metadata={
         "min": 0, "help": "allowed throughput loss against the baseline"})
     baseline_p99_tolerance: float = field(default=0.10, metadata={"min": 0, "help": "allowed p99 growth"})
+    request_distribution: str = field(default="constant", metadata={
+        "choices": ("constant", "poisson"), "help": "open loop: arrival times (perf_analyzer's --request-distribution)"})
+    max_outstanding: int = field(default=64, metadata={
+        "min": 1, "max": 1024, "help": "open loop: requests in flight (a connection each) before the schedule skips"})
+    request_timeout: float = field(default=30.0, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "a request unanswered this long is an error; it also bounds "
+                                                        "the wait for requests in flight when a point ends"})
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,8 @@ def monitor_main(spec: MonitorSpec) -> None:
                     sender.event("monitor_error", "", "", error)
             sender.flush_events()
             stop.wait(max(0.0, spec.interval_s - samples["monitor/sample_ms"] / 1000))
+        if stop.is_set():  # stopped after the load: one last look, so the server's final counts are kept
+            sender.send(KIND_RESOURCES, {"time_ns": time.monotonic_ns(), "samples": monitor.sample()})
     finally:
         sender.close()
 

@@ -20,7 +20,9 @@ from engine.stress_report import DESCRIPTIONS
 
 SCHEMA_VERSION = 1
 FAILING_STATES = ("open", "cleared")
-FAILING_INCIDENTS = ("server exited", "fatal verdict", "aggregator exited")
+# A lost server fails the run even when it came back; the engine's own aggregator restarting does
+# not (its incident says what was lost), unless the run had to stop.
+FAILING_INCIDENTS = ("server exited", "stopped answering", "fatal verdict", "the run stops")
 SUMMARY_FIELDS = ("rss_anon", "rss_shmem", "fds", "threads", "cpu_s")
 
 

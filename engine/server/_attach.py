@@ -38,11 +38,27 @@ class AttachedServer:
 
     pid: int | None = None
 
-    def __init__(self, endpoints: ServerEndpoints) -> None:
+    def __init__(self, endpoints: ServerEndpoints, models: Sequence[str] = ()) -> None:
         self.endpoints = endpoints
+        self.models = tuple(models)
 
     def is_running(self) -> bool:
         return is_live(self.endpoints.http)
+
+    def wait_back(self, timeout: float, first_pause_s: float = 0.5, longest_pause_s: float = 15.0) -> bool:
+        """After the server stopped answering: look again with a growing pause (a restarting server
+        is not hammered, a quick one is found quickly) until it is ready with every model, or
+        `timeout` passes. True when it is back."""
+        deadline = time.monotonic() + timeout
+        pause = first_pause_s
+        while True:
+            if is_ready(self.endpoints.http) and all(model_ready(self.endpoints.http, m) for m in self.models):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, longest_pause_s)
 
     def stub_processes(self) -> list[StubProcess]:
         return []  # not ours to look into (it may run on another host)
@@ -73,7 +89,7 @@ def attach_server(endpoints: ServerEndpoints, models: Sequence[str], timeout: fl
             raise ServerSetupError(_not_ready_message(endpoints, missing))
         time.sleep(0.2)
     _check_grpc(endpoints)
-    return AttachedServer(endpoints)
+    return AttachedServer(endpoints, models)
 
 
 def _not_ready_message(endpoints: ServerEndpoints, missing: list[str]) -> str:

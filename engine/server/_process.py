@@ -115,6 +115,25 @@ class LaunchedServer:
                     ) from None
         return self
 
+    def restart(self, port_wait_s: float = 30.0) -> "LaunchedServer":
+        """Start again after the server died (or was stopped), on the ports it had, so the addresses
+        the workers and the monitor were given stay true. A port still held a moment by the dead
+        server's sockets is tried again for up to `port_wait_s`."""
+        self.stop()
+        ports = [int(address.rsplit(":", 1)[1].split("/")[0])
+                 for address in (self.endpoints.http, self.endpoints.grpc, self.endpoints.metrics)]
+        self.options = dataclasses.replace(self.options, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
+        deadline = time.monotonic() + port_wait_s
+        while True:
+            try:
+                self._start_once()
+                return self
+            except _PortTaken:
+                if time.monotonic() > deadline:
+                    raise ServerSetupError(f"tritonserver could not bind its ports again ({self.endpoints}):\n"
+                                           f"{_failure_summary(self.log_path)}") from None
+                time.sleep(1.0)
+
     def _command(self, http: int, grpc: int, metrics: int) -> list[str]:
         opts = self.options
         args: list[str]
