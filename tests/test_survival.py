@@ -190,6 +190,10 @@ def test_a_killed_server_is_started_again_and_the_run_reports_it(tmp_path: Path)
     assert any("the server exited" in what for what in incidents)
     assert any("the server runs again (restart 1 of 3" in what for what in incidents)
     assert report["ended_normally"]
+    # While nobody listens, lanes slow down instead of spinning through instant refusals: the
+    # failures say the server was gone, they do not drown the table.
+    failures = sum(row["failed"] for row in report["scenarios"])
+    assert 0 < failures < 200, failures
     store = RunStore.open(run_dir / "run.sqlite")
     try:
         back_at = next(at for at, what in store.incidents() if "runs again" in what)

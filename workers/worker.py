@@ -37,6 +37,16 @@ from .user_load import ResolvedLoad, plan_user
 
 HEARTBEAT_INTERVAL_S = 1.0
 FLUSH_TICK_S = 0.1
+UNREACHABLE_FIRST_PAUSE_S = 0.05
+UNREACHABLE_LONGEST_PAUSE_S = 1.0
+# How the clients say that no server listens (gRPC; HTTP through gevent / aiohttp).
+_UNREACHABLE_MARKERS = ("StatusCode.UNAVAILABLE", "Connection refused", "ConnectionRefusedError",
+                        "Cannot connect to host")
+
+
+def server_unreachable(failure: str) -> bool:
+    """True when a plan failed because nothing answered at the server's address."""
+    return any(marker in failure for marker in _UNREACHABLE_MARKERS)
 
 
 @dataclass(frozen=True)
@@ -214,9 +224,21 @@ class Worker:
     async def _lane(self, lane: int, deadline: float) -> None:
         rng = lane_generator(self.spec, lane)
         ctx = PlanContext(rng, self.spec.scenarios, self.ids, self.spec.models)
+        pause = 0.0
         while not self._stop.is_set() and time.monotonic() < deadline:
             name = self.shared_names[int(rng.choice(len(self.shared_names), p=self.shared_p))]
-            self._count(name, await self._run_one(name, ctx))
+            outcome = await self._run_one(name, ctx)
+            self._count(name, outcome)
+            if outcome.failed and server_unreachable(outcome.failure):
+                # Nobody listens (the server died or restarts): a closed loop would spin through
+                # thousands of instant refusals. Each is still recorded; the lane only slows down.
+                pause = min(max(2 * pause, UNREACHABLE_FIRST_PAUSE_S), UNREACHABLE_LONGEST_PAUSE_S)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=pause)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                pause = 0.0
 
     def _count(self, name: str, outcome: PlanOutcome) -> None:
         totals = self.totals[name]
