@@ -267,6 +267,7 @@ class Coordinator:
                 if not helpers["aggregator"].is_alive() and not self._restart_aggregator(helpers):
                     break
                 status = reader.status()
+                self._kill_silent_workers(workers, status.get("heartbeat_age_s", {}))
                 elapsed = time.monotonic() - self._started
                 self.live.update(status, elapsed, max(0.0, deadline - time.monotonic()))
                 if status.get("fatal"):
@@ -276,6 +277,16 @@ class Coordinator:
             reader.close()
         if signals.stop_requested:
             self._incident("stop requested by signal; stopping gracefully")
+
+    def _kill_silent_workers(self, workers: dict, heartbeat_ages: dict[str, float]) -> None:
+        """A worker alive but silent (a deadlocked event loop, a stuck native call) drives nothing
+        and reports nothing: it is killed here, and replaced like a dead one on the next pass."""
+        for index, process in workers.items():
+            age = heartbeat_ages.get(f"worker-{index}")
+            if age is not None and age > self.config.workers.silent_timeout and process.is_alive():
+                self._incident(f"worker {index} sent no heartbeat for {age:.0f} s; killed")
+                process.kill()
+                process.join(5.0)
 
     def _recover_server(self, workers: dict, models, server, helpers: dict, deadline: float) -> bool:
         """The server died (launched) or stopped answering (attached): stop the load, bring the

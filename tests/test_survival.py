@@ -40,6 +40,7 @@ instance_count = 1
 count = 2
 concurrency = 2
 shm = "system"
+silent_timeout = "5s"
 
 [scenarios.weights]
 identity = 100
@@ -286,3 +287,21 @@ def test_an_attached_server_that_goes_away_is_waited_for_and_the_load_resumes(tm
         store.close()
     assert answered_after > 0, "fresh workers drove the server once it was back"
     _nothing_left(run_dir)
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_that_stops_reporting_is_killed_and_replaced(tmp_path: Path) -> None:
+    process = _start(tmp_path, "30s")
+    seen: list[str] = []
+    try:
+        _read_until(process, r" requests, ", seen)
+        victim = next(pid for pid in _child_pids(process.pid) if "spawn_main" in _cmdline(pid) and _mapped_shm(pid))
+        os.kill(victim, signal.SIGSTOP)  # alive, holding its regions, silent: a deadlocked worker
+        found = _read_until(process, r"incident: worker (\d+) sent no heartbeat for (\d+) s; killed", seen)
+        out = _finish(process, seen)
+    finally:
+        process.kill()
+    assert 5 <= int(found.group(2)) <= 10, found.group(0)
+    assert re.search(rf"incident: worker {found.group(1)} exited with status -9; replaced", out), out
+    assert process.returncode == 0, out
+    _nothing_left(_run_dir(tmp_path))

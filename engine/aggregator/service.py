@@ -456,7 +456,7 @@ class Aggregator:
             self._last_window[w.model] = max(self._last_window.get(w.model, 0.0), w.p99_ms)
         then, before = self._recent[0] if self._recent else (now, self.requests)
         workers = {name: round(time.monotonic() - s.last_heartbeat, 1) for name, s in self.senders.items()
-                   if name.startswith("worker")}
+                   if name.startswith("worker") and s.last_heartbeat}
         return {
             "time_s": now, "requests": self.requests,
             "rate": (self.requests - before) / (now - then) if now > then else 0.0,

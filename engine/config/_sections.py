@@ -112,6 +112,8 @@ class WorkersSection:
         "min_exclusive": 0, "help": "open loop: plans started per second per worker"})
     max_outstanding: int = field(default=256, metadata={
         "min": 1, "help": "open loop: plans in flight before the schedule skips (skips are counted)"})
+    silent_timeout: float = field(default=30.0, metadata={
+        "unit": "duration", "min_exclusive": 0, "help": "a worker without a heartbeat this long is killed and replaced"})
 
 
 @dataclass(frozen=True)
