@@ -150,6 +150,9 @@ class Coordinator:
                 self._spawn(workers, specs, server.endpoints, deadline)
             self._supervise(workers, specs, server, helpers, deadline, signals)
             self._stop_workers(workers)
+        except KeyboardInterrupt:
+            self._incident("stopped at once by a second interrupt: plans in flight were cut off; the run stops")
+            raise
         finally:
             for process in workers.values():
                 if process.is_alive():  # type: ignore[attr-defined]

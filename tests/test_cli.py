@@ -120,6 +120,31 @@ def test_sigint_stops_gracefully_with_a_full_report(tmp_path: Path) -> None:
     assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout == ""
 
 
+@pytest.mark.timeout(240)
+def test_a_second_sigint_stops_at_once_and_leaves_a_readable_store(tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "engine", "--config", "configs/smoke.toml", "--results-dir",
+                                str(tmp_path), "--duration", "10m"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:  # type: ignore[union-attr]
+            if " requests, " in line:
+                break
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        out, err = process.communicate(timeout=120)
+        took = time.monotonic() - started
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "stopped at once by a second interrupt" in err, out + err
+    assert took < 60, took  # no waiting for plans to finish
+    run_dir = next(tmp_path.iterdir())
+    done = _run("-m", "engine", "report", str(run_dir))
+    assert done.returncode == 1 and "TOTAL" in done.stdout, done.stdout + done.stderr
+    assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout == ""
+
+
 def test_cleanup_removes_a_crashed_runs_leftovers(tmp_path: Path) -> None:
     """A killed run leaves POSIX shm objects behind: its workers' and its server's python backend's."""
     run_id = "20990101-000000-dead"
