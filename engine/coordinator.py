@@ -54,6 +54,7 @@ from .stress_report import hhmmss
 LIVE_EVERY_S = 1.0
 AGGREGATOR_STOP_S = 60.0  # the final windows, detectors and commit
 AGGREGATOR_RESTARTS = 3
+WORKER_START_S = 60.0  # the longest wait for the first workers' first heartbeats
 
 
 def model_timings(specs: tuple[ModelSpec, ...]) -> dict[str, ModelTiming]:
@@ -148,6 +149,7 @@ class Coordinator:
             self._start_watch(helpers, specs, server, deadline)
             for _ in range(config.workers.count):
                 self._spawn(workers, specs, server.endpoints, deadline)
+            deadline = self._load_started(workers, deadline)
             self._supervise(workers, specs, server, helpers, deadline, signals)
             self._stop_workers(workers)
         except KeyboardInterrupt:
@@ -190,7 +192,7 @@ class Coordinator:
             server_pid=server.pid, metrics_url=server.endpoints.metrics, http_url=server.endpoints.http,
             run_id=self.paths.run_id, shm_prefixes=(f"tee_{self.paths.run_id}_", backend_region_prefix(self.paths.run_id)),
             interval_s=self.settings.sample_interval_s, telemetry_endpoint=self._telemetry,
-            deadline_s=max(0.0, deadline - time.monotonic()) + AGGREGATOR_STOP_S,
+            deadline_s=max(0.0, deadline - time.monotonic()) + AGGREGATOR_STOP_S + WORKER_START_S,
         ))
 
     def _restart_monitor(self, helpers: dict, server, deadline: float) -> None:
@@ -245,7 +247,9 @@ class Coordinator:
             worker_id=index, run_id=self.paths.run_id, seed=self.config.run.seed, id_base=1 + index * block,
             id_block=block, grpc_url=endpoints.grpc, http_url=endpoints.http, protocol=self.config.workers.protocol,
             concurrency=self.config.workers.concurrency, models=models, scenarios=self.config.scenarios,
-            telemetry_endpoint=self._telemetry, deadline_s=max(0.0, deadline - time.monotonic()),
+            # The coordinator ends the load (SIGTERM at its deadline, which may move later by up to
+            # WORKER_START_S once the workers run); the worker's own deadline is only a backstop.
+            telemetry_endpoint=self._telemetry, deadline_s=max(0.0, deadline - time.monotonic()) + WORKER_START_S,
             shm_mode=self.config.workers.shm,
             user_loads=self.user_loads,
             load=self.config.workers.load, rate=self.config.workers.rate,
@@ -280,6 +284,24 @@ class Coordinator:
             reader.close()
         if signals.stop_requested:
             self._incident("stop requested by signal; stopping gracefully")
+
+    def _load_started(self, workers: dict, deadline: float) -> float:
+        """Wait for every first worker's first heartbeat, then count the run's duration from there:
+        on a loaded host a worker's start (imports, clients, shm registration) takes seconds, and a
+        short run must not end before its load began. The supervisor handles workers that die."""
+        wanted = {f"worker-{index}" for index in workers}
+        reader = RunStore.open(self.store_path)
+        try:
+            until = time.monotonic() + WORKER_START_S
+            while time.monotonic() < until and any(p.is_alive() for p in workers.values()):
+                if wanted <= set(reader.status().get("heartbeat_age_s", {})):
+                    break
+                time.sleep(0.2)
+            else:
+                return deadline
+        finally:
+            reader.close()
+        return max(deadline, time.monotonic() + self.config.run.duration)
 
     def _kill_silent_workers(self, workers: dict, heartbeat_ages: dict[str, float]) -> None:
         """A worker alive but silent (a deadlocked event loop, a stuck native call) drives nothing

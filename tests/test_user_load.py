@@ -93,5 +93,6 @@ def test_an_entry_brings_its_own_protocol_shared_memory_and_schedule(tmp_path: P
     assert done.returncode == 0, done.stdout + done.stderr
     row = next(line for line in done.stdout.splitlines() if line.startswith("load:identity_int32"))
     failures, tests = (int(x) for x in row.split("|")[1:3])
-    # 20/s on its own schedule, for the 6 s run less the worker's start-up (seconds on a loaded machine)
-    assert failures == 0 and 40 <= tests <= 140, tests
+    # 20/s on its own schedule for the 6 s run, which counts from the workers' first heartbeats (the
+    # load starts up to about 2 s before the coordinator has heard from every worker)
+    assert failures == 0 and 100 <= tests <= 180, tests
