@@ -22,7 +22,7 @@ from .config import Config, ConfigError, config_to_dict, load_config, parse_dura
 from .server import ServerSetupError
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
-SUBCOMMANDS = ("run", "gen-repo", "show-config", "cleanup", "report")
+SUBCOMMANDS = ("run", "gen-repo", "show-config", "cleanup", "report", "perf")
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +78,52 @@ def build_parser() -> argparse.ArgumentParser:
                                         "1 fail (or a run that did not end normally), 2 no readable store.")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run's directory (results/<run id>)")
     report.add_argument("--no-write", action="store_true", help="print only; write no file")
+    _add_perf_parser(sub)
     return parser
+
+
+def _add_perf_parser(sub: argparse._SubParsersAction) -> None:
+    perf = sub.add_parser(
+        "perf", help="perf-regression sweep (throughput, p50-p99, server split), optionally gated on a baseline",
+        description="Generate the [perf] models, launch the bundled tritonserver (or attach to [server] url), and "
+                    "measure every point of models x protocols x shm modes x batch sizes x loads (concurrency "
+                    "levels, then request rates): a warm-up, then time windows until the last stability_windows "
+                    "agree within stability_tolerance on throughput and p99 (after max_windows the point is "
+                    "reported unstable). Writes perf.json, perf.csv (perf_analyzer's columns) and, for request "
+                    "rates, perf_request_rate.csv into results/<run id>/ and prints a table. List options take "
+                    "comma-separated values and replace the config's. Exit status: 0 pass, 1 a regression against "
+                    "--baseline or a point that could not be measured (or an interrupted sweep), 2 bad config, "
+                    "bad baseline file or set-up failure. PERF.md has the details.")
+    perf.add_argument("--config", "-c", default="perf.toml", metavar="FILE",
+                      help="TOML config; a name without a file here resolves to a shipped config. Default: perf.toml")
+    gate = perf.add_argument_group("baseline gate")
+    gate.add_argument("--baseline", type=Path, metavar="FILE",
+                      help="compare with this stored perf document (a perf.json or a --save-baseline file); "
+                           "exit 1 when a metric regressed beyond its tolerance ([perf] baseline_*_tolerance)")
+    gate.add_argument("--save-baseline", type=Path, metavar="FILE",
+                      help="write this run's document to FILE when the sweep completes (after any comparison)")
+    gate.add_argument("--ignore-unstable", action="store_true",
+                      help="regressions of points that were unstable (here or in the baseline) are shown but do "
+                           "not fail the gate")
+    sweep = perf.add_argument_group("sweep overrides (win over [perf])")
+    sweep.add_argument("--models", metavar="LIST", help="models, e.g. identity_fp32,identity_int32")
+    sweep.add_argument("--protocols", metavar="LIST", help="grpc, grpc_stream, http")
+    sweep.add_argument("--shm", metavar="LIST", help="shared memory modes: none, system, cuda (skipped without a GPU)")
+    sweep.add_argument("--batch-sizes", metavar="LIST", help="batch sizes, e.g. 1,4")
+    sweep.add_argument("--concurrency", metavar="LIST", help="closed-loop levels (requests in flight), e.g. 1,16")
+    sweep.add_argument("--request-rates", metavar="LIST", help="open-loop levels (requests/s), e.g. 100,500")
+    sweep.add_argument("--input-elements", metavar="N", help="elements of the input tensor per batch item "
+                                                             "(100000 with identity_int32: the L0_perf_pyclients test)")
+    sweep.add_argument("--window", metavar="D", help='measurement window, e.g. "5s"')
+    sweep.add_argument("--warmup", metavar="D", help='warm-up per point (not counted), e.g. "2s"')
+    sweep.add_argument("--stability-windows", metavar="N", help="windows that must agree")
+    sweep.add_argument("--stability-tolerance", metavar="F", help="how closely, e.g. 0.1 for 10 %%")
+    sweep.add_argument("--max-windows", metavar="N", help="windows before a point is reported unstable")
+    run = perf.add_argument_group("overrides (win over the config file)")
+    run.add_argument("--duration", metavar="D", help='upper bound for the whole sweep ([run] duration), e.g. "10m"')
+    run.add_argument("--seed", type=int, metavar="N", help="run seed (the input data derives from it)")
+    run.add_argument("--url", metavar="HOST:PORT", help="attach to the running server at this HTTP address")
+    run.add_argument("--results-dir", metavar="DIR", help="where the run directory is created")
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -174,6 +219,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+_PERF_KEYS = ("models", "protocols", "shm_modes", "batch_sizes", "concurrency", "request_rates", "input_elements",
+              "window", "warmup", "stability_windows", "stability_tolerance", "max_windows")
+
+
+def _cmd_perf(args: argparse.Namespace) -> int:
+    from .perf import BaselineError, PerfOptions, run_perf
+    from .perf.overrides import apply_perf_overrides
+
+    values = {key: getattr(args, "shm" if key == "shm_modes" else key) for key in _PERF_KEYS}
+    config = apply_perf_overrides(_load(args), values)
+    options = PerfOptions(baseline=args.baseline, save_baseline=args.save_baseline,
+                          ignore_unstable=args.ignore_unstable)
+    try:
+        return run_perf(config, options)
+    except BaselineError as exc:
+        print(f"baseline error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .coordinator import run
 
@@ -183,7 +247,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     handlers = {"run": _cmd_run, "gen-repo": _cmd_gen_repo, "show-config": _cmd_show_config,
-                "cleanup": _cmd_cleanup, "report": _cmd_report}
+                "cleanup": _cmd_cleanup, "report": _cmd_report, "perf": _cmd_perf}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:
