@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/smoke.toml
 
-.PHONY: smoke test install-run install-test browser clean
+.PHONY: smoke test bench install-run install-test browser clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ smoke: install-run
 # Everything the tests need (the optional ONNX and TorchScript paths included), then the suite.
 test: install-test browser
 	$(PY) -m pytest
+
+# The engine's own benchmarks (tools/bench/): under 15 minutes on a quiet machine; writes
+# BENCHMARKS.md and benchmarks.json. FOOTPRINT_MINUTES=20 for the footprint's full-length figure.
+FOOTPRINT_MINUTES ?= 6
+bench: install-run
+	$(PY) tools/bench/run_all.py --footprint-minutes $(FOOTPRINT_MINUTES)
 
 # Headless Chromium renders report.html in the tests; where it cannot be installed (no apt, no
 # root) that one test skips and says why.

@@ -168,3 +168,33 @@ def test_a_sequence_the_engine_was_too_late_for_is_abandoned_not_blamed_on_the_s
     assert [b.columns["status"].tolist() for b in batches] == [[STATUS_OK]]  # the one request that was sent
     [late] = [e.body for e in events if e.body["what"] == "engine_late"]
     assert "sequence 4242 of sequence_int32 abandoned" in late["text"] and "2 s idle timeout" in late["text"]
+
+
+def test_a_plan_past_its_deadline_fails_and_the_lane_goes_on(server, tmp_path: Path) -> None:
+    """The plan deadline (one watchdog for all plans) fails a plan whose request outlives it: that
+    request is recorded as failed, and the task that ran the plan is not cancelled for good."""
+    running, specs = server
+    models = {s.name: s for s in specs}
+    slow = Plan("identity", (Step(model="zero_slow_fp32", values=np.ones(4, np.float32),
+                                  expect=np.zeros(4, np.float32)),), 0.15)  # the model takes 600 ms
+    fast_data = np.arange(3, dtype=np.float32).reshape(1, 3)
+    fast = Plan("identity", (Step(model="identity_fp32", values=fast_data, expect=fast_data),), 10.0)
+    with telemetry_sink(tmp_path) as (endpoint, pull):
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("identity",), "grpc"))
+        executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender)
+
+        async def lane() -> tuple[list, float]:
+            began = time.monotonic()
+            outcomes = await _run_plans(executor, [slow, fast, slow, fast], {"identity": 0})
+            await asyncio.sleep(0.05)  # a cancellation left pending would strike here
+            return outcomes, time.monotonic() - began
+
+        outcomes, took = asyncio.run(lane())
+        sender.close()
+        batches, _ = _drain(pull)
+    assert [o.failed for o in outcomes] == [True, False, True, False]
+    assert outcomes[0].failure == "plan did not finish within 0.15 s"
+    assert took < 1.1  # each slow plan was cut near its deadline (checked every 0.1 s), not after the model's 600 ms
+    statuses = [s for b in batches for s in b.columns["status"].tolist()]
+    assert statuses.count(STATUS_OK) == 2 and len(statuses) == 4

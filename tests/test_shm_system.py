@@ -158,6 +158,27 @@ def test_identity_through_shm_equals_inline(client: Any, server: Any, datatype: 
     assert ours() == []
 
 
+def test_a_poisoned_output_slot_fails_until_the_server_writes_it(client: Any) -> None:
+    """poison() marks the edges of a reused output slot: a stale answer left there no longer
+    passes as this request's answer, and the server's write replaces the marks."""
+    data = np.arange(1000, dtype=np.float32).reshape(1, 1000)
+    with ShmPool(client, RUN, 6, mode="system") as pool:
+        x = pool.input_slot(data)
+        y = pool.output_slot(x.byte_size)
+        outputs = [pool.requested_output("OUTPUT0", y)]
+        result = client.infer("identity_fp32", [pool.infer_input("INPUT0", x)], outputs=outputs)
+        assert np.array_equal(pool.read_output(result, "OUTPUT0", y), data)
+        pool.poison(y)
+        stale = pool.read(y, np.float32, (1, 1000))
+        assert np.isnan(stale[0, :16]).all() and np.isnan(stale[0, -16:]).all()  # 64 bytes at each end
+        assert np.array_equal(stale[0, 16:-16], data[0, 16:-16])  # the middle is not touched
+        result = client.infer("identity_fp32", [pool.infer_input("INPUT0", x)], outputs=outputs)
+        assert np.array_equal(pool.read_output(result, "OUTPUT0", y), data)
+        small = pool.output_slot(40)
+        pool.poison(small)  # smaller than both edges: all of it
+        assert (pool.read(small, np.uint8, (40,)) == 0xFF).all()
+
+
 def test_several_tensors_at_offsets_in_one_region(client: Any) -> None:
     with ShmPool(client, RUN, 2, mode="system") as pool:
         pairs = []

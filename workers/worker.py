@@ -120,8 +120,9 @@ def replay_scenarios(spec: WorkerSpec, lane: int, count: int) -> list[str]:
     rng = lane_generator(spec, lane)
     ctx = PlanContext(rng, spec.scenarios, IdSource(spec.id_base, spec.id_block, spec.worker_id), spec.models)
     drawn = []
+    draw = ScenarioDraw(probabilities)
     for _ in range(count):
-        name = names[int(rng.choice(len(names), p=probabilities))]
+        name = names[draw(rng)]
         replay_draw(name, ctx, planners)
         drawn.append(name)
     return drawn
@@ -139,6 +140,19 @@ def shared_table(names: tuple[str, ...], probabilities: np.ndarray,
     kept = [(n, p) for n, p in zip(names, probabilities) if n not in skip]
     total = sum(p for _, p in kept)
     return tuple(n for n, _ in kept), np.array([p / total for _, p in kept]) if kept else np.zeros(0)
+
+
+class ScenarioDraw:
+    """Draws a scenario index as `rng.choice(len(p), p=p)` does, from the same single uniform
+    number (so runs replay exactly as before), without choice()'s per-call checks and cumulative
+    sum: 4 us a draw instead of 60."""
+
+    def __init__(self, probabilities: np.ndarray) -> None:
+        cdf = np.cumsum(probabilities, dtype=np.float64)
+        self._cdf = cdf / cdf[-1] if len(cdf) else cdf
+
+    def __call__(self, rng: np.random.Generator) -> int:
+        return int(self._cdf.searchsorted(rng.random(), side="right"))
 
 
 def lane_generator(spec: WorkerSpec, lane: int) -> np.random.Generator:
@@ -225,8 +239,9 @@ class Worker:
         rng = lane_generator(self.spec, lane)
         ctx = PlanContext(rng, self.spec.scenarios, self.ids, self.spec.models)
         pause = 0.0
+        draw = ScenarioDraw(self.shared_p)
         while not self._stop.is_set() and time.monotonic() < deadline:
-            name = self.shared_names[int(rng.choice(len(self.shared_names), p=self.shared_p))]
+            name = self.shared_names[draw(rng)]
             outcome = await self._run_one(name, ctx)
             self._count(name, outcome)
             if outcome.failed and server_unreachable(outcome.failure):
@@ -259,6 +274,7 @@ class Worker:
         mean = 1.0 / rate
         running: set[asyncio.Task] = set()
         due_ns = time.monotonic_ns()
+        draw = ScenarioDraw(probabilities)
         while not self._stop.is_set() and time.monotonic() < deadline:
             gap = schedule.exponential(mean) if shape == "poisson" else mean
             due_ns += int(gap * 1e9)
@@ -269,7 +285,7 @@ class Worker:
                     break
                 except asyncio.TimeoutError:
                     pass
-            name = names[int(rng.choice(len(names), p=probabilities))]
+            name = names[draw(rng)]
             if len(running) >= self.spec.max_outstanding:
                 replay_draw(name, ctx, self.planners)  # the draw is consumed either way: the schedule replays
                 self._skipped += 1

@@ -12,7 +12,7 @@
 The messages are the real wire format: bodies built by RecordBuffer, packed by telemetry.pack,
 from several senders whose name tables list the same models in different orders.
 
-    python tools/bench_aggregator.py [--records 10000000] [--models 6] [--scenarios 4] [--rate 5000]
+    python tools/bench/aggregator_ingest.py [--records 10000000] [--models 6] [--scenarios 4] [--rate 5000]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.aggregator import LatencyHistogram, WindowFolder, merge_windows
 from engine.store import RunStore
@@ -126,6 +126,36 @@ def bench_store(values: int = 100, seconds: int = 300) -> float:
     return elapsed / (values * seconds)
 
 
+def ingest_figures(records: int = 10_000_000, models: int = 6, scenarios: int = 4, senders: int = 4,
+                   rate: float = 5_000.0, window: float = 10.0) -> dict:
+    """Everything this benchmark measures, as numbers (also what tools/bench/telemetry.py reports)."""
+    count = max(10, records // BATCH)
+    rng = np.random.default_rng(1)
+    bodies, answered = _templates(models, scenarios, senders, rng)
+    messages = _messages(bodies, count, rate)
+    records = count * BATCH
+    run = bench_ingest(messages, rate, window)
+    traced = bench_ingest(messages, rate, window, trace=True)
+    whole = merge_windows(run["closed"])
+    exact_values = np.concatenate([answered[i % TEMPLATES] for i in range(count)])
+    assert whole.count == len(exact_values)
+    errors = {q: 100 * (whole.percentile(q) / np.percentile(exact_values, q, method="inverted_cdf") - 1)
+              for q in (50, 90, 99, 99.9)}
+    one = LatencyHistogram()
+    one.add(exact_values)
+    (tenth, tenth_peak), (end, end_peak) = traced["memory"]["tenth"], traced["memory"]["end"]
+    return {
+        "records": records, "messages": count, "simulated_hours": records / rate / 3600,
+        "records_per_s": records / run["cpu"], "ns_per_record": run["cpu"] / records * 1e9,
+        "windows": len(run["closed"]), "late": run["late"], "percentile_error_pct": errors,
+        "mean_error_ns": whole.mean_ns - exact_values.mean(), "max_error_ns": whole.max_ns - int(exact_values.max()),
+        "merged_equals_whole": one == whole, "memory_tenth_mb": tenth / 1e6, "memory_end_mb": end / 1e6,
+        "peak_tenth_mb": tenth_peak / 1e6, "peak_end_mb": end_peak / 1e6,
+        "histogram_bytes": float(np.mean([len(w.histogram) for w in run["closed"]])),
+        "store_us_per_value": bench_store() * 1e6,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=10_000_000)
@@ -135,39 +165,22 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5_000.0, help="records per simulated second")
     parser.add_argument("--window", type=float, default=10.0, help="window length, s")
     args = parser.parse_args()
-    count = max(10, args.records // BATCH)
-    rng = np.random.default_rng(1)
-    bodies, answered = _templates(args.models, args.scenarios, args.senders, rng)
-    messages = _messages(bodies, count, args.rate)
-    records = count * BATCH
-    simulated = records / args.rate
-    print(f"{records:,} records in {count:,} messages of {BATCH}; {simulated / 3600:.1f} simulated hours at "
-          f"{args.rate:,.0f} records/s; {args.models} models x {args.scenarios} scenarios, "
+    f = ingest_figures(args.records, args.models, args.scenarios, args.senders, args.rate, args.window)
+    print(f"{f['records']:,} records in {f['messages']:,} messages of {BATCH}; {f['simulated_hours']:.1f} simulated "
+          f"hours at {args.rate:,.0f} records/s; {args.models} models x {args.scenarios} scenarios, "
           f"{args.window:g} s windows", flush=True)
-
-    run = bench_ingest(messages, args.rate, args.window)
-    traced = bench_ingest(messages, args.rate, args.window, trace=True)
-
-    rows = [("ingest (unpack + decode + fold + close), one core", f"{records / run['cpu'] / 1e6:8.2f} M records/s"),
-            ("  CPU per record", f"{run['cpu'] / records * 1e9:8.0f} ns"),
-            ("windows closed / late records", f"{len(run['closed']):8,d} / {run['late']}")]
-    whole = merge_windows(run["closed"])
-    exact_values = np.concatenate([answered[i % TEMPLATES] for i in range(count)])
-    assert whole.count == len(exact_values)
-    for q in (50, 90, 99, 99.9):
-        exact = np.percentile(exact_values, q, method="inverted_cdf")
-        rows.append((f"whole-run p{q:g} from merged windows vs exact", f"{100 * (whole.percentile(q) / exact - 1):+8.3f} %"))
-    mean_error, max_error = whole.mean_ns - exact_values.mean(), whole.max_ns - int(exact_values.max())
-    rows.append(("whole-run mean, max vs exact", f"{mean_error:+8.3g} ns, {max_error:+d} ns"))
-    one = LatencyHistogram()
-    one.add(exact_values)
-    rows.append(("merged windows == one histogram of everything", f"{one == whole!s:>8}"))
-    (tenth, tenth_peak), (end, end_peak) = traced["memory"]["tenth"], traced["memory"]["end"]
-    rows.append(("folder traced memory held, at 1/10 -> at the end", f"{tenth / 1e6:8.2f} -> {end / 1e6:.2f} MB"))
-    rows.append(("folder traced peak, first 1/10 -> last 9/10", f"{tenth_peak / 1e6:8.2f} -> {end_peak / 1e6:.2f} MB"))
-    rows.append(("histogram bytes per window (mean)",
-                 f"{np.mean([len(w.histogram) for w in run['closed']]):8.0f} B"))
-    rows.append(("store: resource value insert, commit each second", f"{bench_store() * 1e6:8.2f} us"))
+    rows = [("ingest (unpack + decode + fold + close), one core", f"{f['records_per_s'] / 1e6:8.2f} M records/s"),
+            ("  CPU per record", f"{f['ns_per_record']:8.0f} ns"),
+            ("windows closed / late records", f"{f['windows']:8,d} / {f['late']}")]
+    for q, error in f["percentile_error_pct"].items():
+        rows.append((f"whole-run p{q:g} from merged windows vs exact", f"{error:+8.3f} %"))
+    rows.append(("whole-run mean, max vs exact", f"{f['mean_error_ns']:+8.3g} ns, {f['max_error_ns']:+d} ns"))
+    rows.append(("merged windows == one histogram of everything", f"{f['merged_equals_whole']!s:>8}"))
+    rows.append(("folder traced memory held, at 1/10 -> at the end",
+                 f"{f['memory_tenth_mb']:8.2f} -> {f['memory_end_mb']:.2f} MB"))
+    rows.append(("folder traced peak, first 1/10 -> last 9/10", f"{f['peak_tenth_mb']:8.2f} -> {f['peak_end_mb']:.2f} MB"))
+    rows.append(("histogram bytes per window (mean)", f"{f['histogram_bytes']:8.0f} B"))
+    rows.append(("store: resource value insert, commit each second", f"{f['store_us_per_value']:8.2f} us"))
     width = max(len(name) for name, _ in rows) + 2
     for name, value in rows:
         print(f"{name:<{width}}{value}")

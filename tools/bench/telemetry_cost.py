@@ -1,11 +1,11 @@
-"""Telemetry cost, measured two ways in one run (the aggregator's ingest: tools/bench_aggregator.py) (numbers, not a test):
+"""Telemetry cost, measured two ways in one run (the aggregator's ingest: tools/bench/aggregator_ingest.py) (numbers, not a test):
 
 1. sender: CPU per record of RecordBuffer.add + batch encode + ZeroMQ send (a receiver process
    drains the socket), in ns/record;
 2. worker: CPU per request of a real worker process against the bundled server (identity
    scenario, closed loop), so (1) can be put as a share of the worker's CPU (target: under 3 %).
 
-    python tools/bench_telemetry.py [--records 1000000] [--seconds 10] [--concurrency 8]
+    python tools/bench/telemetry_cost.py [--records 1000000] [--seconds 10] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from workers.sender import TelemetrySender  # noqa: E402
 from workers.telemetry import STATUS_OK, RecordBuffer  # noqa: E402
@@ -60,25 +60,23 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def bench_worker(seconds: float, concurrency: int, workdir: Path) -> tuple[float, int]:
+    """(CPU us per request, requests) of a real worker process, from its heartbeats' counts."""
+    from common import embedded_server
     from engine.config import DEFAULT_WEIGHTS, ScenariosSection
-    from model_repo_gen import RepoOptions, generate_repository
-    from tests.server_helpers import serve_repository
+    from workers.telemetry import KIND_HEARTBEAT, unpack
     from workers.worker import WorkerSpec, start_worker
 
-    specs = generate_repository(workdir / "repo", RepoOptions(models=("identity_fp32",), instance_count=2))
     weights = {**{k: 0 for k in DEFAULT_WEIGHTS}, "identity": 1}
-    with serve_repository(workdir / "repo", workdir / "server") as server:
+    with embedded_server(workdir, ("identity_fp32",), instance_count=2) as server:
         endpoint = f"ipc://{workdir}/bench-worker.sock"
         context = zmq.Context()
         pull = context.socket(zmq.PULL)
         pull.bind(endpoint)
         spec = WorkerSpec(worker_id=0, run_id="bench", seed=1, id_base=1, id_block=1 << 20,
                           grpc_url=server.grpc_url, http_url=server.http_url, protocol="grpc",
-                          concurrency=concurrency, models=tuple(specs), scenarios=ScenariosSection(weights=weights),
+                          concurrency=concurrency, models=server.models, scenarios=ScenariosSection(weights=weights),
                           telemetry_endpoint=endpoint, deadline_s=seconds)
         process = start_worker(spec)
-        from workers.telemetry import KIND_HEARTBEAT, unpack
-
         requests, cpu = 0, 0.0
         while process.is_alive() or pull.poll(500):
             if pull.poll(200):

@@ -1,0 +1,288 @@
+"""Client cost and throughput on the identity model over gRPC: the engine's worker path beside
+plain tritonclient loops, against the same embedded server, at equal concurrency.
+
+Each variant runs in a process of its own (spawned), so its CPU time (all threads, gRPC's
+included) is its own: a warm-up second, then `--seconds` measured. Requests are counted by the
+server (its statistics for the model, before and after), the same judge for every variant.
+
+- sync:      tritonclient.grpc, one thread, one request at a time (inputs built once, every
+             answer compared) - the reference for the CPU target;
+- threads:   tritonclient.grpc, one client and one thread per level of concurrency;
+- asyncio:   tritonclient.grpc.aio, one client, one task per level of concurrency;
+- engine:    a real Worker (workers/worker.py) running the identity scenario: a fresh random
+             input of 1 to 64 elements per request (the plain loops send 16), every answer
+             validated, telemetry sent over ZeroMQ to a drain process;
+- engine, no telemetry: the same with a sender that drops every record.
+
+Targets (issue 7): the engine's client CPU per request at most 0.5x the sync loop's; its
+throughput at least the best plain variant's at the same concurrency.
+
+    python tools/bench/client_cost.py [--seconds 8] [--concurrency 1 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from common import BenchResult, Stopwatch, Target, embedded_server  # isort: skip
+
+MODEL = "identity_fp32"
+WARMUP_S = 1.0
+ELEMENTS = 16
+
+
+def server_successes(http_url: str, model: str = MODEL) -> int:
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as answer:
+        stats = orjson.loads(answer.read())["model_stats"]
+    return sum(int(entry["inference_stats"]["success"]["count"]) for entry in stats)
+
+
+# -- the variants, each run in its own process ----------------------------------------------------
+def _plain_request() -> tuple[Any, Any]:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    data = np.arange(ELEMENTS, dtype=np.float32).reshape(1, ELEMENTS)
+    tensor = grpcclient.InferInput("INPUT0", [1, ELEMENTS], "FP32")
+    tensor.set_data_from_numpy(data)
+    return tensor, data
+
+
+def _sync_loop(url: str, stop: threading.Event, counts: list[int], slot: int) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    tensor, data = _plain_request()
+    output = [grpcclient.InferRequestedOutput("OUTPUT0")]
+    while not stop.is_set():
+        result = client.infer(MODEL, [tensor], outputs=output)
+        if not np.array_equal(result.as_numpy("OUTPUT0"), data):
+            raise AssertionError("wrong answer")
+        counts[slot] += 1
+    client.close()
+
+
+class Window:
+    """The measured part of a variant: the child says when its warm-up is over, the parent reads
+    the server's count then and again `seconds` later, and says when the window is over."""
+
+    def __init__(self, started: Any, ended: Any) -> None:
+        self.started, self.ended = started, ended
+
+    def measure(self) -> Stopwatch:
+        time.sleep(WARMUP_S)
+        with Stopwatch() as watch:
+            self.started.set()
+            self.ended.wait()
+        return watch
+
+    async def measure_async(self) -> Stopwatch:
+        await asyncio.sleep(WARMUP_S)
+        with Stopwatch() as watch:
+            self.started.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.ended.wait)
+        return watch
+
+
+def variant_threads(window: Window, url: str, concurrency: int) -> Stopwatch:
+    stop, counts = threading.Event(), [0] * concurrency
+    threads = [threading.Thread(target=_sync_loop, args=(url, stop, counts, i)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    watch = window.measure()
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    return watch
+
+
+def variant_asyncio(window: Window, url: str, concurrency: int) -> Stopwatch:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.grpc.aio as grpcaio
+
+    async def main() -> Stopwatch:
+        client = grpcaio.InferenceServerClient(url)
+        tensor, data = _plain_request()
+        output = [grpcclient.InferRequestedOutput("OUTPUT0")]
+        running = True
+
+        async def lane() -> None:
+            while running:
+                result = await client.infer(MODEL, [tensor], outputs=output)
+                if not np.array_equal(result.as_numpy("OUTPUT0"), data):
+                    raise AssertionError("wrong answer")
+
+        lanes = [asyncio.create_task(lane()) for _ in range(concurrency)]
+        watch = await window.measure_async()
+        running = False
+        await asyncio.gather(*lanes)
+        await client.close()
+        return watch
+
+    return asyncio.run(main())
+
+
+class _NoTelemetry:
+    """A sender that drops everything: the worker path without its telemetry cost."""
+
+    records_sent = records_dropped = 0
+
+    def record(self, *args: Any) -> None:
+        pass
+
+    def maybe_flush(self, *args: Any) -> None:
+        pass
+
+    flush = flush_events = close = maybe_flush
+    event = heartbeat = record
+
+
+def variant_engine(window: Window, url: str, concurrency: int, endpoint: str | None) -> Stopwatch:
+    from engine.config import DEFAULT_WEIGHTS, ScenariosSection
+    from model_repo_gen import RepoOptions, generate_repository
+    from workers.worker import Worker, WorkerSpec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = generate_repository(Path(tmp), RepoOptions(models=(MODEL,)))
+    weights = {**{k: 0 for k in DEFAULT_WEIGHTS}, "identity": 1}
+    spec = WorkerSpec(worker_id=0, run_id="bench", seed=1, id_base=1, id_block=1 << 20, grpc_url=url,
+                      http_url="127.0.0.1:1", protocol="grpc", concurrency=concurrency, models=tuple(specs),
+                      scenarios=ScenariosSection(weights=weights), telemetry_endpoint=endpoint or "inproc://none",
+                      deadline_s=3600.0)
+    worker = Worker(spec)
+    if endpoint is None:
+        worker.sender.close()
+        worker.sender = _NoTelemetry()  # type: ignore[assignment]
+
+    async def main() -> Stopwatch:
+        running = asyncio.create_task(worker.run())
+        watch = await window.measure_async()
+        worker.stop()
+        await running
+        return watch
+
+    return asyncio.run(main())
+
+
+def _child(name: str, args: tuple, started: Any, ended: Any, results: Any) -> None:
+    function = {"threads": variant_threads, "asyncio": variant_asyncio, "engine": variant_engine}[name]
+    watch = function(Window(started, ended), *args)
+    results.put({"cpu_s": watch.cpu, "wall_s": watch.wall})
+
+
+def _drain(endpoint: str, ready: Any, stop: Any) -> None:
+    import zmq
+
+    context = zmq.Context()
+    socket = context.socket(zmq.PULL)
+    socket.bind(endpoint)
+    ready.set()
+    while not stop.is_set():
+        if socket.poll(200):
+            socket.recv()
+    socket.close(0)
+    context.term()
+
+
+def measure(kind: str, args: tuple, server: Any, seconds: float, label: str, concurrency: int) -> dict[str, Any]:
+    """Run one variant in a spawned process; requests counted by the server over its measured part."""
+    ctx = multiprocessing.get_context("spawn")
+    results, started, ended = ctx.Queue(), ctx.Event(), ctx.Event()
+    process = ctx.Process(target=_child, args=(kind, (server.grpc_url, concurrency, *args), started, ended, results))
+    process.start()
+    try:
+        if not started.wait(120):
+            raise RuntimeError(f"{label}: the variant did not start within 120 s")
+        before = server_successes(server.http_url)
+        time.sleep(seconds)
+        after = server_successes(server.http_url)
+        ended.set()
+        outcome = results.get(timeout=120)
+    finally:
+        ended.set()
+        process.join(60)
+        if process.is_alive():
+            process.kill()
+    requests = after - before
+    return {"variant": label, "concurrency": concurrency, "requests": requests,
+            "rps": requests / outcome["wall_s"], "cpu_us": outcome["cpu_s"] / max(requests, 1) * 1e6}
+
+
+def run(args: argparse.Namespace) -> BenchResult:
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp, \
+            embedded_server(Path(tmp), (MODEL,), instance_count=2) as server:
+        endpoint = f"ipc://{tmp}/telemetry.sock"
+        ready, stop = ctx.Event(), ctx.Event()
+        drain = ctx.Process(target=_drain, args=(endpoint, ready, stop))
+        drain.start()
+        ready.wait(30)
+        try:
+            for concurrency in args.concurrency:
+                variants = [("threads", (), "sync, one thread" if concurrency == 1 else "sync, threads"),
+                            ("asyncio", (), "asyncio"), ("engine", (endpoint,), "engine worker"),
+                            ("engine", (None,), "engine worker, no telemetry")]
+                for kind, extra, label in variants:
+                    rows.append(measure(kind, extra, server, args.seconds, label, concurrency))
+                for row in rows[-4:]:
+                    print(f"  c={row['concurrency']:<3} {row['variant']:<28} {row['rps']:8.0f} req/s "
+                          f"{row['cpu_us']:7.1f} us CPU/request", flush=True)
+        finally:
+            stop.set()
+            drain.join(10)
+    return _result(rows, time.monotonic() - started)
+
+
+def _result(rows: list[dict[str, Any]], seconds: float) -> BenchResult:
+    sync = next(r for r in rows if r["variant"] == "sync, one thread")
+    table = [[r["variant"], r["concurrency"], r["requests"], r["rps"], r["cpu_us"], r["cpu_us"] / sync["cpu_us"]]
+             for r in rows]
+    targets = []
+    for concurrency in sorted({r["concurrency"] for r in rows}):
+        level = [r for r in rows if r["concurrency"] == concurrency]
+        engine = next(r for r in level if r["variant"] == "engine worker")
+        best = max((r for r in level if not r["variant"].startswith("engine")), key=lambda r: r["rps"])
+        ratio = engine["cpu_us"] / sync["cpu_us"]
+        targets.append(Target(f"client CPU per request, concurrency {concurrency}", "<= 0.5x the sync loop's",
+                              f"{ratio:.2f}x ({engine['cpu_us']:.0f} us vs {sync['cpu_us']:.0f} us)", ratio <= 0.5))
+        targets.append(Target(f"throughput, concurrency {concurrency}", "at least the best plain variant's",
+                              f"{engine['rps'] / best['rps']:.2f}x ({engine['rps']:.0f} vs {best['rps']:.0f} req/s, "
+                              f"{best['variant']})", engine["rps"] >= best["rps"]))
+    return BenchResult("client_cost", "1. Client cost and throughput: identity model (1x16 FP32), gRPC",
+                       ["variant", "concurrency", "requests", "req/s", "client CPU us/req", "CPU vs sync"],
+                       table, targets, seconds=seconds,
+                       notes=["client CPU: the process's own CPU time (all threads) over the measured seconds, "
+                              "divided by the requests the server counted in them",
+                              "the engine sends a fresh random input of 1 to 64 elements per request and "
+                              "validates every answer; the plain loops send one 1x16 input built once"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    result = run(parser.parse_args())
+    print(result.report())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per variant (default 8)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8],
+                        help="levels of concurrency to compare at (default 1 8)")
+
+
+if __name__ == "__main__":
+    main()
