@@ -28,23 +28,15 @@ import multiprocessing
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import orjson
 
-from common import BenchResult, Stopwatch, Target, embedded_server  # isort: skip
+from common import BenchResult, NoTelemetry, Stopwatch, Target, embedded_server, server_successes  # isort: skip
 
 MODEL = "identity_fp32"
 WARMUP_S = 1.0
 ELEMENTS = 16
-
-
-def server_successes(http_url: str, model: str = MODEL) -> int:
-    with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as answer:
-        stats = orjson.loads(answer.read())["model_stats"]
-    return sum(int(entry["inference_stats"]["success"]["count"]) for entry in stats)
 
 
 # -- the variants, each run in its own process ----------------------------------------------------
@@ -134,21 +126,6 @@ def variant_asyncio(window: Window, url: str, concurrency: int) -> Stopwatch:
     return asyncio.run(main())
 
 
-class _NoTelemetry:
-    """A sender that drops everything: the worker path without its telemetry cost."""
-
-    records_sent = records_dropped = 0
-
-    def record(self, *args: Any) -> None:
-        pass
-
-    def maybe_flush(self, *args: Any) -> None:
-        pass
-
-    flush = flush_events = close = maybe_flush
-    event = heartbeat = record
-
-
 def variant_engine(window: Window, url: str, concurrency: int, endpoint: str | None) -> Stopwatch:
     from engine.config import DEFAULT_WEIGHTS, ScenariosSection
     from model_repo_gen import RepoOptions, generate_repository
@@ -164,7 +141,7 @@ def variant_engine(window: Window, url: str, concurrency: int, endpoint: str | N
     worker = Worker(spec)
     if endpoint is None:
         worker.sender.close()
-        worker.sender = _NoTelemetry()  # type: ignore[assignment]
+        worker.sender = NoTelemetry()  # type: ignore[assignment]
 
     async def main() -> Stopwatch:
         running = asyncio.create_task(worker.run())
@@ -205,9 +182,9 @@ def measure(kind: str, args: tuple, server: Any, seconds: float, label: str, con
     try:
         if not started.wait(120):
             raise RuntimeError(f"{label}: the variant did not start within 120 s")
-        before = server_successes(server.http_url)
+        before = server_successes(server.http_url, MODEL)
         time.sleep(seconds)
-        after = server_successes(server.http_url)
+        after = server_successes(server.http_url, MODEL)
         ended.set()
         outcome = results.get(timeout=120)
     finally:

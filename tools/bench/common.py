@@ -11,10 +11,13 @@ import os
 import resource
 import sys
 import time
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+import orjson
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from a checkout: the engine's packages are here
@@ -114,6 +117,28 @@ def embedded_server(workdir: Path, models: tuple[str, ...], instance_count: int 
         yield ServerHandle(endpoints.grpc, endpoints.http, endpoints.metrics, server.pid, tuple(specs))
     finally:
         server.stop()
+
+
+def server_successes(http_url: str, model: str) -> int:
+    """The server's own count of successful requests of `model` (all versions), from its statistics."""
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as answer:
+        stats = orjson.loads(answer.read())["model_stats"]
+    return sum(int(entry["inference_stats"]["success"]["count"]) for entry in stats)
+
+
+class NoTelemetry:
+    """A telemetry sender that drops everything: the worker's path without the cost of telemetry."""
+
+    records_sent = records_dropped = 0
+
+    def record(self, *args: Any) -> None:
+        pass
+
+    def maybe_flush(self, *args: Any) -> None:
+        pass
+
+    flush = flush_events = close = maybe_flush
+    event = heartbeat = record
 
 
 class Stopwatch:

@@ -31,15 +31,14 @@ import math
 import os
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
-from common import BenchResult, Stopwatch, Target, cpu_seconds, embedded_server  # isort: skip
+from common import (BenchResult, NoTelemetry, Stopwatch, Target, cpu_seconds, embedded_server,  # isort: skip
+                    server_successes)
 
 MODEL = "identity_fp32"
 INSTANCES = 2
@@ -50,21 +49,6 @@ ARRAYS = 4  # distinct inputs per size, taken in turn (made before the point, no
 PLAN_DEADLINE_S = 60.0
 MIN_REQUESTS = 4  # a point measures on past --seconds until it has this many requests ...
 STRETCH = 4.0  # ... for at most this many times --seconds
-
-
-class _NoTelemetry:
-    """A sender that drops everything (as in client_cost.py): the executor's path without telemetry."""
-
-    records_sent = records_dropped = 0
-
-    def record(self, *args: Any) -> None:
-        pass
-
-    def maybe_flush(self, *args: Any) -> None:
-        pass
-
-    flush = flush_events = close = maybe_flush
-    event = heartbeat = record
 
 
 def parse_size(text: str) -> int:
@@ -87,12 +71,6 @@ def size_label(size: int) -> str:
 
 
 # -- the server's side ------------------------------------------------------------------------
-def server_successes(http_url: str, model: str = MODEL) -> int:
-    with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as answer:
-        stats = orjson.loads(answer.read())["model_stats"]
-    return sum(int(entry["inference_stats"]["success"]["count"]) for entry in stats)
-
-
 def plan_draw_us(spec: Any, elements: int, repeat: int = 3) -> float:
     """CPU microseconds the worker spends drawing one identity plan of `elements` FP32 values (the
     large_tensor scenario's planner), median of `repeat`: a cost the measured points leave out."""
@@ -187,11 +165,11 @@ def measure(server: Any, spec: Any, protocol: str, mode: str, size: int, arrays:
 
     async def point(pool: Any) -> dict[str, Any]:
         async with Executor(protocol=protocol, grpc_url=server.grpc_url, http_url=server.http_url,
-                            models={MODEL: spec}, model_codes={MODEL: 0}, sender=_NoTelemetry(),  # type: ignore[arg-type]
+                            models={MODEL: spec}, model_codes={MODEL: 0}, sender=NoTelemetry(),  # type: ignore[arg-type]
                             pool=pool) as executor:
             return await _drive(executor, arrays, args.concurrency, args.warmup, args.seconds, pids)
 
-    before = server_successes(server.http_url)
+    before = server_successes(server.http_url, MODEL)
     if mode == "shm":
         client = grpcclient.InferenceServerClient(server.grpc_url)
         try:
@@ -201,7 +179,7 @@ def measure(server: Any, spec: Any, protocol: str, mode: str, size: int, arrays:
             client.close()
     else:
         result = asyncio.run(point(None))
-    successes = server_successes(server.http_url) - before
+    successes = server_successes(server.http_url, MODEL) - before
     requests = result["requests"]
     row = {"size": size, "protocol": protocol, "mode": mode, **result, "server_successes": successes,
            "rps": requests / result["wall_s"], "cpu_us": result["cpu_s"] / max(requests, 1) * 1e6,
