@@ -14,7 +14,7 @@ $(VENV)/bin/python:
 smoke: install-run
 	$(PY) -m engine --config $(CONFIG)
 
-# Everything the tests need (the optional ONNX and TorchScript paths included), then the suite.
+# Everything the tests need (the optional ONNX, TorchScript and Ray paths included), then the suite.
 test: install-test browser
 	$(PY) -m pytest
 
@@ -37,7 +37,7 @@ install-run: $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[server]'
 
 install-test: $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[server,test,onnx,torch]'
+	$(PY) -m pip install -q -e '.[server,test,onnx,torch,ray]'
 
 clean:
 	rm -rf $(VENV) results *.egg-info

@@ -21,22 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-import tritonclient.grpc as grpcclient
 
 from model_repo_gen import ModelSpec
 from model_repo_gen.options import FAULTY_MODELS
-from shm import cleanup
 from workers.sender import TelemetrySender
 from workers.telemetry import RecordBuffer
 from workers.user_load import ResolvedLoad, resolve_loads
-from workers.worker import WorkerSpec, scenario_table, start_worker
+from workers.worker import WorkerSpec, scenario_table
 
 from .aggregator.service import INCIDENT, LOAD_STOPPED, WORKER_GONE, AggregatorSpec, start_aggregator
+from .cluster.backend import Handle, WorkerBackend, make_backend
+from .cluster.keys import RunKeys, generate_run_keys
+from .cluster.targets import Target, TargetInfo, fleet, split_workers, url_host
 from .config import Config, config_to_dict, format_duration
 from .detectors.settings import DetectorSettings, resolve_settings
 from .detectors.stall import ModelTiming
 from .live_view import LiveView
-from .monitor import MonitorSpec, start_monitor
+from .monitor import MonitorSpec
 from .probe import probe_model, probe_table
 from .report import load_report, render_page, render_summary, write_reports
 from .report.mail import MailError, send_report
@@ -47,7 +48,7 @@ from .run_setup import (
     prepare_repository,
     start_server,
 )
-from .server import LaunchedServer, ServerSetupError
+from .server import LaunchedServer, ServerSetupError, attach_server
 from .store import RunStore
 from .stress_report import hhmmss
 
@@ -113,6 +114,12 @@ class Coordinator:
         self._server_restarts = 0
         self._aggregator_restarts = 0
         self._aggregator_spec: AggregatorSpec | None = None
+        self.targets: list[Target] = []
+        self._worker_target: dict[int, int] = {}  # worker id -> index of the target it drives
+        self.backend: WorkerBackend | None = None
+        self.keys: RunKeys | None = None  # CURVE keys of this run (Ray only: telemetry leaves the host)
+        self._monitors: dict[int, Handle] = {}  # target index -> its monitor
+        self._shares: dict[int, int] = {}  # target index -> how many workers drive it
 
     def run(self) -> RunOutcome:
         config, paths = self.config, self.paths
@@ -126,19 +133,23 @@ class Coordinator:
         if not config.load:  # with [[load]] entries the check waits until they are resolved
             scenario_table(dict(config.scenarios.weights), specs, config.scenarios)
         signals = _Signals()
-        server = start_server(config, paths, specs)
+        self.targets = self._start_servers(specs)
         helpers: dict[str, object] = {}
-        workers: dict[int, object] = {}
+        workers: dict[int, Handle] = {}
         try:
-            _say(f"server: http {server.endpoints.http}, grpc {server.endpoints.grpc}, "
-                 f"metrics {server.endpoints.metrics}" + (f", pid {server.pid}" if server.pid else " (attached)"))
-            probes = [probe_model(server.endpoints.grpc, spec) for spec in healthy]
+            self.backend = self._make_backend()
+            for target in self.targets:
+                server = target.server
+                _say(("server" if not target.name else f"server {target.name}")
+                     + f": http {server.endpoints.http}, grpc {server.endpoints.grpc}, "
+                     f"metrics {server.endpoints.metrics}" + (f", pid {server.pid}" if server.pid else " (attached)"))
+            probes = [probe_model(target.endpoints.grpc, spec) for target in self.targets for spec in healthy]
             _say(probe_table(probes))
             if not all(p.ok for p in probes):
                 _say("verdict: FAIL (a model did not answer its validated request; no load was sent)")
                 return RunOutcome(1, paths)
             base = config.source.parent if config.source else Path(".")
-            self.user_loads = resolve_loads(config.load, server.endpoints.grpc, base)
+            self.user_loads = resolve_loads(config.load, self.targets[0].endpoints.grpc, base)
             weights = {**dict(config.scenarios.weights), **{load.scenario: load.weight for load in self.user_loads}}
             scenario_table(weights, specs, config.scenarios, self.user_loads)
             for load in self.user_loads:
@@ -146,66 +157,116 @@ class Coordinator:
                      f", data {load.data}" + (f", {len(load.expect)} validation rows" if load.expect else ""))
             self._started = time.monotonic()
             deadline = self._started + config.run.duration
-            self._start_watch(helpers, specs, server, deadline)
-            for _ in range(config.workers.count):
-                self._spawn(workers, specs, server.endpoints, deadline)
+            self._start_watch(helpers, specs, deadline)
+            assignment = split_workers(config.workers.count, [t.info.weight for t in self.targets])
+            self._shares = {i: assignment.count(i) for i in range(len(self.targets))}
+            for target_index in assignment:
+                self._spawn(workers, specs, target_index, deadline)
             deadline = self._load_started(workers, deadline)
-            self._supervise(workers, specs, server, helpers, deadline, signals)
+            self._say_placement(workers)
+            self._supervise(workers, specs, helpers, deadline, signals)
             self._stop_workers(workers)
         except KeyboardInterrupt:
             self._incident("stopped at once by a second interrupt: plans in flight were cut off; the run stops")
             raise
         finally:
-            for process in workers.values():
-                if process.is_alive():  # type: ignore[attr-defined]
-                    process.kill()  # type: ignore[attr-defined]
-            self._clean_shm(server.endpoints)
+            for handle in workers.values():
+                if handle.is_alive():
+                    handle.kill()
+            for index in range(len(self.targets)):
+                self._clean_shm(index)
             self._stop_watch(helpers)
-            server.stop()
+            for target in self.targets:
+                target.server.stop()
+            if self.backend is not None:
+                self.backend.close()
             signals.restore()
             self.live.close()
         return self._report()
 
+    # -- servers and where the workers run ------------------------------------------------
+    def _start_servers(self, specs: tuple[ModelSpec, ...]) -> list[Target]:
+        """The [server] one (launched or attached), or each server of the `[[targets]]` fleet."""
+        config = self.config
+        if not config.targets:
+            server = start_server(config, self.paths, specs)
+            host = config.server.host if isinstance(server, LaunchedServer) else url_host(config.server.url)
+            return [Target(TargetInfo("", server.endpoints, host), server)]
+        wanted = [m.name for m in specs] + [entry.model for entry in config.load]
+        return [Target(info, attach_server(info.endpoints, wanted, timeout=config.server.startup_timeout))
+                for info in fleet(config)]
+
+    def _make_backend(self) -> WorkerBackend:
+        cluster = self.config.cluster
+        if cluster.backend == "ray":
+            self.keys = generate_run_keys()
+        try:
+            backend = make_backend(cluster, self.paths.run_id, self.keys.client if self.keys else None)
+        except ServerSetupError:
+            raise
+        except Exception as exc:  # Ray could not start or connect: a set-up error, said in one line
+            raise ServerSetupError(f"[cluster] backend = \"{cluster.backend}\": cannot start or reach the Ray "
+                                   f"cluster at {cluster.address or '(a new local one)'}: {exc}") from None
+        if backend.remote_endpoint:
+            _say(f"cluster: Ray; workers as actors, telemetry on {backend.remote_endpoint} (CURVE)")
+        return backend
+
     # -- the watch side -------------------------------------------------------------------
-    def _start_watch(self, helpers: dict, specs: tuple[ModelSpec, ...], server, deadline: float) -> None:
+    def _start_watch(self, helpers: dict, specs: tuple[ModelSpec, ...], deadline: float) -> None:
         config = self.config
         spec = AggregatorSpec(
             run_id=self.paths.run_id, endpoint=self._telemetry, store_path=str(self.store_path),
-            config_json=orjson.dumps({"config": config_to_dict(config), "detectors": self.settings.echo()},
+            config_json=orjson.dumps({"config": config_to_dict(config), "detectors": self.settings.echo(),
+                                      "targets": [{"name": t.name, "http": t.endpoints.http, "host": t.info.host,
+                                                   "weight": t.info.weight} for t in self.targets]},
                                      default=str).decode(),
             started_wall=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             origin_ns=int(self._started * 1e9), run_s=config.run.duration, settings=self.settings,
             timings=model_timings(specs), prometheus_port=config.report.prometheus_port,
+            remote_endpoint=self.backend.remote_endpoint if self.backend else "",
+            curve=self.keys.server if self.keys else None,
         )
         self._aggregator_spec = spec
         helpers["aggregator"] = start_aggregator(spec)
         self._incident_sender = TelemetrySender(self._telemetry, "coordinator", RecordBuffer((), (), ""))
-        self._start_monitor(helpers, server, deadline)
+        for index in range(len(self.targets)):
+            self._start_monitor(index, deadline)
         waited = time.monotonic() + 30.0
         while not self.store_path.exists() and time.monotonic() < waited and helpers["aggregator"].is_alive():
             time.sleep(0.05)
         if not self.store_path.exists():
             raise RuntimeError(f"the aggregator did not start (exit status {helpers['aggregator'].exitcode})")
 
-    def _start_monitor(self, helpers: dict, server, deadline: float) -> None:
-        helpers["monitor"] = start_monitor(MonitorSpec(
+    def _start_monitor(self, index: int, deadline: float) -> None:
+        """A launched server's monitor runs here; an attached server's in Ray mode runs on the
+        server's node (it finds the server by its port); else here, without /proc."""
+        target = self.targets[index]
+        server = target.server
+        launched = isinstance(server, LaunchedServer)
+        remote = bool(self.backend and self.backend.remote_endpoint) and not launched
+        assert self.backend is not None
+        self._monitors[index] = self.backend.start_monitor(MonitorSpec(
             server_pid=server.pid, metrics_url=server.endpoints.metrics, http_url=server.endpoints.http,
             run_id=self.paths.run_id, shm_prefixes=(f"tee_{self.paths.run_id}_", backend_region_prefix(self.paths.run_id)),
-            interval_s=self.settings.sample_interval_s, telemetry_endpoint=self._telemetry,
+            interval_s=self.settings.sample_interval_s,
+            telemetry_endpoint=self.backend.remote_endpoint if remote else self._telemetry,
             deadline_s=max(0.0, deadline - time.monotonic()) + AGGREGATOR_STOP_S + WORKER_START_S,
-        ))
+            series_prefix=f"target/{target.name}/" if target.name else "",
+            telemetry_keys=self.keys.client if remote and self.keys else None,
+            server_port=int(server.endpoints.http.rsplit(":", 1)[1]) if remote else 0,
+        ), target.info, launched)
 
-    def _restart_monitor(self, helpers: dict, server, deadline: float) -> None:
+    def _restart_monitor(self, index: int, deadline: float) -> None:
         """A restarted server is a new process: the monitor follows it from scratch (its series
         start again under the new pid, so the drop to a fresh server is never read as a trend)."""
-        old = helpers.get("monitor")
+        old = self._monitors.get(index)
         if old is not None and old.is_alive():
-            old.terminate()
+            old.stop()
             old.join(10.0)
             if old.is_alive():
                 old.kill()
                 old.join(5.0)
-        self._start_monitor(helpers, server, deadline)
+        self._start_monitor(index, deadline)
 
     def _restart_aggregator(self, helpers: dict) -> bool:
         """Start a new aggregator on the same store and socket: it goes on from the last commit
@@ -222,54 +283,77 @@ class Coordinator:
         return True
 
     def _stop_watch(self, helpers: dict) -> None:
-        """The monitor first (nothing more to sample), then the aggregator: it drains, closes the
+        """The monitors first (nothing more to sample), then the aggregator: it drains, closes the
         last windows, evaluates once more and commits."""
-        for name in ("monitor", "aggregator"):
-            process = helpers.get(name)
-            if process is None or not process.is_alive():
-                continue
+        for monitor in self._monitors.values():
+            monitor.stop()
+        for index, monitor in self._monitors.items():
+            monitor.join(10.0)
+            if monitor.is_alive():
+                self._incident(f"the monitor{self._of(index)} did not stop in time; killed")
+                monitor.kill()
+                monitor.join(5.0)
+        self._monitors.clear()
+        process = helpers.get("aggregator")
+        if process is not None and process.is_alive():
             process.terminate()
-            process.join(AGGREGATOR_STOP_S if name == "aggregator" else 10.0)
+            process.join(AGGREGATOR_STOP_S)
             if process.is_alive():
-                self._incident(f"the {name} did not stop in time; killed")
+                self._incident("the aggregator did not stop in time; killed")
                 process.kill()
                 process.join(5.0)
         if self._incident_sender is not None:
             self._incident_sender.close()
             self._incident_sender = None
 
+    def _of(self, index: int) -> str:
+        """" of server <name>" in a fleet, "" with one server: incidents read as before."""
+        name = self.targets[index].name
+        return f" of server {name}" if name else ""
+
     # -- workers --------------------------------------------------------------------------
-    def _spawn(self, workers: dict, models: tuple[ModelSpec, ...], endpoints, deadline: float) -> None:
+    def _spawn(self, workers: dict[int, Handle], models: tuple[ModelSpec, ...], target_index: int,
+               deadline: float) -> None:
         index = self._next_worker
         self._next_worker += 1
         block = self.config.workers.correlation_id_block
+        target = self.targets[target_index]
+        endpoints = target.endpoints
+        assert self.backend is not None
+        remote = bool(self.backend.remote_endpoint)
         spec = WorkerSpec(
             worker_id=index, run_id=self.paths.run_id, seed=self.config.run.seed, id_base=1 + index * block,
             id_block=block, grpc_url=endpoints.grpc, http_url=endpoints.http, protocol=self.config.workers.protocol,
             concurrency=self.config.workers.concurrency, models=models, scenarios=self.config.scenarios,
             # The coordinator ends the load (SIGTERM at its deadline, which may move later by up to
             # WORKER_START_S once the workers run); the worker's own deadline is only a backstop.
-            telemetry_endpoint=self._telemetry, deadline_s=max(0.0, deadline - time.monotonic()) + WORKER_START_S,
+            telemetry_endpoint=self.backend.remote_endpoint if remote else self._telemetry,
+            deadline_s=max(0.0, deadline - time.monotonic()) + WORKER_START_S,
             shm_mode=self.config.workers.shm,
             user_loads=self.user_loads,
             load=self.config.workers.load, rate=self.config.workers.rate,
             max_outstanding=self.config.workers.max_outstanding,
+            target=target.name, telemetry_keys=self.keys.client if remote and self.keys else None,
         )
-        workers[index] = start_worker(spec)
+        workers[index] = self.backend.start_worker(spec, target.info)
+        self._worker_target[index] = target_index
 
-    def _supervise(self, workers: dict, models, server, helpers: dict, deadline: float, signals: _Signals) -> None:
+    def _supervise(self, workers: dict[int, Handle], models, helpers: dict, deadline: float,
+                   signals: _Signals) -> None:
         reader = RunStore.open(self.store_path)
         try:
             while time.monotonic() < deadline and not signals.stop_requested:
                 time.sleep(LIVE_EVERY_S)
-                for index, process in list(workers.items()):
-                    if not process.is_alive() and time.monotonic() < deadline - 1.0:
-                        self._incident(f"worker {index} exited with status {process.exitcode}; replaced")
+                for index, handle in list(workers.items()):
+                    if not handle.is_alive() and time.monotonic() < deadline - 1.0:
+                        self._incident(f"worker {index} {handle.exit_text()}; replaced")
                         self._tell_aggregator(WORKER_GONE, f"worker-{index}")
-                        self._clean_shm(server.endpoints, worker_id=index)
+                        target_index = self._worker_target.pop(index)
+                        self._clean_shm(target_index, worker_id=index)
                         del workers[index]
-                        self._spawn(workers, models, server.endpoints, deadline)
-                if not server.is_running() and not self._recover_server(workers, models, server, helpers, deadline):
+                        self._spawn(workers, models, target_index, deadline)
+                lost = [i for i, t in enumerate(self.targets) if not t.server.is_running()]
+                if any(not self._recover_server(workers, models, i, helpers, deadline) for i in lost):
                     break
                 if not helpers["aggregator"].is_alive() and not self._restart_aggregator(helpers):
                     break
@@ -285,7 +369,7 @@ class Coordinator:
         if signals.stop_requested:
             self._incident("stop requested by signal; stopping gracefully")
 
-    def _load_started(self, workers: dict, deadline: float) -> float:
+    def _load_started(self, workers: dict[int, Handle], deadline: float) -> float:
         """Wait for every first worker's first heartbeat, then count the run's duration from there:
         on a loaded host a worker's start (imports, clients, shm registration) takes seconds, and a
         short run must not end before its load began. The supervisor handles workers that die."""
@@ -303,27 +387,42 @@ class Coordinator:
             reader.close()
         return max(deadline, time.monotonic() + self.config.run.duration)
 
-    def _kill_silent_workers(self, workers: dict, heartbeat_ages: dict[str, float]) -> None:
+    def _say_placement(self, workers: dict[int, Handle]) -> None:
+        """Ray: where each worker landed and why (into the store as events, and said)."""
+        if self.backend is None or not hasattr(self.backend, "describe"):
+            return
+        for index, handle in sorted(workers.items()):
+            text = self.backend.describe(index, handle)
+            _say(f"placement: {text}")
+            if self._incident_sender is not None:
+                self._incident_sender.event("placement", f"worker-{index}", "", text)  # one key each: all kept
+
+    def _kill_silent_workers(self, workers: dict[int, Handle], heartbeat_ages: dict[str, float]) -> None:
         """A worker alive but silent (a deadlocked event loop, a stuck native call) drives nothing
         and reports nothing: it is killed here, and replaced like a dead one on the next pass."""
-        for index, process in workers.items():
+        for index, handle in workers.items():
             age = heartbeat_ages.get(f"worker-{index}")
-            if age is not None and age > self.config.workers.silent_timeout and process.is_alive():
+            if age is not None and age > self.config.workers.silent_timeout and handle.is_alive():
                 self._incident(f"worker {index} sent no heartbeat for {age:.0f} s; killed")
-                process.kill()
-                process.join(5.0)
+                handle.kill()
+                handle.join(5.0)
 
-    def _recover_server(self, workers: dict, models, server, helpers: dict, deadline: float) -> bool:
-        """The server died (launched) or stopped answering (attached): stop the load, bring the
-        server back (start it again on its ports, or wait for it with backoff), clean what the old
-        workers left, and start fresh workers; they register their regions with the new server.
-        False when it does not come back: the run stops."""
+    def _recover_server(self, workers: dict[int, Handle], models, index: int, helpers: dict,
+                        deadline: float) -> bool:
+        """A server died (launched) or stopped answering (attached): stop its load, bring it back
+        (start it again on its ports, or wait for it with backoff), clean what its old workers
+        left, and start fresh workers for it; they register their regions with the new server.
+        The other servers of a fleet keep their load. False when it does not come back: the run stops."""
+        server = self.targets[index].server
         launched = isinstance(server, LaunchedServer)
         if launched:
             self._incident(f"the server exited (status {server.returncode})")
         else:
             self._incident(f"the server at {server.endpoints.http} stopped answering")
-        self._halt_workers(workers)
+        ours = {w: workers.pop(w) for w, t in list(self._worker_target.items()) if t == index and w in workers}
+        self._halt_workers(ours)
+        for w in ours:
+            self._worker_target.pop(w, None)
         if launched:
             if self._server_restarts >= self.config.server.restarts:
                 self._incident(f"no server restart left ([server] restarts = {self.config.server.restarts}); "
@@ -337,7 +436,7 @@ class Coordinator:
                 return False
             self._incident(f"the server runs again (restart {self._server_restarts} of "
                            f"{self.config.server.restarts}, pid {server.pid})")
-            self._restart_monitor(helpers, server, deadline)
+            self._restart_monitor(index, deadline)
         else:
             lost_at = time.monotonic()
             wait = min(self.config.server.reconnect_timeout, max(0.0, deadline - lost_at))
@@ -345,48 +444,52 @@ class Coordinator:
                 self._incident(f"the server did not come back within {wait:.0f} s; the run stops")
                 return False
             self._incident(f"the server answers again after {time.monotonic() - lost_at:.1f} s")
-        self._clean_shm(server.endpoints)
-        for _ in range(self.config.workers.count):
-            self._spawn(workers, models, server.endpoints, deadline)
+        self._clean_shm(index)
+        for _ in range(self._shares[index]):
+            self._spawn(workers, models, index, deadline)
         return True
 
-    def _halt_workers(self, workers: dict, grace_s: float = 10.0) -> None:
-        """Stop every worker now (their server is gone: nothing they would finish counts)."""
-        for process in workers.values():
-            if process.is_alive():
-                process.terminate()
+    def _halt_workers(self, workers: dict[int, Handle], grace_s: float = 10.0) -> None:
+        """Stop these workers now (their server is gone: nothing they would finish counts)."""
+        for handle in workers.values():
+            if handle.is_alive():
+                handle.stop()
         until = time.monotonic() + grace_s
         while time.monotonic() < until and any(p.is_alive() for p in workers.values()):
             time.sleep(0.1)
-        for process in workers.values():
-            if process.is_alive():
-                process.kill()
-                process.join(5.0)
+        for handle in workers.values():
+            if handle.is_alive():
+                handle.kill()
+                handle.join(5.0)
         workers.clear()
 
-    def _stop_workers(self, workers: dict) -> None:
+    def _stop_workers(self, workers: dict[int, Handle]) -> None:
         self._tell_aggregator(LOAD_STOPPED, "the coordinator stops the load")  # leak and drift: loaded time only
-        for process in workers.values():
-            if process.is_alive():
-                process.terminate()  # graceful: plans finish, final heartbeat
+        for handle in workers.values():
+            if handle.is_alive():
+                handle.stop()  # graceful: plans finish, final heartbeat
         grace = time.monotonic() + 2 * self.config.scenarios.sequence_deadline + 30
         while time.monotonic() < grace and any(p.is_alive() for p in workers.values()):
             time.sleep(0.2)
-        for index, process in workers.items():
-            if process.is_alive():
+        for index, handle in workers.items():
+            if handle.is_alive():
                 self._incident(f"worker {index} did not stop in time; killed")
-                process.kill()
+                handle.kill()
 
-    def _clean_shm(self, endpoints, worker_id: int | None = None) -> None:
-        """Unregister and unlink what a dead worker (or, at the end, any worker) left behind."""
-        client = grpcclient.InferenceServerClient(endpoints.grpc)
+    def _clean_shm(self, target_index: int, worker_id: int | None = None) -> None:
+        """Unregister and unlink, on the server's node, what a dead worker (or, at the end, any
+        worker) of this server left behind."""
+        target = self.targets[target_index]
         try:
-            report = cleanup(self.paths.run_id, client, worker_id=worker_id)
+            if self.backend is not None:
+                report = self.backend.clean_shm(self.paths.run_id, target.info, worker_id)
+            else:
+                from .cluster.backend import clean_here
+
+                report = clean_here(self.paths.run_id, target.endpoints.grpc, worker_id)
         except Exception as exc:  # the server may be gone; /dev/shm is cleaned on the next pass
-            self._incident(f"shared-memory cleanup failed: {exc}")
+            self._incident(f"shared-memory cleanup{self._of(target_index)} failed: {exc}")
             return
-        finally:
-            client.close()
         if report.unregistered or report.unlinked:
             whose = f"worker {worker_id}" if worker_id is not None else "the run"
             self._incident(f"shared memory left by {whose}: unregistered {len(report.unregistered)}, "

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS run (run_id TEXT NOT NULL, config TEXT NOT NULL, star
 CREATE TABLE IF NOT EXISTS windows (
     start_s REAL, length_s REAL, model TEXT, scenario TEXT, protocol TEXT, requests INTEGER, ok INTEGER,
     errors INTEGER, wrong INTEGER, expected_errors INTEGER, missing_errors INTEGER, throughput REAL,
-    mean_ms REAL, p50_ms REAL, p90_ms REAL, p95_ms REAL, p99_ms REAL, max_ms REAL, histogram BLOB);
+    mean_ms REAL, p50_ms REAL, p90_ms REAL, p95_ms REAL, p99_ms REAL, max_ms REAL, histogram BLOB,
+    target TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS windows_key ON windows (model, scenario, protocol, start_s);
 -- Series names are interned: a sample row is three numbers, not a repeated string.
 CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
@@ -80,6 +81,9 @@ class RunStore:
         self._writer = writer
         self.path = path
         self._series: dict[str, int] = {}
+        # A store written before windows had a target reads as one of a single server.
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(windows)")}
+        self._window_select = ", ".join(f if f in columns else f"'' AS {f}" for f in _WINDOW_FIELDS)
 
     @classmethod
     def create(cls, path: str | Path, run_id: str, config_json: str, started_wall: str) -> RunStore:
@@ -171,13 +175,13 @@ class RunStore:
         return RunInfo(run_id, orjson.loads(config), started)
 
     def windows(self, model: str | None = None, scenario: str | None = None,
-                protocol: str | None = None) -> list[WindowStats]:
+                protocol: str | None = None, target: str | None = None) -> list[WindowStats]:
         where, args = [], []
-        for column, value in (("model", model), ("scenario", scenario), ("protocol", protocol)):
+        for column, value in (("model", model), ("scenario", scenario), ("protocol", protocol), ("target", target)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        sql = f"SELECT {', '.join(_WINDOW_FIELDS)} FROM windows"
+        sql = f"SELECT {self._window_select} FROM windows"
         sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY start_s, model, scenario, protocol"
         return [WindowStats(*row) for row in self._db.execute(sql, args)]
 

@@ -30,13 +30,19 @@ EVENT_TEXTS = 5  # events per (what, model, scenario) sent with their text; the 
 
 class TelemetrySender:
     def __init__(self, endpoint: str, sender: str, buffer: RecordBuffer, *, context: zmq.Context | None = None,
-                 sndhwm: int = 1000) -> None:
+                 sndhwm: int = 1000, keys: Any = None) -> None:
+        """`keys`: the run's CURVE client keys (engine.cluster.keys.ClientKeys) when the endpoint
+        leaves the host; None on ipc and loopback."""
         self.sender = sender
         self.buffer = buffer
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.LINGER, 2000)  # on close, up to 2 s to hand over what is queued
+        if keys is not None:  # CURVE client: must be set before connect
+            self._socket.curve_serverkey = keys.server_public
+            self._socket.curve_publickey = keys.public
+            self._socket.curve_secretkey = keys.secret
         self._socket.connect(endpoint)
         self._seq = 0
         self._backlog: collections.deque[bytes] = collections.deque()

@@ -21,7 +21,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
-KIND_BATCH = "batch"  # body: {"protocol", "models", "scenarios", "columns": {name: bytes}, "count"}
+# body: {"protocol", "models", "scenarios", "columns": {name: bytes}, "count"}, and "target" (the
+# server's name) from a worker of a fleet
+KIND_BATCH = "batch"
 KIND_HEARTBEAT = "heartbeat"  # body: Heartbeat fields
 KIND_EVENT = "event"  # body: {"what", "model", "scenario", "text", "count", "time_ns"}
 KIND_RESOURCES = "resources"  # body: {"time_ns", "samples": {series name: value}}
@@ -75,6 +77,7 @@ class RecordBatch:
     models: tuple[str, ...]
     scenarios: tuple[str, ...]
     columns: dict[str, np.ndarray]
+    target: str = ""  # the server the records went to, in a fleet; "" with one server
 
     def __len__(self) -> int:
         return len(self.columns["start_ns"])
@@ -89,7 +92,8 @@ def decode_batch(message: Message) -> RecordBatch:
         if len(column) != count:
             raise ValueError(f"batch {message.seq} from {message.sender}: column {name} has {len(column)} rows, not {count}")
         columns[name] = column
-    return RecordBatch(body["protocol"], tuple(body["models"]), tuple(body["scenarios"]), columns)
+    return RecordBatch(body["protocol"], tuple(body["models"]), tuple(body["scenarios"]), columns,
+                       body.get("target", ""))
 
 
 @dataclass(frozen=True)
@@ -122,8 +126,10 @@ class RecordBuffer:
     `add` is on the hot path: seven stores into preallocated arrays, no allocation.
     """
 
-    def __init__(self, models: tuple[str, ...], scenarios: tuple[str, ...], protocol: str, capacity: int = 512):
+    def __init__(self, models: tuple[str, ...], scenarios: tuple[str, ...], protocol: str, capacity: int = 512,
+                 target: str = ""):
         self.models = models
+        self.target = target
         self.scenarios = scenarios
         self.protocol = protocol
         self.capacity = capacity
@@ -159,6 +165,7 @@ class RecordBuffer:
             "models": list(self.models),
             "scenarios": list(self.scenarios),
             "count": n,
+            **({"target": self.target} if self.target else {}),
             "columns": {name: column[:n].tobytes() for name, column in self._columns.items()},
         }
         self.count = 0

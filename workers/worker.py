@@ -71,6 +71,8 @@ class WorkerSpec:
     load: str = "closed"  # closed, constant or poisson
     rate: float = 10.0  # open loop: plans started per second
     max_outstanding: int = 256  # open loop: in flight before the schedule skips
+    target: str = ""  # the server this worker drives, by name, in a fleet ("" with one server)
+    telemetry_keys: Any = None  # CURVE client keys when the telemetry endpoint leaves the host
 
 
 def planners_for(user_loads: tuple[ResolvedLoad, ...]) -> dict[str, Callable[[PlanContext], Plan]]:
@@ -173,7 +175,8 @@ class Worker:
         self.models = {m.name: m for m in (*spec.models, *(load.spec for load in spec.user_loads))}
         self.model_codes = {name: i for i, name in enumerate(self.models)}
         self.sender = TelemetrySender(spec.telemetry_endpoint, f"worker-{spec.worker_id}",
-                                      RecordBuffer(tuple(self.models), self.scenarios, spec.protocol))
+                                      RecordBuffer(tuple(self.models), self.scenarios, spec.protocol, target=spec.target),
+                                      keys=spec.telemetry_keys)
         self.ids = IdSource(spec.id_base, spec.id_block, spec.worker_id)
         self.totals: dict[str, list[int]] = {name: [0, 0, 0] for name in self.scenarios}
         settings = spec.scenarios

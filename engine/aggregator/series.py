@@ -29,11 +29,25 @@ class Series:
         return t[first:], np.asarray(self.v[first:])
 
 
+TARGET_PREFIX = "target/"  # a fleet's monitors name their series target/<server name>/<series>
+
+
+def split_target(series_name: str) -> tuple[str, str]:
+    """'target/a/proc/server/fds' -> ('a', 'proc/server/fds'); a one-server name -> ('', name)."""
+    if series_name.startswith(TARGET_PREFIX):
+        target, _, rest = series_name[len(TARGET_PREFIX):].partition("/")
+        return target, rest
+    return "", series_name
+
+
 def process_of(series_name: str) -> str | None:
-    """'proc/stub/m_0_1/rss_anon' -> 'stub/m_0_1'; 'proc/server/fds' -> 'server'; else None."""
-    if not series_name.startswith("proc/"):
+    """'proc/stub/m_0_1/rss_anon' -> 'stub/m_0_1'; 'proc/server/fds' -> 'server';
+    'target/a/proc/server/fds' -> 'server on a'; else None."""
+    target, rest = split_target(series_name)
+    if not rest.startswith("proc/"):
         return None
-    return series_name[len("proc/"):].rsplit("/", 1)[0]
+    process = rest[len("proc/"):].rsplit("/", 1)[0]
+    return f"{process} on {target}" if target else process
 
 
 def field_of(series_name: str) -> str:

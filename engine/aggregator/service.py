@@ -27,6 +27,7 @@ from engine.detectors.leak import LeakDetector
 from engine.detectors.settings import DetectorSettings
 from engine.detectors.stall import ModelTiming, StallDetector, StallView, instance_model
 from engine.detectors.verdict import Verdict
+from engine.cluster.keys import ServerKeys, leaves_host, secure_server
 from engine.store import RunStore
 from workers.lifeline import stop_with_parent
 from workers.telemetry import (
@@ -40,7 +41,7 @@ from workers.telemetry import (
 )
 
 from .histogram import LatencyHistogram
-from .series import Series, field_of, process_of
+from .series import Series, field_of, process_of, split_target
 from .window_stats import WindowStats
 from .windows import WindowFolder
 
@@ -74,6 +75,10 @@ class AggregatorSpec:
     settings: DetectorSettings
     timings: dict[str, ModelTiming] = field(default_factory=dict)
     prometheus_port: int = 0  # 0 = no endpoint
+    # A second PULL socket for senders on other hosts (Ray actors): "" = none. When it listens
+    # beyond loopback it is a CURVE server that lets in only the run's client key (`curve`).
+    remote_endpoint: str = ""
+    curve: ServerKeys | None = None
 
 
 @dataclass
@@ -90,9 +95,24 @@ class Aggregator:
         self.spec = spec
         s = spec.settings
         self.store = RunStore.create(spec.store_path, spec.run_id, spec.config_json, spec.started_wall)
-        self._socket = (context or zmq.Context.instance()).socket(zmq.PULL)
+        context = context or zmq.Context.instance()
+        self._socket = context.socket(zmq.PULL)
         self._socket.setsockopt(zmq.RCVHWM, 100_000)
         self._socket.bind(spec.endpoint)
+        self._sockets = [self._socket]
+        self._auth = None
+        if spec.remote_endpoint:
+            remote = context.socket(zmq.PULL)
+            remote.setsockopt(zmq.RCVHWM, 100_000)
+            if leaves_host(spec.remote_endpoint):
+                if spec.curve is None:
+                    raise ValueError(f"{spec.remote_endpoint} listens beyond loopback: it needs the run's CURVE keys")
+                self._auth = secure_server(remote, spec.curve, context)
+            remote.bind(spec.remote_endpoint)
+            self._sockets.append(remote)
+        self._poller = zmq.Poller()
+        for socket in self._sockets:
+            self._poller.register(socket, zmq.POLLIN)
         self.folder = WindowFolder(spec.origin_ns, s.window_s)
         self.senders: dict[str, _Sender] = collections.defaultdict(_Sender)
         self.last_answer: dict[str, float] = {}
@@ -103,9 +123,9 @@ class Aggregator:
         self.leak: dict[str, LeakDetector] = {}
         self.discrete: dict[str, DiscreteLeakDetector] = {}
         self._missing: set[str] = set()  # workers whose heartbeats stopped (reported once)
-        self.drift: dict[tuple[str, str, str], DriftDetector] = {}
+        self.drift: dict[tuple[str, str, str, str], DriftDetector] = {}  # (model, scenario, protocol, target)
         self.common_drift: DriftDetector | None = None
-        self.drift_points: dict[tuple[str, str, str], list[tuple[float, float, float, int]]] = \
+        self.drift_points: dict[tuple[str, str, str, str], list[tuple[float, float, float, int]]] = \
             collections.defaultdict(list)
         self.stall = StallDetector(s.stall, spec.timings)
         self.errors = ErrorDetector(tuple(d for d in s.enabled if d in ("errors", "wrong_answers")))
@@ -148,11 +168,16 @@ class Aggregator:
     # -- messages -------------------------------------------------------------------------
     def poll(self, timeout_s: float) -> int:
         handled = 0
-        if not self._socket.poll(int(timeout_s * 1000)):
-            return 0
+        ready = [socket for socket, _ in self._poller.poll(int(timeout_s * 1000))]
+        for socket in ready:
+            handled += self._drain(socket)
+        return handled
+
+    def _drain(self, socket: zmq.Socket) -> int:
+        handled = 0
         while True:
             try:
-                data = self._socket.recv(zmq.NOBLOCK)
+                data = socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return handled
             try:
@@ -219,10 +244,11 @@ class Aggregator:
         samples: dict[str, float] = body.get("samples", {})
         self.store.add_resources(at, samples)
         for name, value in samples.items():
-            if name.startswith("model/") and name.endswith("/pending"):
+            target, plain = split_target(name)
+            if not target and name.startswith("model/") and name.endswith("/pending"):
                 self.pending[name[len("model/"):-len("/pending")]] = float(value)
             process = process_of(name)
-            if name in SHM_SERIES:
+            if plain in SHM_SERIES:
                 self.series.setdefault(name, Series()).append(at, float(value), float(self.requests))
             if process is None:
                 continue
@@ -234,13 +260,12 @@ class Aggregator:
             series = self.series.get(name)
             if series is None:
                 series = self.series[name] = Series()
-            model = instance_model(process[len("stub/"):]) if process.startswith("stub/") else ""
+            model = instance_model(process[len("stub/"):].split(" on ", 1)[0]) if process.startswith("stub/") else ""
             series.append(at, float(value), float(self.completed[model] if model else self.requests))
 
     def _restart(self, process: str) -> None:
         """A new pid behind a process name: its old series and leak state do not continue."""
-        prefix = f"proc/{process}/"
-        for name in [n for n in self.series if n.startswith(prefix)]:
+        for name in [n for n in self.series if process_of(n) == process]:
             del self.series[name]
             self.leak.pop(name, None)
             self.discrete.pop(name, None)
@@ -311,10 +336,11 @@ class Aggregator:
         for w in closed:
             if w.ok + w.wrong < s.drift_min_requests:
                 continue
-            key = (w.model, w.scenario, w.protocol)
+            key = (w.model, w.scenario, w.protocol, w.target)
             self.drift_points[key].append((w.start_s, w.p50_ms, w.p99_ms, w.ok + w.wrong))
             if key not in self.drift:
-                self.drift[key] = DriftDetector(f"{w.model} {w.scenario} {w.protocol}", s.drift)
+                where = f" on {w.target}" if w.target else ""
+                self.drift[key] = DriftDetector(f"{w.model} {w.scenario} {w.protocol}{where}", s.drift)
             fresh.add(key)
         if not fresh:
             return []
@@ -378,7 +404,7 @@ class Aggregator:
     def _leaks(self, now: float) -> list[Verdict]:
         out: list[Verdict] = []
         for name, series in self.series.items():
-            unit = SHM_SERIES.get(name) or (field_of(name) if field_of(name) in DISCRETE_FIELDS else "")
+            unit = SHM_SERIES.get(split_target(name)[1]) or (field_of(name) if field_of(name) in DISCRETE_FIELDS else "")
             if unit:
                 out += self._discrete(name, unit, series, now)
                 continue
@@ -399,8 +425,9 @@ class Aggregator:
         if detector is None:
             process = process_of(name)
             pid = self.pids.get(process or "")
+            target = split_target(name)[0]
             subject = f"{process} (pid {pid:.0f}) {unit}" if pid else f"{process} {unit}" if process else \
-                f"the run's /dev/shm {unit}"
+                f"the run's /dev/shm {unit}" + (f" on {target}" if target else "")
             params = dataclasses.replace(self.spec.settings.discrete, min_rise=RISE_GATES[unit])
             detector = self.discrete[name] = DiscreteLeakDetector(subject, unit, params)
         t, v, _ = series.arrays()
@@ -473,7 +500,10 @@ class Aggregator:
         }
 
     def close(self) -> None:
-        self._socket.close(0)
+        for socket in self._sockets:
+            socket.close(0)
+        if self._auth is not None:
+            self._auth.stop()
         if self.prometheus is not None:
             self.prometheus.close()
         self.store.close()

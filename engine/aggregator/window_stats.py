@@ -1,4 +1,4 @@
-"""One closed window of one (model, scenario, protocol): the value the aggregator folds records
+"""One closed window of one (model, scenario, protocol, target): the value the aggregator folds records
 into, the store keeps, and the drift and error detectors and the reports read."""
 
 from __future__ import annotations
@@ -30,3 +30,5 @@ class WindowStats:
     # The window's latency histogram (LatencyHistogram.to_bytes()), so whole-run percentiles
     # come from merging windows.
     histogram: bytes = b""
+    # The server the requests went to, by name, when the run drives a fleet ("" with one server).
+    target: str = ""

@@ -1,4 +1,5 @@
-"""Fold request records into fixed windows per (model, scenario, protocol), a batch at a time.
+"""Fold request records into fixed windows per (model, scenario, protocol, target), a batch at a
+time (target: the server's name in a fleet, "" with one server).
 
 A record belongs to the window in which its request *completed* (start + latency), so a window
 is closed once its end plus a short lateness has passed: every record of it has been sent by then
@@ -9,6 +10,7 @@ flat over a run of any length."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 import numpy as np
@@ -57,9 +59,9 @@ class WindowFolder:
         self.late_records = 0  # records that came after their window had closed
         # Series: (model, scenario, protocol) -> a small id; and per sender name table, the series
         # id of every (model code, scenario code) pair, flattened, so a batch maps with one take.
-        self._series: list[tuple[str, str, str]] = []
-        self._series_ids: dict[tuple[str, str, str], int] = {}
-        self._tables: dict[tuple[str, tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
+        self._series: list[tuple[str, str, str, str]] = []  # (model, scenario, protocol, target)
+        self._series_ids: dict[tuple[str, str, str, str], int] = {}
+        self._tables: dict[tuple[str, tuple[str, ...], tuple[str, ...], str], np.ndarray] = {}
         # Open windows: sorted keys, the row of each; rows not in use.
         self._keys = np.zeros(0, dtype=np.int64)
         self._rows = np.zeros(0, dtype=np.int64)
@@ -114,21 +116,21 @@ class WindowFolder:
         if int(model.max()) >= len(models) or int(scenario.max()) >= len(scenarios):
             raise ValueError(f"batch codes beyond its name tables: model {int(model.max())} of {len(models)}, "
                              f"scenario {int(scenario.max())} of {len(scenarios)}")
-        names = (batch.protocol, models, scenarios)
+        names = (batch.protocol, models, scenarios, batch.target)
         table = self._tables.get(names)
         if table is None:
             if len(self._tables) >= _TABLES_KEPT:  # name tables that never repeat: forget, not grow
                 self._tables.clear()
             table = self._tables[names] = np.array(
-                [self._series_id(m, s, batch.protocol) for m in models for s in scenarios], dtype=np.int64)
+                [self._series_id((m, s, batch.protocol, batch.target)) for m in models for s in scenarios],
+                dtype=np.int64)
         return table[model.astype(np.intp) * len(scenarios) + scenario]
 
-    def _series_id(self, model: str, scenario: str, protocol: str) -> int:
-        name = (model, scenario, protocol)
+    def _series_id(self, name: tuple[str, str, str, str]) -> int:
         found = self._series_ids.get(name)
         if found is None:
             if len(self._series) > _SERIES_MASK:
-                raise ValueError(f"more than {_SERIES_MASK + 1} (model, scenario, protocol) series")
+                raise ValueError(f"more than {_SERIES_MASK + 1} (model, scenario, protocol, target) series")
             found = self._series_ids[name] = len(self._series)
             self._series.append(name)
         return found
@@ -218,7 +220,7 @@ class WindowFolder:
         return out
 
     def _stats(self, key: int, row: int) -> WindowStats:
-        model, scenario, protocol = self._series[key & _SERIES_MASK]
+        model, scenario, protocol, target = self._series[key & _SERIES_MASK]
         index = key >> _SERIES_BITS
         counts = self._counts[row].tolist()
         ok, errors, wrong = counts[STATUS_OK], counts[STATUS_ERROR], counts[STATUS_WRONG]
@@ -229,7 +231,7 @@ class WindowFolder:
         p50, p90, p95, p99 = h.percentiles(_PERCENTILES)
         requests = sum(counts)
         ms = 1e-6
-        return WindowStats(
+        stats = WindowStats(
             start_s=index * self.window_s, length_s=self.window_s, model=model, scenario=scenario,
             protocol=protocol, requests=requests, ok=ok, errors=errors, wrong=wrong, expected_errors=expected,
             missing_errors=missing, throughput=requests / self.window_s, mean_ms=h.mean_ns * ms,
@@ -237,6 +239,9 @@ class WindowFolder:
             # No answered request, no histogram: b"" (from_bytes reads it as an empty one).
             histogram=h.to_bytes() if h.count else b"",
         )
+        # The target only when there is one: passing it for every window made CPython 3.11 keep a
+        # few hundred KiB more (a plateau, freed by gc.collect(); tests/test_windows.py checks flat memory).
+        return dataclasses.replace(stats, target=target) if target else stats
 
 
 def merge_windows(rows: Iterable[WindowStats]) -> LatencyHistogram:

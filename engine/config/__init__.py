@@ -13,6 +13,7 @@ from ._sections import (
     LONG_DURATION_S,
     REFERENCE_DURATION_S,
     SCENARIOS,
+    ClusterSection,
     Config,
     DetectorsSection,
     EmailSection,
@@ -23,6 +24,7 @@ from ._sections import (
     RunSection,
     ScenariosSection,
     ServerSection,
+    TargetSection,
     WorkersSection,
 )
 
@@ -31,6 +33,7 @@ __all__ = [
     "LONG_DURATION_S",
     "REFERENCE_DURATION_S",
     "SCENARIOS",
+    "ClusterSection",
     "Config",
     "ConfigError",
     "DetectorsSection",
@@ -42,6 +45,7 @@ __all__ = [
     "RunSection",
     "ScenariosSection",
     "ServerSection",
+    "TargetSection",
     "WorkersSection",
     "config_from_dict",
     "config_to_dict",

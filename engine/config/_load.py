@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import difflib
 import os
 import secrets
@@ -77,9 +78,9 @@ def config_from_dict(data: dict[str, Any], *, source: Path | None = None, enviro
         if name == "scenarios" and isinstance(table, dict) and isinstance(table.get("weights"), dict):
             # A weights table overrides the defaults it names; the others keep the suite's weights.
             table = {**table, "weights": {**DEFAULT_WEIGHTS, **table["weights"]}}
-        if name == "load":  # an array of tables: [[load]]
-            hint = typing.get_type_hints(Config)["load"]
-            sections[name] = reader.convert(hint, table, "load", {})
+        if name in ("load", "targets"):  # arrays of tables: [[load]], [[targets]]
+            hint = typing.get_type_hints(Config)[name]
+            sections[name] = reader.convert(hint, table, name, {})
             continue
         sections[name] = reader.read(type(default), table, name)
     config = Config(**sections, source=source)
@@ -119,10 +120,27 @@ def _finish(config: Config, data: dict[str, Any], reader: Reader, environ: Mappi
     if sc.steady_load_queue_low >= sc.steady_load_queue_high:
         raise reader.fail("scenarios.steady_load_queue_low", sc.steady_load_queue_low,
                           f"must be below steady_load_queue_high ({sc.steady_load_queue_high:g} s)")
+    _check_targets(config, reader)
     email = config.report.email
     if email.smtp_host and (not email.sender or not email.recipients):
         raise reader.fail("report.email.smtp_host", email.smtp_host, "e-mail needs sender and recipients too")
     return dataclasses.replace(config, run=run)
+
+
+def _check_targets(config: Config, reader: Reader) -> None:
+    targets = config.targets
+    if targets and (config.server.url or config.server.binary):
+        raise reader.fail("targets[0].url", targets[0].url,
+                          "[[targets]] attaches to a fleet of running servers; leave [server] url and binary empty")
+    names = [t.name or t.url for t in targets]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise reader.fail(f"targets[{i}].name", name, "every target needs its own name (or URL)")
+    if config.cluster.backend == "ray" and importlib.util.find_spec("ray") is None:  # found, not imported
+        raise reader.fail("cluster.backend", "ray", "Ray is not installed: pip install 'triton-endurance[ray]'")
+    if len(targets) > config.workers.count:
+        raise reader.fail("workers.count", config.workers.count,
+                          f"must be at least the number of [[targets]] ({len(targets)}): each server gets a worker")
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -217,6 +217,42 @@ class PerfSection:
                                                         "the wait for requests in flight when a point ends"})
 
 
+CLUSTER_BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    """Where the workers run: processes on this host (local), or Ray actors over a cluster."""
+
+    backend: str = field(default="local", metadata={
+        "choices": CLUSTER_BACKENDS, "help": "local: worker processes on this host; ray: Ray actors on a cluster"})
+    address: str = field(default="", metadata={
+        "help": 'Ray cluster address ("auto", "host:6379", "ray://host:10001"); "" = start a Ray instance here'})
+    node_ip_address: str = field(default="", metadata={
+        "help": 'this host\'s address in the Ray cluster (Ray\'s --node-ip-address); "" = Ray\'s own guess'})
+    telemetry_host: str = field(default="", metadata={
+        "help": 'address the aggregator listens on for remote senders; "" = this node\'s address as Ray sees it'})
+    telemetry_port: int = field(default=0, metadata={
+        "min": 0, "max": 65535, "help": "port of that listener; 0 = a free one"})
+    worker_cpus: float = field(default=1.0, metadata={
+        "min": 0, "help": "CPUs Ray reserves for each worker actor (fractions allowed)"})
+    node_resource_prefix: str = field(default="triton-host:", metadata={
+        "help": "custom Ray resource that marks the node of a server host: <prefix><host>"})
+
+
+@dataclass(frozen=True)
+class TargetSection:
+    """One `[[targets]]` entry: a running server of a fleet the load is spread over."""
+
+    url: str = field(metadata={"help": "HTTP address of the server (host:port)"})
+    name: str = field(default="", metadata={"help": 'name in the report; "" = the URL'})
+    grpc_url: str = field(default="", metadata={"help": '"" = HTTP port + 1'})
+    metrics_url: str = field(default="", metadata={"help": '"" = HTTP port + 2'})
+    host: str = field(default="", metadata={
+        "help": 'the node the server runs on (placement of shm workers and of its monitor); "" = the URL\'s host'})
+    weight: float = field(default=1.0, metadata={"min_exclusive": 0, "help": "share of the workers"})
+
+
 @dataclass(frozen=True)
 class Config:
     run: RunSection = field(default_factory=RunSection)
@@ -228,4 +264,7 @@ class Config:
     report: ReportSection = field(default_factory=ReportSection)
     perf: PerfSection = field(default_factory=PerfSection)
     load: tuple[LoadSection, ...] = field(default=(), metadata={"help": "models of your own to drive"})
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+    targets: tuple[TargetSection, ...] = field(default=(), metadata={
+        "help": "a fleet of running servers to spread the load over; () = the [server] one"})
     source: Path | None = field(default=None, metadata={"help": "the file this config came from"})

@@ -23,7 +23,7 @@ class ErrorDetector:
 
     enabled: tuple[str, ...] = ("errors", "wrong_answers")
     raised: list[Verdict] = field(default_factory=list)
-    _seen: set[tuple[str, str, str]] = field(default_factory=set)
+    _seen: set[tuple[str, str, str, str]] = field(default_factory=set)
 
     def evaluate(self, windows: Iterable[WindowStats], now_s: float,
                  samples: Mapping[str, list[str]] | None = None) -> list[Verdict]:
@@ -33,13 +33,14 @@ class ErrorDetector:
         for w in windows:
             for detector, kind, count in (("errors", "ERRORS", w.errors), ("errors", "MISSING-ERROR", w.missing_errors),
                                           ("wrong_answers", "WRONG", w.wrong)):
-                key = (kind, w.model, w.scenario)
+                key = (kind, w.model, w.scenario, w.target)
                 if count == 0 or detector not in self.enabled or key in self._seen:
                     continue
                 self._seen.add(key)
                 rate = count / max(1, w.requests)
                 out.append(Verdict(
-                    detector, kind, f"{w.model} in {w.scenario} over {w.protocol}", w.start_s, now_s, float(count),
+                    detector, kind, f"{w.model} in {w.scenario} over {w.protocol}"
+                    + (f" on {w.target}" if w.target else ""), w.start_s, now_s, float(count),
                     "requests", float(count), float(count),
                     {"window_requests": float(w.requests), "window_rate": rate, "window_s": w.length_s},
                     tuple(samples.get(w.scenario, ())[:3]),

@@ -62,3 +62,30 @@ def shm_footprint(prefixes: tuple[str, ...], directory: Path = Path("/dev/shm"))
                 continue
             files += 1
     return files, size
+
+
+def listener_pid(port: int) -> int | None:
+    """The process listening on TCP `port` on this host (an attached server's, found by its HTTP
+    port), or None: none listens, or it belongs to a user whose /proc we cannot read."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{parts[9]}]")
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in os.listdir(entry / "fd"):
+                if os.readlink(entry / "fd" / fd) in inodes:
+                    return int(entry.name)
+        except OSError:
+            continue
+    return None

@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from engine.server import find_stub_processes
 from workers.lifeline import stop_with_parent
@@ -25,7 +26,7 @@ from workers.sender import TelemetrySender
 from workers.telemetry import KIND_RESOURCES, RecordBuffer
 
 from .metrics import fetch_metrics, fetch_model_stats, safe_name
-from .procfs import sample_process, shm_footprint
+from .procfs import listener_pid, sample_process, shm_footprint
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class MonitorSpec:
     interval_s: float
     telemetry_endpoint: str
     deadline_s: float  # from start
+    # A fleet: each server's series are named "target/<name>/<series>" (see engine.cluster.series).
+    series_prefix: str = ""
+    telemetry_keys: Any = None  # CURVE client keys when the telemetry endpoint leaves the host
+    # An attached server on the monitor's own node: found by the process listening on this port.
+    server_port: int = 0
 
 
 class _Nvml:
@@ -77,22 +83,32 @@ class Monitor:
         self.errors: list[str] = []
         self._count = 0
         self._known: list = []  # the stubs found by the last search of the process tree
-        self._nvml = _Nvml() if spec.server_pid is not None else None
+        self.server_pid = spec.server_pid
+        if self.server_pid is None and spec.server_port:
+            self.server_pid = listener_pid(spec.server_port)
+        self._nvml = _Nvml() if self.server_pid is not None else None
 
     def sample(self) -> dict[str, float]:
+        out = self._sample()
+        prefix = self.spec.series_prefix
+        return {f"{prefix}{k}": v for k, v in out.items()} if prefix else out
+
+    def _sample(self) -> dict[str, float]:
         began = time.perf_counter()
         out: dict[str, float] = {}
         spec = self.spec
         detailed = self._count % DETAIL_EVERY == 0
         self._count += 1
-        if spec.server_pid is not None:
-            server = sample_process(spec.server_pid, detailed)
+        if self.server_pid is None and spec.server_port and detailed:  # an attached server that came back
+            self.server_pid = listener_pid(spec.server_port)
+        if self.server_pid is not None:
+            server = sample_process(self.server_pid, detailed)
             if server is not None:
                 out.update({f"proc/server/{k}": v for k, v in server.items()})
             # Searching the server's threads for children costs ~90 ms: done every few samples,
             # and at once when a known stub is gone.
             if detailed or not self._known:
-                self._known = find_stub_processes(spec.server_pid)
+                self._known = find_stub_processes(self.server_pid)
             stubs = {}
             for stub in self._known:
                 figures = sample_process(stub.pid, detailed)
@@ -103,7 +119,9 @@ class Monitor:
                 stubs[name] = stub.pid
                 out.update({f"proc/stub/{name}/{k}": v for k, v in figures.items()})
             self.stubs = stubs
-            gpu = self._nvml.process_bytes(spec.server_pid) if self._nvml else None
+            if server is None and spec.server_port:
+                self.server_pid = None  # gone: look for the new one by its port next time
+            gpu = self._nvml.process_bytes(self.server_pid) if self._nvml and self.server_pid else None
             if gpu is not None:
                 out["proc/server/gpu_bytes"] = gpu
         files, size = shm_footprint(spec.shm_prefixes)
@@ -124,7 +142,13 @@ def monitor_main(spec: MonitorSpec) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     parent = multiprocessing.parent_process()
     stop_with_parent(parent.pid if parent else None)
-    sender = TelemetrySender(spec.telemetry_endpoint, "monitor", RecordBuffer((), (), ""))
+    run_monitor(spec, stop)
+
+
+def run_monitor(spec: MonitorSpec, stop: threading.Event) -> None:
+    """Sample until the deadline or `stop` (a process's signal, or a Ray actor's stop call)."""
+    sender_name = f"monitor-{spec.series_prefix.strip('/').rsplit('/', 1)[-1]}" if spec.series_prefix else "monitor"
+    sender = TelemetrySender(spec.telemetry_endpoint, sender_name, RecordBuffer((), (), ""), keys=spec.telemetry_keys)
     monitor = Monitor(spec)
     end = time.monotonic() + spec.deadline_s
     reported: set[str] = set()
@@ -146,7 +170,7 @@ def monitor_main(spec: MonitorSpec) -> None:
                     reported.add(error)
                     sender.event("monitor_error", "", "", error)
             sender.flush_events()
-            stop.wait(max(0.0, spec.interval_s - samples["monitor/sample_ms"] / 1000))
+            stop.wait(max(0.0, spec.interval_s - samples[f"{spec.series_prefix}monitor/sample_ms"] / 1000))
         if stop.is_set():  # stopped after the load: one last look, so the server's final counts are kept
             sender.send(KIND_RESOURCES, {"time_ns": time.monotonic_ns(), "samples": monitor.sample()})
     finally:

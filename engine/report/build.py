@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from engine.aggregator.series import split_target
 from engine.aggregator.windows import merge_windows
 from engine.store import RunStore
 from engine.stress_report import DESCRIPTIONS
@@ -55,6 +56,30 @@ class LatencyRow:
     p95_ms: float
     p99_ms: float
     max_ms: float
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """One server of the run (the only one, or one of a fleet): its share of the load, its
+    latency and the verdicts that name it. `latency` rows are this server's alone; the report's
+    top-level `latency` is the total over every server."""
+
+    name: str  # "" for the single server of a one-server run
+    url: str  # its HTTP address
+    host: str  # the node it runs on, as configured
+    weight: float
+    requests: int
+    ok: int
+    errors: int
+    wrong: int
+    expected_errors: int
+    missing_errors: int
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    latency: list[LatencyRow]
+    verdicts: list[int]  # ids of the verdicts whose subject names this server (all of them with one)
 
 
 @dataclass(frozen=True)
@@ -104,14 +129,16 @@ class RunReport:
     first_texts: dict[str, str]  # "what in scenario" -> its first text
     figures: dict[str, Any]  # the aggregator's last live figures (lost messages, late records, ...)
     config: dict[str, Any] = field(default_factory=dict)
+    servers: list[ServerSection] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _latency(store: RunStore) -> list[LatencyRow]:
+def _latency(store: RunStore, windows: list | None = None) -> list[LatencyRow]:
+    """Per (model, scenario, protocol), merged over every server (or over `windows` alone)."""
     groups = collections.defaultdict(list)
-    for w in store.windows():
+    for w in store.windows() if windows is None else windows:
         groups[(w.model, w.scenario, w.protocol)].append(w)
     rows = []
     for (model, scenario, protocol), windows in sorted(groups.items()):
@@ -129,12 +156,38 @@ def _latency(store: RunStore) -> list[LatencyRow]:
 def _resources(store: RunStore) -> list[ResourceSummary]:
     out = []
     for name in store.series_names():
-        if not (name.startswith("proc/") and name.rsplit("/", 1)[-1] in SUMMARY_FIELDS) and not name.startswith("shm/"):
+        plain = split_target(name)[1]  # a fleet's series: target/<server>/proc/...
+        if not (plain.startswith("proc/") and plain.rsplit("/", 1)[-1] in SUMMARY_FIELDS) and not plain.startswith("shm/"):
             continue
         _, values = store.series(name)
         if len(values):
             out.append(ResourceSummary(name, float(values[0]), float(values[-1]), float(values.min()),
                                        float(values.max()), len(values)))
+    return out
+
+
+def _servers(store: RunStore, info_config: dict[str, Any], verdicts: list[VerdictEntry]) -> list[ServerSection]:
+    """A section per server: the fleet's `[[targets]]` as the run recorded them, or the one server."""
+    targets = info_config.get("targets")
+    if not targets:  # a store from before fleets: its one server, from the resolved config
+        server = info_config.get("config", {}).get("server", {})
+        targets = [{"name": "", "http": server.get("url", "") or server.get("host", ""), "host": "", "weight": 1.0}]
+    by_target = collections.defaultdict(list)
+    for w in store.windows():
+        by_target[w.target].append(w)
+    out = []
+    for t in targets:
+        name = t.get("name", "")
+        windows = by_target.get(name, [])
+        h = merge_windows(windows)
+        span = len({w.start_s for w in windows}) * (windows[0].length_s if windows else 0.0)
+        total = {k: sum(getattr(w, k) for w in windows)
+                 for k in ("requests", "ok", "errors", "wrong", "expected_errors", "missing_errors")}
+        named = [v.id for v in verdicts if not name or v.subject.endswith(f" on {name}") or f" on {name} " in v.subject]
+        out.append(ServerSection(
+            name=name, url=t.get("http", ""), host=t.get("host", ""), weight=float(t.get("weight", 1.0)), **total,
+            throughput=total["requests"] / span if span else 0.0, p50_ms=h.percentile(50) * 1e-6,
+            p99_ms=h.percentile(99) * 1e-6, max_ms=h.max_ns * 1e-6, latency=_latency(store, windows), verdicts=named))
     return out
 
 
@@ -162,7 +215,7 @@ def build_report(store: RunStore) -> RunReport:
         duration_s=float(figures.get("time_s", 0.0)), ended_normally=ended, verdict="PASS" if ok else "FAIL",
         exit_code=0 if ok else 1, scenarios=scenarios, verdicts=verdicts, incidents=incidents,
         latency=_latency(store), resources=_resources(store), events=dict(events), first_texts=first_texts,
-        figures=figures, config=info.config,
+        figures=figures, config=info.config, servers=_servers(store, info.config, verdicts),
     )
 
 

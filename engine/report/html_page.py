@@ -129,6 +129,18 @@ def render_html(report: RunReport, store: RunStore) -> str:
                          "p99 ms", "max ms"],
                         [[r.model, r.scenario, r.protocol, r.requests, r.errors + r.missing_errors, r.wrong,
                           r.throughput, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms] for r in report.latency]))
+    if len(report.servers) > 1:
+        parts.append("<h2>Servers</h2>")
+        parts.append(_table(["server", "url", "host", "weight", "requests", "failed", "wrong", "req/s", "p50 ms",
+                             "p99 ms", "max ms", "verdicts"],
+                            [[s.name, s.url, s.host, s.weight, s.requests, s.errors + s.missing_errors, s.wrong,
+                              s.throughput, s.p50_ms, s.p99_ms, s.max_ms, len(s.verdicts)] for s in report.servers]))
+        for s in report.servers:
+            parts.append(f"<h3>{html.escape(s.name)}: latency per model, scenario and protocol</h3>")
+            parts.append(_table(["model", "scenario", "protocol", "requests", "failed", "wrong", "req/s", "p50 ms",
+                                 "p99 ms", "max ms"],
+                                [[r.model, r.scenario, r.protocol, r.requests, r.errors + r.missing_errors, r.wrong,
+                                  r.throughput, r.p50_ms, r.p99_ms, r.max_ms] for r in s.latency]))
     parts.append("<h2>Over time</h2>")
     parts += _latency_charts(store, markers)
     parts.append("<h2>Resources</h2>")

@@ -29,6 +29,13 @@ def render_summary(report: RunReport) -> str:
             lines.append(f"{r.model:<24} {r.scenario:<22} {r.protocol:<11} {r.requests:>9} "
                          f"{r.errors + r.missing_errors:>5} {r.wrong:>5} {r.throughput:>8.1f} {r.p50_ms:>8.2f} "
                          f"{r.p99_ms:>8.2f} {r.max_ms:>8.1f}")
+    if len(report.servers) > 1:
+        lines.append("")
+        lines.append(f"{'server':<24} {'host':<16} {'weight':>6} {'requests':>9} {'fail':>5} {'wrong':>5} "
+                     f"{'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'verdicts':>8}")
+        for s in report.servers:
+            lines.append(f"{s.name:<24} {s.host:<16} {s.weight:>6g} {s.requests:>9} {s.errors + s.missing_errors:>5} "
+                         f"{s.wrong:>5} {s.throughput:>8.1f} {s.p50_ms:>8.2f} {s.p99_ms:>8.2f} {len(s.verdicts):>8}")
     lines.append("")
     for at, what in report.incidents:
         lines.append(f"incident [{hhmmss(at)}]: {what}")
