@@ -44,7 +44,7 @@ import numpy as np
 import orjson
 from scipy import stats
 
-from common import ROOT, BenchResult, Target  # isort: skip
+from common import ROOT, BenchResult, Target, cpu_seconds  # isort: skip
 from engine.run_setup import backend_region_prefix  # noqa: E402  (common put the repo root on sys.path)
 from shm._naming import PREFIX as SHM_PREFIX  # noqa: E402  ("tee_": every region's prefix)
 
@@ -185,12 +185,24 @@ class Series:
     times: list[float] = field(default_factory=list)
     rss: list[int] = field(default_factory=list)
     anon: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # CPU seconds so far (all threads; NaN: not read)
     gone_s: float | None = None
 
-    def add(self, at: float, rss: int, anon: int) -> None:
+    def add(self, at: float, rss: int, anon: int, cpu: float = float("nan")) -> None:
         self.times.append(at)
         self.rss.append(rss)
         self.anon.append(anon)
+        self.cpu.append(cpu)
+
+    def cpu_share(self, since: float, until: float) -> float | None:
+        """Share of one core between the samples nearest to `since` and `until` (seconds of load)."""
+        if len(self.times) < 2:
+            return None
+        t = np.asarray(self.times)
+        i, j = int(np.abs(t - since).argmin()), int(np.abs(t - until).argmin())
+        if j <= i or not np.isfinite(self.cpu[i]) or not np.isfinite(self.cpu[j]):
+            return None
+        return (self.cpu[j] - self.cpu[i]) / (t[j] - t[i])
 
 
 def theil_sen(times_s: list[float], values: list[int], after_s: float) -> tuple[float, float, float, int] | None:
@@ -201,6 +213,25 @@ def theil_sen(times_s: list[float], values: list[int], after_s: float) -> tuple[
         return None
     result = stats.theilslopes(y[keep] / MIB, t[keep] / 3600.0)
     return float(result[0]), float(result[2]), float(result[3]), int(keep.sum())
+
+
+def floor_slope(times_s: list[float], values: list[int], after_s: float, interval_s: float) -> float | None:
+    """Theil-Sen slope (MiB/h) of the per-minute minima after `after_s` (bins of a sixth of the data
+    on a short run, at least 3 samples each): what stays allocated. A
+    transient allocation (a 1 MiB tensor, a freed buffer not yet given back) lifts single samples,
+    not the floor; a leak lifts the floor."""
+    t, y = np.asarray(times_s, dtype=float), np.asarray(values, dtype=float)
+    keep = t >= after_s
+    t, y = t[keep], y[keep]
+    if len(t) < 3:
+        return None
+    bin_s = max(3 * interval_s, min(60.0, np.ptp(t) / 6))
+    keys = np.floor((t - t[0]) / bin_s)
+    bins = [(t[keys == k].mean(), y[keys == k].min()) for k in np.unique(keys) if (keys == k).sum() >= 3]
+    if len(bins) < 3:
+        return None
+    bt, by = np.array(bins).T
+    return float(stats.theilslopes(by / MIB, bt / 3600.0)[0])
 
 
 class Tracker:
@@ -299,7 +330,11 @@ class Tracker:
                 continue
             figures = memory(pid)
             if figures is not None:
-                self.series[label].add(at, *figures)
+                try:
+                    cpu = cpu_seconds(pid)
+                except (OSError, ValueError, IndexError):
+                    cpu = float("nan")
+                self.series[label].add(at, *figures, cpu)
         if stubs:
             figures = [f for f in (memory(pid) for pid in stubs) if f is not None]
             label = "python backend stubs (sum)"
@@ -368,6 +403,10 @@ def _leftovers(tracker: Tracker | None, run_id: str | None, notes: list[str]) ->
             notes.append("left in /dev/shm: nothing of the run")
 
 
+class EngineExited(RuntimeError):
+    """The engine ended before its load began (a set-up failure: exit status 2, its reason logged)."""
+
+
 def _find_run(results: Path) -> tuple[str, Path] | None:
     runs = [p for p in results.iterdir() if p.is_dir()] if results.is_dir() else []
     return (runs[0].name, runs[0]) if len(runs) == 1 else None
@@ -393,7 +432,7 @@ def measure(args: argparse.Namespace, tmp: Path, notes: list[str]) -> tuple[Trac
         # regions open from before their first request).
         while True:
             if engine.poll() is not None:
-                raise RuntimeError(f"the engine exited ({engine.returncode}) before its load began:\n{_tail(log)}")
+                raise EngineExited(f"the engine exited ({engine.returncode}) before its load began:\n{_tail(log)}")
             if time.monotonic() - launched > SETUP_TIMEOUT_S:
                 raise RuntimeError(f"the load did not begin within {SETUP_TIMEOUT_S:.0f} s:\n{_tail(log)}")
             if tracker is None and (found := _find_run(tmp / "results")) is not None:
@@ -433,6 +472,8 @@ def measure(args: argparse.Namespace, tmp: Path, notes: list[str]) -> tuple[Trac
     except BaseException:
         _stop(engine, notes, "the benchmark failed or was interrupted")
         _leftovers(tracker, run_id, notes)
+        for note in notes:
+            print(f"  {note}", flush=True)
         raise
     _leftovers(tracker, run_id, notes)
     outcome: dict[str, Any] = {"exit": engine.returncode, "setup_s": setup_s, "run_id": run_id,
@@ -446,14 +487,30 @@ def measure(args: argparse.Namespace, tmp: Path, notes: list[str]) -> tuple[Trac
 def run(args: argparse.Namespace) -> BenchResult:
     started = time.monotonic()
     notes: list[str] = []
-    if args.keep:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-"))
-        notes.append(f"the engine's log, config and run directory are kept in {tmp}")
-        tracker, duration, outcome = measure(args, tmp, notes)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench-footprint-") as name:
-            tracker, duration, outcome = measure(args, Path(name), notes)
+    for attempt in (1, 2):  # a server that fails to start (it happens to the bundled one) gets one more try
+        try:
+            tracker, duration, outcome = _attempt(args, notes)
+            break
+        except EngineExited as exc:
+            if attempt == 2:
+                raise
+            first = str(exc).splitlines()
+            notes.append(f"first attempt: {first[0]} ({first[-1].strip()[:160]}); started again")
+            print(f"  {notes[-1]}", flush=True)
     return _result(args, tracker, duration, outcome, notes, time.monotonic() - started)
+
+
+def _attempt(args: argparse.Namespace, notes: list[str]) -> tuple[Tracker, float, dict[str, Any]]:
+    if not args.keep:
+        with tempfile.TemporaryDirectory(prefix="bench-footprint-") as name:
+            return measure(args, Path(name), notes)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-"))
+    notes.append(f"the engine's log, config, run directory and samples (samples.json) are kept in {tmp}")
+    tracker, duration, outcome = measure(args, tmp, notes)
+    samples = {s.label: {"pids": s.pids, "t_s": s.times, "rss": s.rss, "rss_anon": s.anon, "cpu_s": s.cpu}
+               for s in tracker.series.values()}
+    (tmp / "samples.json").write_bytes(orjson.dumps(samples, option=orjson.OPT_SERIALIZE_NUMPY))
+    return tracker, duration, outcome
 
 
 def _result(args: argparse.Namespace, tracker: Tracker, duration: float, outcome: dict[str, Any],
@@ -468,6 +525,8 @@ def _result(args: argparse.Namespace, tracker: Tracker, duration: float, outcome
             continue
         fit = theil_sen(series.times, series.rss, warmup)
         fit_anon = theil_sen(series.times, series.anon, warmup)
+        floor = floor_slope(series.times, series.rss, warmup, args.interval)
+        half = theil_sen(series.times, series.rss, (max(warmup, series.times[0]) + series.times[-1]) / 2)
         after = next((r for t, r in zip(series.times, series.rss) if t >= warmup), series.rss[-1])
         pids = (f"{len(series.pids)} processes" if len(series.pids) > 3
                 else ", ".join(str(p) for p in series.pids))
@@ -476,7 +535,8 @@ def _result(args: argparse.Namespace, tracker: Tracker, duration: float, outcome
             label = f"{series.label} [Python's, context]"
         rows.append([label, pids, series.rss[0] / MIB, after / MIB, series.rss[-1] / MIB,
                      f"{fit[0]:+.2f}" if fit else "-", f"{fit[1]:+.2f} .. {fit[2]:+.2f}" if fit else "-",
-                     f"{fit_anon[0]:+.2f}" if fit_anon else "-", fit[3] if fit else 0, len(series.rss)])
+                     f"{half[0]:+.2f}" if half else "-", f"{floor:+.2f}" if floor is not None else "-",
+                     f"{fit_anon[0]:+.2f}" if fit_anon else "-", f"{len(series.rss)} ({fit[3] if fit else 0} in fit)"])
         if not series.engine:
             continue
         span = (series.times[-1] - max(warmup, series.times[0])) if series.times else 0.0
@@ -486,9 +546,12 @@ def _result(args: argparse.Namespace, tracker: Tracker, duration: float, outcome
                                   f"{span / 60:.1f} min (the process did not live through the load)", False))
             continue
         slope, low, high, n = fit
+        settled = [r / MIB for t, r in zip(series.times, series.rss) if t >= warmup]
         targets.append(Target(f"RSS growth, {series.label}", f"< {GOAL_MIB_PER_H:g} MiB/h",
                               f"{slope:+.2f} MiB/h (95 % interval {low:+.2f} to {high:+.2f}; {n} samples over "
-                              f"{span / 60:.1f} min; RSS {series.rss[0] / MIB:.1f} -> {series.rss[-1] / MIB:.1f} MiB)",
+                              f"{span / 60:.1f} min; RSS {series.rss[0] / MIB:.1f} -> {series.rss[-1] / MIB:.1f} MiB, "
+                              f"{min(settled):.1f} to {max(settled):.1f} after warm-up"
+                              + (f"; second half {half[0]:+.2f} MiB/h" if half else "") + ")",
                               slope < GOAL_MIB_PER_H))
     report = outcome.get("report") or {}
     figures = report.get("figures") or {}
@@ -502,14 +565,26 @@ def _result(args: argparse.Namespace, tracker: Tracker, duration: float, outcome
         + (f", verdict {report.get('verdict')}" if report else ""),
         f"RSS = VmRSS from /proc, sampled every {args.interval:g} s from the moment every first worker held "
         f"its shared-memory regions; slope = Theil-Sen over the samples after a {warmup:.0f} s warm-up (95 % "
-        "interval beside it; the samples are autocorrelated, so read it as indicative), RssAnon's slope "
-        "beside it; 'after warm-up' = the first sample after it",
+        "interval beside it; the samples are autocorrelated, so read it as indicative); floor slope = the same "
+        "over the per-minute minima (what stays allocated; transient peaks do not lift it); 2nd-half slope = "
+        "the slope over the second half of those samples alone (a process that settles slows down, a leak "
+        "keeps its pace); RssAnon's slope beside them; 'after warm-up' = the first sample after it",
         f"the issue's figure is a 20-minute run (the default, `--minutes 20`); this run: {duration / 60:g} min"
         + (" (a short run's slope is noisier)" if duration < 20 * 60 else ""),
         "tritonserver and its python backend stubs are the server's, shown as context and not judged; the "
         f"processes the workers start (crashing_client scenario, {tracker.worker_children} seen) are short-lived "
         "and not sampled",
     ]
+    part = min(120.0, duration / 5)
+    shares = []
+    for series in order:
+        if series.engine and series.times:
+            first = series.cpu_share(series.times[0], series.times[0] + part)
+            last = series.cpu_share(series.times[-1] - part, series.times[-1])
+            if first is not None and last is not None:
+                shares.append(f"{series.label} {100 * first:.0f} -> {100 * last:.0f}")
+    if shares:
+        notes.append(f"CPU, % of one core over the first and the last {part / 60:g} min of load: " + ", ".join(shares))
     notes += tracker.events or ["no engine process was replaced during the load"]
     for at, what in report.get("incidents") or []:
         notes.append(f"engine incident at {at:.0f} s: {what}")
@@ -519,7 +594,8 @@ def _result(args: argparse.Namespace, tracker: Tracker, duration: float, outcome
     notes += measured
     return BenchResult("footprint", "4. Engine memory footprint: RSS per process over a run at full load",
                        ["process", "pid", "start RSS MiB", "after warm-up MiB", "end RSS MiB", "slope MiB/h",
-                        "95 % interval MiB/h", "RssAnon slope MiB/h", "samples in fit", "samples"],
+                        "95 % interval MiB/h", "2nd-half slope MiB/h", "floor slope MiB/h", "RssAnon slope MiB/h",
+                        "samples"],
                        rows, targets, notes, seconds)
 
 
