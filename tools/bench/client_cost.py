@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 
-from common import BenchResult, NoTelemetry, Stopwatch, Target, embedded_server, server_successes  # isort: skip
+from common import (BenchResult, NoTelemetry, Stopwatch, Target, embedded_server, run_alone,  # isort: skip
+                    server_successes)
 
 MODEL = "identity_fp32"
 WARMUP_S = 1.0
@@ -249,10 +250,7 @@ def _result(rows: list[dict[str, Any]], seconds: float) -> BenchResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    result = run(parser.parse_args())
-    print(result.report())
+    run_alone(__doc__, add_arguments, run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ write BENCHMARKS.md and a JSON file from the same figures it prints.
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import sys
@@ -15,7 +16,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -139,6 +140,14 @@ class NoTelemetry:
 
     flush = flush_events = close = maybe_flush
     event = heartbeat = record
+
+
+def run_alone(doc: str | None, add_arguments: Callable[[argparse.ArgumentParser], None],
+              run: Callable[[argparse.Namespace], BenchResult]) -> None:
+    """A benchmark's own command line: its options, its run, its report printed."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    print(run(parser.parse_args()).report())
 
 
 class Stopwatch:

@@ -44,7 +44,7 @@ import numpy as np
 import orjson
 from scipy import stats
 
-from common import ROOT, BenchResult, Target, cpu_seconds  # isort: skip
+from common import ROOT, BenchResult, Target, cpu_seconds, run_alone  # isort: skip
 from engine.run_setup import backend_region_prefix  # noqa: E402  (common put the repo root on sys.path)
 from shm._naming import PREFIX as SHM_PREFIX  # noqa: E402  ("tee_": every region's prefix)
 
@@ -611,10 +611,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    result = run(parser.parse_args())
-    print(result.report())
+    run_alone(__doc__, add_arguments, run)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def _commit() -> str:
         return "unknown"
 
 
-def _arguments(name: str, module: object, overrides: dict[str, object]) -> argparse.Namespace:
+def _arguments(module: object, overrides: dict[str, object]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)  # type: ignore[attr-defined]
     args = parser.parse_args([])
@@ -102,7 +102,7 @@ def main() -> int:
         overrides: dict[str, object] = {"minutes": args.footprint_minutes} if name == "footprint" else {}
         print(f"== {name}", flush=True)
         try:
-            result = module.run(_arguments(name, module, overrides))
+            result = module.run(_arguments(module, overrides))
         except Exception as exc:  # one broken benchmark must not hide the others' figures
             failures[name] = f"{type(exc).__name__}: {exc}"
             print(f"   FAILED: {failures[name]}", flush=True)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BenchResult, Target  # isort: skip
+from common import BenchResult, Target, run_alone  # isort: skip
 from aggregator_ingest import ingest_figures  # isort: skip
 from telemetry_cost import bench_sender, bench_worker  # isort: skip
 
@@ -62,9 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    print(run(parser.parse_args()).report())
+    run_alone(__doc__, add_arguments, run)
 
 
 if __name__ == "__main__":

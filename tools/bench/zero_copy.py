@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from common import (BenchResult, NoTelemetry, Stopwatch, Target, cpu_seconds, embedded_server,  # isort: skip
-                    server_successes)
+                    run_alone, server_successes)
 
 MODEL = "identity_fp32"
 INSTANCES = 2
@@ -339,10 +339,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    result = run(parser.parse_args())
-    print(result.report())
+    run_alone(__doc__, add_arguments, run)
 
 
 if __name__ == "__main__":
