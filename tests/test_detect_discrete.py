@@ -17,9 +17,16 @@ def _run(values_of_t, seconds: float = 600.0, seed: int = 5) -> list:
     t = np.arange(0.0, seconds, 1.0)
     # Churn: connections open and close above the floor, up to 6 at a time.
     values = np.array([values_of_t(x) for x in t]) + rng.integers(0, 7, len(t))
+    return _feed(detector, t, values)
+
+
+def _feed(detector: DiscreteLeakDetector, t: np.ndarray, values: np.ndarray) -> list:
+    """Samples one by one, an evaluation every 10 of them (as the aggregator's ticks do)."""
     raised = []
-    for end in range(60, len(t), 10):
-        raised += detector.evaluate(t[:end], values[:end], float(t[end - 1]))
+    for i in range(len(t)):
+        detector.add(float(t[i]), float(values[i]))
+        if i >= 59 and (i - 59) % 10 == 0:
+            raised += detector.evaluate(float(t[i]))
     return raised
 
 
@@ -40,6 +47,6 @@ def test_a_rise_below_the_gate_is_not() -> None:
     detector = DiscreteLeakDetector("s", "fds", slow)
     t = np.arange(0.0, 600.0)
     values = 100 + t // 10
-    assert [v for end in range(60, 600, 10) for v in detector.evaluate(t[:end], values[:end], t[end - 1])] == []
+    assert _feed(detector, t, values) == []
     steady = DiscreteLeakDetector("s", "fds", PARAMS)  # the same series passes the default gate
-    assert [v for end in range(60, 600, 10) for v in steady.evaluate(t[:end], values[:end], t[end - 1])]
+    assert _feed(steady, t, values)

@@ -34,8 +34,11 @@ def _series(seed: int, leak_mib_h: float = 0.0, cache_mib: float = 0.0, tau_s: f
 
 def _run(t: np.ndarray, rss: np.ndarray) -> LeakDetector:
     detector = LeakDetector("tritonserver", LONG, RUN_S)
-    for end in range(40, len(t) + 1, 8):  # an evaluation every two minutes
-        detector.evaluate(t[:end], rss[:end], float(t[end - 1]))
+    requests = t * 100.0  # a steady load
+    for i in range(len(t)):
+        detector.add(float(t[i]), float(rss[i]), float(requests[i]))
+        if i >= 39 and (i - 39) % 8 == 0:  # an evaluation every two minutes
+            detector.evaluate(float(t[i]))
     return detector
 
 

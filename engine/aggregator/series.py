@@ -1,32 +1,37 @@
-"""Resource series as the monitor's samples arrive: appended, read as numpy arrays by the
-detectors, reset when the process behind a series is replaced (a new pid is a new series)."""
+"""Names of the monitor's resource series, and the recent samples the stall detector reads.
+
+What the leak detectors read is kept by the detectors themselves, in bins (engine.detectors.bins);
+series no detector reads are only stored. The aggregator's memory thus stays flat over a long run.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import bisect
 
 import numpy as np
 
 
-@dataclass
-class Series:
-    t: list[float] = field(default_factory=list)
-    v: list[float] = field(default_factory=list)
-    requests: list[float] = field(default_factory=list)  # cumulative completed requests at each sample
+class RecentSamples:
+    """The samples of the last `horizon_s` seconds (at least): enough to tell how much CPU a stub
+    used since its oldest request in flight started. Older samples are dropped in chunks, so an
+    append costs O(1) amortized."""
 
-    def append(self, t: float, v: float, requests: float) -> None:
+    def __init__(self, horizon_s: float) -> None:
+        self.horizon_s = horizon_s
+        self.t: list[float] = []
+        self.v: list[float] = []
+
+    def append(self, t: float, v: float) -> None:
         self.t.append(t)
         self.v.append(v)
-        self.requests.append(requests)
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return np.asarray(self.t), np.asarray(self.v), np.asarray(self.requests)
+        if self.t[0] < t - 2 * self.horizon_s:
+            cut = bisect.bisect_left(self.t, t - self.horizon_s)
+            del self.t[:cut], self.v[:cut]
 
     def recent(self, since_s: float) -> tuple[np.ndarray, np.ndarray]:
         """Samples from the last one at or before `since_s` on (what a delta since then needs)."""
-        t = np.asarray(self.t)
-        first = max(0, int(np.searchsorted(t, since_s, side="right")) - 1)
-        return t[first:], np.asarray(self.v[first:])
+        first = max(0, bisect.bisect_right(self.t, since_s) - 1)
+        return np.array(self.t[first:]), np.array(self.v[first:])
 
 
 TARGET_PREFIX = "target/"  # a fleet's monitors name their series target/<server name>/<series>

@@ -10,7 +10,6 @@ windows, evaluate once more, write the totals, exit.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import math
 import multiprocessing
 import signal
@@ -20,12 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from engine.detectors.discrete import RISE_GATES, DiscreteLeakDetector
-from engine.detectors.drift import DriftDetector
 from engine.detectors.errors import ErrorDetector
-from engine.detectors.leak import LeakDetector
 from engine.detectors.settings import DetectorSettings
-from engine.detectors.stall import ModelTiming, StallDetector, StallView, instance_model
+from engine.detectors.stall import ModelTiming, StallDetector, StallView
 from engine.detectors.verdict import Verdict
 from engine.cluster.keys import ServerKeys, leaves_host, secure_server
 from engine.store import RunStore
@@ -40,15 +36,15 @@ from workers.telemetry import (
     unpack,
 )
 
+from .drift_watch import DriftWatch
 from .histogram import LatencyHistogram
-from .series import Series, field_of, process_of, split_target
+from .resources import ResourceWatch
 from .window_stats import WindowStats
 from .windows import WindowFolder
 
 TICK_S = 1.0  # windows closed, detectors run, store committed, status written
 HEARTBEAT_MISSING_S = 3.0  # a worker silent this long is missing: its in-flight table is not evidence
 SAMPLE_TEXTS = 5
-LEAK_FIELD = "rss_anon"  # heap growth; RssShmem grows with registered regions and is not a leak
 # The coordinator's event when it stops the load: memory and latency after it say nothing about
 # the load (a heap stops growing when requests stop), so leak and drift are not judged on them.
 LOAD_STOPPED = "load_stopped"
@@ -58,9 +54,6 @@ UNSENT_WINDOW_S = 0.2
 WORKER_GONE = "worker_gone"  # the coordinator saw a worker die; text: its sender name
 UNCOUNTED = "uncounted_in_flight"  # count: requests a dead worker had on the wire, never reported
 INCIDENT = "incident"  # the coordinator's incidents, kept in their own table too
-# Countable resources judged by their floors: per process, and the run's /dev/shm footprint.
-DISCRETE_FIELDS = ("fds", "threads")
-SHM_SERIES = {"shm/files": "files", "shm/bytes": "bytes"}
 
 
 @dataclass(frozen=True)
@@ -117,22 +110,15 @@ class Aggregator:
         self.senders: dict[str, _Sender] = collections.defaultdict(_Sender)
         self.last_answer: dict[str, float] = {}
         self.completed: collections.Counter[str] = collections.Counter()
-        self.series: dict[str, Series] = {}
-        self.pids: dict[str, float] = {}
+        self.resources = ResourceWatch(s, spec.run_s)
         self.texts: dict[str, list[str]] = collections.defaultdict(list)  # scenario -> first error texts
-        self.leak: dict[str, LeakDetector] = {}
-        self.discrete: dict[str, DiscreteLeakDetector] = {}
         self._missing: set[str] = set()  # workers whose heartbeats stopped (reported once)
-        self.drift: dict[tuple[str, str, str, str], DriftDetector] = {}  # (model, scenario, protocol, target)
-        self.common_drift: DriftDetector | None = None
-        self.drift_points: dict[tuple[str, str, str, str], list[tuple[float, float, float, int]]] = \
-            collections.defaultdict(list)
+        self.drift = DriftWatch(s)
         self.stall = StallDetector(s.stall, spec.timings)
         self.errors = ErrorDetector(tuple(d for d in s.enabled if d in ("errors", "wrong_answers")))
         self.model_latency: dict[str, LatencyHistogram] = {}  # after warm-up, for the stall threshold
         self.load_stopped_s: float | None = None
         self.bad_messages = 0
-        self.pending: dict[str, float] = {}  # model -> the server's pending request count, last sample
         self.requests = 0
         self.failed_requests = 0  # errors and missing expected errors, from closed windows
         self.wrong_answers = 0
@@ -243,32 +229,7 @@ class Aggregator:
         at = self.run_s(body.get("time_ns") or time.monotonic_ns())
         samples: dict[str, float] = body.get("samples", {})
         self.store.add_resources(at, samples)
-        for name, value in samples.items():
-            target, plain = split_target(name)
-            if not target and name.startswith("model/") and name.endswith("/pending"):
-                self.pending[name[len("model/"):-len("/pending")]] = float(value)
-            process = process_of(name)
-            if plain in SHM_SERIES:
-                self.series.setdefault(name, Series()).append(at, float(value), float(self.requests))
-            if process is None:
-                continue
-            if field_of(name) == "pid":
-                if self.pids.get(process, value) != value:
-                    self._restart(process)
-                self.pids[process] = value
-                continue
-            series = self.series.get(name)
-            if series is None:
-                series = self.series[name] = Series()
-            model = instance_model(process[len("stub/"):].split(" on ", 1)[0]) if process.startswith("stub/") else ""
-            series.append(at, float(value), float(self.completed[model] if model else self.requests))
-
-    def _restart(self, process: str) -> None:
-        """A new pid behind a process name: its old series and leak state do not continue."""
-        for name in [n for n in self.series if process_of(n) == process]:
-            del self.series[name]
-            self.leak.pop(name, None)
-            self.discrete.pop(name, None)
+        self.resources.add(at, samples, self.requests, self.completed)
 
     # -- ticks ------------------------------------------------------------------------------
     def tick(self, final: bool = False) -> list[Verdict]:
@@ -299,11 +260,11 @@ class Aggregator:
             self._fold_latency(closed)
         loaded = [w for w in closed if self.load_stopped_s is None or w.start_s + w.length_s <= self.load_stopped_s]
         if "drift" in enabled:
-            raised += self._drift(loaded, now)
+            raised += self.drift.evaluate(loaded, now)
         if "stall" in enabled:
             raised += self.stall.evaluate(self._stall_view(now), self._p999())
         if "leak" in enabled and self.load_stopped_s is None:
-            raised += self._leaks(now)
+            raised += self.resources.evaluate(now)
         for verdict in raised:
             state = "info" if verdict.kind == "PLATEAU" else "open"
             verdict_id = self.store.add_verdict(verdict, state=state)
@@ -327,56 +288,6 @@ class Aggregator:
     def _p999(self) -> dict[str, float]:
         return {m: h.percentile(99.9) / 1e9 for m, h in self.model_latency.items() if h.count >= 1000}
 
-    def _drift(self, closed: list[WindowStats], now: float) -> list[Verdict]:
-        """Each (model, scenario, protocol) against its own baseline, net of what moved all of
-        them (the common mode: the median change of the others); the common mode itself is
-        judged as the drift of "all models"."""
-        s = self.spec.settings
-        fresh = set()
-        for w in closed:
-            if w.ok + w.wrong < s.drift_min_requests:
-                continue
-            key = (w.model, w.scenario, w.protocol, w.target)
-            self.drift_points[key].append((w.start_s, w.p50_ms, w.p99_ms, w.ok + w.wrong))
-            if key not in self.drift:
-                where = f" on {w.target}" if w.target else ""
-                self.drift[key] = DriftDetector(f"{w.model} {w.scenario} {w.protocol}{where}", s.drift)
-            fresh.add(key)
-        if not fresh:
-            return []
-        columns = {key: [np.array(c) for c in zip(*points)] for key, points in self.drift_points.items()}
-        changes = {key: self.drift[key].change(columns[key][1]) for key in columns
-                   if self.drift[key].ready(len(columns[key][0]))}
-        out: list[Verdict] = []
-        for key in sorted(fresh):
-            others = [c for k, c in changes.items() if k != key]
-            reference = float(np.median(others)) if len(others) >= 2 else 1.0
-            t, p50, p99, answered = columns[key]
-            out += self.drift[key].evaluate(t, p50, p99, now, answered, reference)
-        if len(changes) >= 3:
-            out += self._common_drift(columns, changes, now)
-        return out
-
-    def _common_drift(self, columns: dict, changes: dict, now: float) -> list[Verdict]:
-        """The median over series of each window's p50 and p99 relative to the series' own
-        baseline: a server (or host) that slows everything down drifts here."""
-        params = self.spec.settings.drift
-        base = slice(params.warmup_windows, params.warmup_windows + params.baseline_windows)
-        by_start: dict[float, list[tuple[float, float]]] = collections.defaultdict(list)
-        for key in changes:
-            t, p50, p99, _ = columns[key]
-            b50, b99 = float(np.median(p50[base])), float(np.median(p99[base]))
-            for start, v50, v99 in zip(t.tolist(), p50.tolist(), p99.tolist()):
-                by_start[start].append((v50 / b50, v99 / b99))
-        quorum = max(2, len(changes) // 2)
-        starts = sorted(start for start, values in by_start.items() if len(values) >= quorum)
-        t = np.array(starts)
-        p50 = np.array([np.median([v[0] for v in by_start[x]]) for x in starts])
-        p99 = np.array([np.median([v[1] for v in by_start[x]]) for x in starts])
-        if self.common_drift is None:
-            self.common_drift = DriftDetector("all models", params)
-        return self.common_drift.evaluate(t, p50, p99, now)
-
     def _stall_view(self, now: float) -> StallView:
         fresh = time.monotonic() - HEARTBEAT_MISSING_S
         oldest: dict[str, float] = {}
@@ -394,44 +305,9 @@ class Aggregator:
             for sequence, (code, last_ns, step) in body.get("open_sequences", {}).items():
                 name = names[code] if code < len(names) else str(code)
                 sequences[(name, sequence)] = (self.run_s(last_ns), step)
-        stub_cpu = {}
-        for name, series in self.series.items():
-            if name.startswith("proc/stub/") and name.endswith("/cpu_s"):
-                stub_cpu[name[len("proc/stub/"):-len("/cpu_s")]] = series.recent(min(oldest.values(), default=now))
+        stub_cpu = self.resources.stub_cpu_since(min(oldest.values(), default=now)) if oldest else {}
         return StallView(now, oldest, {m: in_flight for m in oldest}, dict(self.last_answer), sequences, stub_cpu,
-                         dict(self.pending))
-
-    def _leaks(self, now: float) -> list[Verdict]:
-        out: list[Verdict] = []
-        for name, series in self.series.items():
-            unit = SHM_SERIES.get(split_target(name)[1]) or (field_of(name) if field_of(name) in DISCRETE_FIELDS else "")
-            if unit:
-                out += self._discrete(name, unit, series, now)
-                continue
-            if field_of(name) != LEAK_FIELD:
-                continue
-            detector = self.leak.get(name)
-            if detector is None:
-                subject = process_of(name) or name
-                pid = self.pids.get(subject)
-                detector = self.leak[name] = LeakDetector(
-                    f"{subject} (pid {pid:.0f})" if pid else subject, self.spec.settings.leak, self.spec.run_s)
-            t, v, requests = series.arrays()
-            out += detector.evaluate(t, v, now, requests)
-        return out
-
-    def _discrete(self, name: str, unit: str, series: Series, now: float) -> list[Verdict]:
-        detector = self.discrete.get(name)
-        if detector is None:
-            process = process_of(name)
-            pid = self.pids.get(process or "")
-            target = split_target(name)[0]
-            subject = f"{process} (pid {pid:.0f}) {unit}" if pid else f"{process} {unit}" if process else \
-                f"the run's /dev/shm {unit}" + (f" on {target}" if target else "")
-            params = dataclasses.replace(self.spec.settings.discrete, min_rise=RISE_GATES[unit])
-            detector = self.discrete[name] = DiscreteLeakDetector(subject, unit, params)
-        t, v, _ = series.arrays()
-        return detector.evaluate(t, v, now)
+                         dict(self.resources.pending))
 
     def _worker_gone(self, at: float, name: str) -> None:
         """A worker died without a goodbye (SIGKILL, a crash): what the server may have answered

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .bins import FloorBins
 from .verdict import Verdict
 
 
@@ -34,27 +35,30 @@ RISE_GATES = {"fds": 8.0, "threads": 4.0, "files": 1.0, "bytes": float(1 << 20)}
 
 @dataclass
 class DiscreteLeakDetector:
+    """Fed samples as they arrive (`add`), judged with `evaluate`. It keeps per bin only the floor,
+    and of the floors only the first after warm-up and the last few: its state does not grow."""
+
     subject: str
     unit: str
     params: DiscreteParams = DiscreteParams()
     _hits: int = 0
     open: bool = False
     raised: list[Verdict] = field(default_factory=list)
+    _bins: FloorBins | None = None
 
-    def evaluate(self, t: np.ndarray, values: np.ndarray, now: float) -> list[Verdict]:
+    def add(self, t: float, value: float) -> None:
         p = self.params
-        t, values = np.asarray(t, float), np.asarray(values, float)
-        keep = t >= p.warmup_s
-        t, values = t[keep], values[keep]
-        if len(t) < 2:
+        if t < p.warmup_s:
+            return
+        if self._bins is None:
+            self._bins = FloorBins(p.bin_s, keep=p.steps + 1)
+        self._bins.add(t, value)
+
+    def evaluate(self, now: float) -> list[Verdict]:
+        p = self.params
+        if self._bins is None or self._bins.closed < p.steps + 1:  # the bin still filling is left out
             return []
-        keys = np.floor((t - t[0]) / p.bin_s).astype(np.int64)
-        edges = np.flatnonzero(np.diff(keys)) + 1
-        floors = np.array([part.min() for part in np.split(values, edges)])
-        starts = np.array([part[0] for part in np.split(t, edges)])
-        if len(floors) < p.steps + 2:  # the last bin is still filling: left out
-            return []
-        floors, starts = floors[:-1], starts[:-1]
+        starts, floors = self._bins.arrays()
         rises = int(np.sum(np.diff(floors[-(p.steps + 1):]) > 0))
         total = float(floors[-1] - floors[0])
         gate = max(p.min_rise, p.min_fraction * floors[0])

@@ -56,11 +56,14 @@ class DriftDetector:
         return float(np.median(values[-p.current_windows:]) / np.median(baseline))
 
     def evaluate(self, t: np.ndarray, p50: np.ndarray, p99: np.ndarray, now: float,
-                 answered: np.ndarray | None = None, reference: float = 1.0) -> list[Verdict]:
+                 answered: np.ndarray | None = None, reference: float = 1.0,
+                 count: int | None = None) -> list[Verdict]:
         """t: window starts (run seconds); p50, p99: each window's percentiles (same unit);
         answered: each window's answered requests (None: every window is full enough for p99);
         reference: how much the run's other series moved over the same windows (their median
-        change): what moved them all is the host or the server, and is judged on its own."""
+        change): what moved them all is the host or the server, and is judged on its own.
+        The windows between the baseline and the current ones may be left out; `count` says how
+        many there were in all (None: every window is given)."""
         p = self.params
         if not self.ready(len(t)):
             return []
@@ -91,6 +94,7 @@ class DriftDetector:
                           100 * change, "%", 100 * low, 100 * high,
                           {"p_value": pvalue, "gate_pct": 100 * gate, "common_mode_pct": 100 * (reference - 1),
                            "baseline_median": float(np.median(
-                              (p50 if name == "p50" else p99)[base])), "windows": float(len(t))})
+                              (p50 if name == "p50" else p99)[base])),
+                           "windows": float(len(t) if count is None else count)})
         self.raised.append(verdict)
         return [verdict]

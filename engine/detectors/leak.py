@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .bins import MedianBins
 from .trend import median_bins, robust_trend
 from .verdict import Verdict
 
@@ -51,6 +52,10 @@ SMOKE = LeakParams(bin_s=10.0, warmup_s=60.0, growth_every_s=10.0, growth_min_da
 
 @dataclass
 class LeakDetector:
+    """Fed the process's samples as they arrive (`add`), judged with `evaluate`. Samples before
+    warm-up are dropped and the rest reduced to `bin_s` medians at once, so the detector holds one
+    median per bin (about 9,400 per series over 6.5 days), not every sample."""
+
     subject: str
     params: LeakParams = LONG
     run_s: float = 0.0  # planned run length (0: unknown)
@@ -61,21 +66,27 @@ class LeakDetector:
     _next_leak: float = 0.0
     growth_open: bool = False
     raised: list[Verdict] = field(default_factory=list)
+    _bins: MedianBins | None = None
 
     def _warmup(self) -> float:
         return max(self.params.warmup_s, self.params.warmup_fraction * self.run_s)
 
-    def evaluate(self, t: np.ndarray, rss: np.ndarray, now: float,
-                 requests: np.ndarray | None = None) -> list[Verdict]:
-        """Feed the whole series so far (t in run seconds, bytes); returns verdicts raised now."""
+    def add(self, t: float, rss: float, requests: float) -> None:
+        """One sample: t in run seconds, bytes, completed requests so far."""
+        if t < self._warmup():
+            return
+        if self._bins is None:
+            self._bins = MedianBins(self.params.bin_s)
+        self._bins.add(t, rss, requests)
+
+    def evaluate(self, now: float) -> list[Verdict]:
+        """Judge the samples added so far; returns the verdicts raised now."""
         p = self.params
-        warm = t >= self._warmup()
-        t, rss = np.asarray(t, float)[warm], np.asarray(rss, float)[warm]
-        reqs = np.asarray(requests, float)[warm] if requests is not None else None
         out: list[Verdict] = []
-        if len(t) < 3:
+        if self._bins is None or len(self._bins) < 1:
             return out
-        span = t[-1] - t[0]
+        t, rss, reqs = self._bins.arrays()
+        span = self._bins.last_t - self._bins.first_t
         if now >= self._next_growth and span >= p.growth_min_data_s:
             self._next_growth = now + p.growth_every_s
             out += self._growth(t, rss, now, reqs)
@@ -84,13 +95,13 @@ class LeakDetector:
             self._next_leak = now + p.leak_every_s
             window = max(p.leak_window_s, span / 2)
             keep = t >= t[-1] - window
-            out += self._leak(t[keep], rss[keep], now, reqs[keep] if reqs is not None else None)
+            out += self._leak(t[keep], rss[keep], now, reqs[keep])
         self.raised += out
         return out
 
-    def _growth(self, t: np.ndarray, rss: np.ndarray, now: float, reqs: np.ndarray | None) -> list[Verdict]:
+    def _growth(self, bx: np.ndarray, by: np.ndarray, now: float, reqs: np.ndarray) -> list[Verdict]:
+        """bx, by, reqs: the bins' medians of time, RssAnon and completed requests."""
         p = self.params
-        bx, by = median_bins(t, rss, p.bin_s)
         if len(bx) < 6:
             return []
         trend = robust_trend(bx / HOUR, by / MIB, p.confidence)
@@ -98,9 +109,7 @@ class LeakDetector:
         # Deceleration is judged against completed requests when they are known: a leak per
         # request slows down in time when the load does, and is still a leak; a cache that fills
         # slows down per request as well.
-        pace = bx
-        if reqs is not None and reqs[-1] > reqs[0]:
-            pace, _ = median_bins(t, reqs, p.bin_s)
+        pace = reqs if reqs[-1] > reqs[0] else bx
         growing = trend.low > gate and not _decelerating(pace, by)
         if growing:
             self._growth_hits += 1
@@ -120,9 +129,8 @@ class LeakDetector:
                             {**evidence, "asymptote_mib": level})]
         return []
 
-    def _leak(self, t: np.ndarray, rss: np.ndarray, now: float, reqs: np.ndarray | None) -> list[Verdict]:
+    def _leak(self, bx: np.ndarray, by: np.ndarray, now: float, reqs: np.ndarray) -> list[Verdict]:
         p = self.params
-        bx, by = median_bins(t, rss, p.bin_s)
         if len(bx) < 12:
             return []
         trend = robust_trend(bx / HOUR, by / MIB, p.confidence)
@@ -136,8 +144,8 @@ class LeakDetector:
             return []
         evidence = {"slope_mib_h": trend.slope, "first_third_mib_h": first, "last_third_mib_h": last,
                     "gate_mib_h": p.leak_gate_mib_h, "phi": trend.phi, "window_h": (bx[-1] - bx[0]) / HOUR}
-        if reqs is not None and reqs[-1] > reqs[0]:
-            rx, ry = median_bins(reqs, rss, max(1.0, (reqs[-1] - reqs[0]) / max(len(bx), 1)))
+        if reqs[-1] > reqs[0]:
+            rx, ry = median_bins(reqs, by, max(1.0, (reqs[-1] - reqs[0]) / max(len(bx), 1)))
             per_request = robust_trend(rx, ry, p.confidence)
             evidence.update(bytes_per_request=per_request.slope, bytes_per_request_low=per_request.low,
                             bytes_per_request_high=per_request.high)

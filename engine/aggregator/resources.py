@@ -1,0 +1,117 @@
+"""The monitor's resource samples on their way to the detectors.
+
+Each sample goes to the one detector that reads its series: RssAnon of a process to a leak
+detector, fds and threads of a process and the run's /dev/shm footprint to a floor detector, a
+stub's CPU seconds to the recent samples the stall detector reads. Series no detector reads (RSS
+of files, PSS, the server's metrics...) are only stored. Nothing here keeps every sample, so the
+aggregator holds the same memory after 6.5 days as after an hour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+
+from engine.detectors.discrete import RISE_GATES, DiscreteLeakDetector
+from engine.detectors.leak import LeakDetector
+from engine.detectors.settings import DetectorSettings
+from engine.detectors.stall import instance_model
+from engine.detectors.verdict import Verdict
+
+from .series import RecentSamples, field_of, process_of, split_target
+
+LEAK_FIELD = "rss_anon"  # heap growth; RssShmem grows with registered regions and is not a leak
+# Countable resources judged by their floors: per process, and the run's /dev/shm footprint.
+DISCRETE_FIELDS = ("fds", "threads")
+SHM_SERIES = {"shm/files": "files", "shm/bytes": "bytes"}
+STUB_CPU = "cpu_s"
+# A stall is judged within 2 T of its request's start, T being 5-10 s unless a model is slow by
+# configuration: 15 minutes of CPU samples name the instance of any stall up to T = 7.5 min.
+STUB_CPU_HORIZON_S = 900.0
+
+
+class ResourceWatch:
+    def __init__(self, settings: DetectorSettings, run_s: float) -> None:
+        self.settings = settings
+        self.run_s = run_s  # planned run length
+        self.pids: dict[str, float] = {}  # process name -> pid of its latest sample
+        self.pending: dict[str, float] = {}  # model -> the server's pending request count, last sample
+        self.leak: dict[str, LeakDetector] = {}  # series name -> its detector
+        self.discrete: dict[str, DiscreteLeakDetector] = {}
+        self.stub_cpu: dict[str, RecentSamples] = {}  # stub instance -> CPU seconds
+
+    def add(self, at: float, samples: Mapping[str, float], requests: float, completed: Mapping[str, int]) -> None:
+        """One monitor sample at run second `at`; `requests`: completed requests of the run so far,
+        `completed`: per model (a stub's leak is judged against its own model's requests)."""
+        # Pids first: a process with a new pid starts new series before its samples are read.
+        for name, value in samples.items():
+            process = process_of(name)
+            if process is not None and field_of(name) == "pid":
+                if self.pids.get(process, value) != value:
+                    self._restart(process)
+                self.pids[process] = value
+        for name, value in samples.items():
+            target, plain = split_target(name)
+            if plain in SHM_SERIES:
+                self._discrete(name, SHM_SERIES[plain]).add(at, float(value))
+                continue
+            if not target and name.startswith("model/") and name.endswith("/pending"):
+                self.pending[name[len("model/"):-len("/pending")]] = float(value)
+            process = process_of(name)
+            if process is None:
+                continue
+            kind = field_of(name)
+            if kind == LEAK_FIELD:
+                model = instance_model(process[len("stub/"):].split(" on ", 1)[0]) if process.startswith("stub/") \
+                    else ""
+                self._leak(name, process).add(at, float(value), float(completed.get(model, 0) if model else requests))
+            elif kind in DISCRETE_FIELDS:
+                self._discrete(name, kind).add(at, float(value))
+            elif kind == STUB_CPU and not target and process.startswith("stub/"):
+                recent = self.stub_cpu.get(process[len("stub/"):])
+                if recent is None:
+                    recent = self.stub_cpu[process[len("stub/"):]] = RecentSamples(STUB_CPU_HORIZON_S)
+                recent.append(at, float(value))
+
+    def _restart(self, process: str) -> None:
+        """A new pid behind a process name: its old series and leak state do not continue."""
+        for detectors in (self.leak, self.discrete):
+            for name in [n for n in detectors if process_of(n) == process]:
+                del detectors[name]
+        if process.startswith("stub/"):
+            self.stub_cpu.pop(process[len("stub/"):], None)
+
+    def _leak(self, name: str, process: str) -> LeakDetector:
+        detector = self.leak.get(name)
+        if detector is None:
+            pid = self.pids.get(process)
+            detector = self.leak[name] = LeakDetector(
+                f"{process} (pid {pid:.0f})" if pid else process, self.settings.leak, self.run_s)
+        return detector
+
+    def _discrete(self, name: str, unit: str) -> DiscreteLeakDetector:
+        detector = self.discrete.get(name)
+        if detector is None:
+            process = process_of(name)
+            pid = self.pids.get(process or "")
+            target = split_target(name)[0]
+            subject = f"{process} (pid {pid:.0f}) {unit}" if pid else f"{process} {unit}" if process else \
+                f"the run's /dev/shm {unit}" + (f" on {target}" if target else "")
+            params = dataclasses.replace(self.settings.discrete, min_rise=RISE_GATES[unit])
+            detector = self.discrete[name] = DiscreteLeakDetector(subject, unit, params)
+        return detector
+
+    def evaluate(self, now: float) -> list[Verdict]:
+        """The leak and floor detectors, each on what it has been fed."""
+        out: list[Verdict] = []
+        for detector in self.discrete.values():
+            out += detector.evaluate(now)
+        for detector in self.leak.values():
+            out += detector.evaluate(now)
+        return out
+
+    def stub_cpu_since(self, since_s: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each stub's CPU samples from the last one at or before `since_s` on."""
+        return {name: recent.recent(since_s) for name, recent in self.stub_cpu.items()}
