@@ -56,6 +56,19 @@ def test_requests_equal_tritonclient_s(case: str, sequence: dict) -> None:
     assert ours == _tritonclient_request("m", inputs, outputs, **sequence)
 
 
+def test_a_kept_description_carries_each_requests_own_tensors() -> None:
+    """Stateless requests of one shape reuse their serialized description; each still carries its
+    own bytes, and equals tritonclient's request for the same tensors."""
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        for shape, dtype in [((1, 5), np.float32), ((1, 6), np.float32), ((1, 5), np.int32)]:
+            inputs = [TensorRef("INPUT0", array=(rng.random(shape) * 100).astype(dtype))]
+            ours = service_pb2.ModelInferRequest.FromString(infer_request("m", inputs, [TensorRef("OUTPUT0")]))
+            assert ours == _tritonclient_request("m", inputs, [TensorRef("OUTPUT0")])
+    other_model = [TensorRef("INPUT0", array=np.ones((1, 5), np.float32))]
+    assert service_pb2.ModelInferRequest.FromString(infer_request("n", other_model, [])).model_name == "n"
+
+
 def test_shared_memory_tensors_equal_tritonclient_s() -> None:
     data = np.ones((1, 8), np.float32)
     inputs = [TensorRef("INPUT0", array=data, slot=Slot("tee_run_w1_0", 4096, 32, "system", "FP32", (1, 8)))]

@@ -17,6 +17,7 @@ from workers.plans import (
     PlanContext,
     PlanError,
 )
+from workers.worker import ScenarioDraw
 
 SPECS = build_specs(RepoOptions(models=HEALTHY_MODELS, zero_delay_ms=1000))
 SETTINGS = ScenariosSection(timeout_input_bytes=1024, large_tensor_bytes=4096)
@@ -94,3 +95,15 @@ def test_a_scenario_without_its_model_is_a_startup_error() -> None:
         PLANNERS["sequence_valid"](_context(1, only_identity))
     with pytest.raises(PlanError, match="zero model"):
         PLANNERS["timeout"](_context(1, only_identity))
+
+
+def test_scenario_draw_is_rng_choice_without_its_cost() -> None:
+    """The lanes' draw takes the same single uniform number as rng.choice(p=...) and lands on the
+    same index, so a seed replays the scenario sequence it always did."""
+    probabilities = np.array([60, 0, 10, 1, 120, 30], dtype=float)
+    probabilities /= probabilities.sum()
+    draw = ScenarioDraw(probabilities)
+    ours, theirs = np.random.default_rng(11), np.random.default_rng(11)
+    drawn = [draw(ours) for _ in range(5000)]
+    assert drawn == [int(theirs.choice(len(probabilities), p=probabilities)) for _ in range(5000)]
+    assert 1 not in drawn and set(drawn) == {0, 2, 3, 4, 5}

@@ -22,15 +22,20 @@ class PlanDeadlines:
         self._expired: set[int] = set()
         self._tokens = itertools.count(1)
         self._watchdog: asyncio.Task | None = None
+        # The loop, asked for once: asyncio.current_task() without it makes a getpid() system
+        # call per plan (get_running_loop's fork check).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, deadline_s: float) -> int:
         """Watch the current task until finish(token); cancelled when `deadline_s` is over."""
-        task = asyncio.current_task()
-        assert task is not None, "a plan runs inside a task"
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task(self._loop)
+        assert task is not None, "a plan runs inside a task on the loop of the first"
         token = next(self._tokens)
         self._running[token] = (time.monotonic() + deadline_s, task)
         if self._watchdog is None or self._watchdog.done():
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+            self._watchdog = self._loop.create_task(self._watch())
         return token
 
     def expired(self, token: int) -> bool:

@@ -189,8 +189,16 @@ class Executor:
         latency counts from then, so a server that falls behind cannot hide its queue."""
         outcome = PlanOutcome(plan.scenario)
         token = self._deadlines.start(plan.deadline_s)
+        stream = None
         try:
-            await self._run_steps(plan, scenario_code, outcome, intended_ns)
+            if ((plan.steps[0].protocol if plan.steps else "") or self.protocol) == "grpc_stream":
+                stream = _SequenceStream(self._grpc_client())
+            for index, step in enumerate(plan.steps):
+                if index and self._sequence_idled_out(step, outcome.answered_ns, plan.scenario):
+                    outcome.abandoned = True
+                    break  # the server has let the sequence go: what follows would fail for our lateness
+                if not await self._step(step, index, scenario_code, outcome, stream, intended_ns if index == 0 else 0):
+                    break  # the rest of a broken sequence would only repeat the same failure
         except asyncio.CancelledError:
             if not self._deadlines.expired(token):
                 raise
@@ -199,6 +207,8 @@ class Executor:
                 outcome.failure = f"plan did not finish within {plan.deadline_s:g} s"
         finally:
             self._deadlines.finish(token)
+            if stream is not None:
+                await stream.close()
             for step in plan.steps:
                 if step.sequence_id:
                     self.in_flight.sequences.pop(step.sequence_id, None)
@@ -206,21 +216,6 @@ class Executor:
             self.sender.event("scenario_failed", plan.steps[0].model if plan.steps else "", plan.scenario,
                               outcome.failure)
         return outcome
-
-    async def _run_steps(self, plan: Plan, scenario_code: int, outcome: PlanOutcome, intended_ns: int) -> None:
-        protocol = (plan.steps[0].protocol if plan.steps else "") or self.protocol
-        stream = _SequenceStream(self._grpc_client()) if protocol == "grpc_stream" else None
-        try:
-            for index, step in enumerate(plan.steps):
-                if index and self._sequence_idled_out(step, outcome.answered_ns, plan.scenario):
-                    outcome.abandoned = True
-                    return  # the server has let the sequence go: what follows would fail for our lateness
-                ok = await self._step(step, index, scenario_code, outcome, stream, intended_ns if index == 0 else 0)
-                if not ok:
-                    return  # the rest of a broken sequence would only repeat the same failure
-        finally:
-            if stream is not None:
-                await stream.close()
 
     def _sequence_idled_out(self, step: Step, answered_ns: int, scenario: str) -> bool:
         """True when this process was so late (a starved event loop, a paused machine) that more

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Awaitable
 from urllib.parse import unquote
 
 import hpack
@@ -147,10 +148,13 @@ class _Connection(asyncio.Protocol):
         self._window_opened = asyncio.Event()  # set on WINDOW_UPDATE / SETTINGS / drain
         self._writable = True
         self._out: list[bytes | memoryview] = []  # frames waiting for the end of this loop turn
+        self._loop: asyncio.AbstractEventLoop  # set by connection_made
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Kept: asyncio.get_running_loop() makes a getpid() system call (fork safety) per use.
+        self._loop = asyncio.get_running_loop()
         settings = struct.pack(">HIHIHI", SETTING_ENABLE_PUSH, 0, SETTING_INITIAL_WINDOW_SIZE, MAX_WINDOW,
                                SETTING_MAX_FRAME_SIZE, OUR_MAX_FRAME)
         self.transport.write(PREFACE + _frame(SETTINGS, 0, 0, settings)
@@ -346,7 +350,7 @@ class _Connection(asyncio.Protocol):
         send(): at 8 in flight that halves the system calls. One queue also keeps frames in the
         order they were made, which HTTP/2 needs (new streams must open in increasing order)."""
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._out.append(data)
 
     def _flush(self) -> None:
@@ -376,7 +380,7 @@ class _Connection(asyncio.Protocol):
         self._next_id += 2
         if self._next_id > LARGEST_STREAM_ID:
             self.closing = True  # stream ids ran out: the next call opens a new connection
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         call = _Call(loop.create_future(), self._peer_window)
         self.calls[stream_id] = call
         if timeout is not None:
@@ -483,15 +487,22 @@ class GrpcWireClient:
         self._connection = protocol
         return protocol
 
-    async def unary(self, method: str, message: bytes | memoryview, timeout: float | None = None) -> memoryview:
-        """Send one serialized request to `method` (e.g. /inference.GRPCInferenceService/ModelInfer),
-        return the serialized answer; GrpcError when the call fails."""
+    def unary(self, method: str, message: bytes | memoryview, timeout: float | None = None
+              ) -> Awaitable[memoryview]:
+        """Send one serialized request to `method` (e.g. /inference.GRPCInferenceService/ModelInfer);
+        awaited, the serialized answer; GrpcError when the call fails. A plain function handing
+        back the connection's coroutine: one coroutine frame less to resume per request."""
         headers = self._headers.get(method)
         if headers is None:
             headers = self._headers[method] = request_headers(method, self.authority)
         connection = self._connection
         if connection is None or connection.closing:
-            connection = await self._open()
+            return self._open_and_call(headers, message, timeout)
+        return connection.call(headers, message, timeout)
+
+    async def _open_and_call(self, headers: bytes, message: bytes | memoryview,
+                             timeout: float | None) -> memoryview:
+        connection = await self._open()
         return await connection.call(headers, message, timeout)
 
     async def close(self) -> None:

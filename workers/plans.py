@@ -24,7 +24,10 @@ T = TypeVar("T")
 SEQUENCE_VALUE_LIMIT = 1 << 20  # sequence inputs are drawn from [0, 2^20), as in the reference suite
 
 
-@dataclass(frozen=True)
+# Step, Plan (and TensorRef) are made for every request: plain slotted dataclasses, read-only by
+# convention, because a frozen dataclass's __init__ sets each field through object.__setattr__
+# (2.4 us for a Step instead of 0.55).
+@dataclass(slots=True)
 class Step:
     model: str
     values: np.ndarray  # the first input's data, shaped as sent
@@ -44,7 +47,7 @@ class Step:
     shm: str = ""  # "" = the worker's shared memory; "none" = inline; else that pool's mode
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Plan:
     scenario: str
     steps: tuple[Step, ...]

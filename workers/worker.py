@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import multiprocessing
 import signal
@@ -144,17 +145,21 @@ def shared_table(names: tuple[str, ...], probabilities: np.ndarray,
     return tuple(n for n, _ in kept), np.array([p / total for _, p in kept]) if kept else np.zeros(0)
 
 
+_OWN_RUNNERS = frozenset({"crashing_client", "steady_load"})
+
+
 class ScenarioDraw:
     """Draws a scenario index as `rng.choice(len(p), p=p)` does, from the same single uniform
     number (so runs replay exactly as before), without choice()'s per-call checks and cumulative
-    sum: 4 us a draw instead of 60."""
+    sum: 1 us a draw instead of 60 (bisect on a list of the same doubles is searchsorted(side=
+    "right") without numpy's call overhead)."""
 
     def __init__(self, probabilities: np.ndarray) -> None:
         cdf = np.cumsum(probabilities, dtype=np.float64)
-        self._cdf = cdf / cdf[-1] if len(cdf) else cdf
+        self._cdf: list[float] = (cdf / cdf[-1] if len(cdf) else cdf).tolist()
 
     def __call__(self, rng: np.random.Generator) -> int:
-        return int(self._cdf.searchsorted(rng.random(), side="right"))
+        return bisect.bisect_right(self._cdf, rng.random())
 
 
 def lane_generator(spec: WorkerSpec, lane: int) -> np.random.Generator:
@@ -302,20 +307,23 @@ class Worker:
 
     async def _run_one(self, name: str, ctx: PlanContext, intended_ns: int = 0) -> PlanOutcome:
         try:
-            return await self._dispatch(name, ctx, intended_ns)
+            if name in _OWN_RUNNERS:
+                return await self._run_own(name, ctx)
+            # Awaited here, not through a helper coroutine: every frame between the lane and the
+            # socket is resumed twice per request.
+            return await self.executor.run(self.planners[name](ctx), self.codes[name], intended_ns)
         except Exception as exc:  # a scenario that breaks is a failed scenario, not a dead worker
             text = f"{type(exc).__name__}: {exc}"
             self.sender.event("scenario_failed", "", name, text)
             return PlanOutcome(name, failed=True, failure=text)
 
-    async def _dispatch(self, name: str, ctx: PlanContext, intended_ns: int) -> PlanOutcome:
+    async def _run_own(self, name: str, ctx: PlanContext) -> PlanOutcome:
+        """The scenarios that run themselves instead of a plan of steps."""
         code = self.codes[name]
         if name == "crashing_client":
             return await run_crashing_client(self.executor, ctx, self.spec.scenarios.crashing_client_lifetime, code,
                                              self.spec.grpc_url)
-        if name == "steady_load":
-            return await run_steady_load(self.executor, ctx, self.steady, code, self.spec.grpc_url)
-        return await self.executor.run(self.planners[name](ctx), code, intended_ns)
+        return await run_steady_load(self.executor, ctx, self.steady, code, self.spec.grpc_url)
 
     async def _heartbeats(self) -> None:
         """A partial batch leaves within 100 ms even while every lane waits on a slow model; a

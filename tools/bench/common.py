@@ -90,6 +90,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (a server and its python backend stubs)."""
+    total = 0.0
+    for child in [pid, *child_pids(pid)]:
+        try:
+            total += cpu_seconds(child)
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # gone between listing and reading
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(x) for x in task.read_text().split()]
+        except FileNotFoundError:
+            pass
+    return children
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -107,9 +128,11 @@ class ServerHandle:
 
 
 @contextmanager
-def embedded_server(workdir: Path, models: tuple[str, ...], instance_count: int = 1) -> Iterator[ServerHandle]:
+def embedded_server(workdir: Path, models: tuple[str, ...], instance_count: int = 1,
+                    dynamic_batching: bool = True) -> Iterator[ServerHandle]:
     """The bundled tritonserver on free loopback ports serving generated `models`; stopped on exit."""
-    specs = generate_repository(workdir / "repo", RepoOptions(models=models, instance_count=instance_count))
+    specs = generate_repository(workdir / "repo", RepoOptions(models=models, instance_count=instance_count,
+                                                              dynamic_batching=dynamic_batching))
     server = LaunchedServer(LaunchOptions(repository=workdir / "repo", work_dir=workdir / "server",
                                           startup_timeout=120.0, stop_timeout=15.0))
     try:
