@@ -23,6 +23,7 @@ from engine.detectors.verdict import Verdict
 
 SCHEMA_VERSION = 1
 VERDICT_STATES = ("open", "cleared", "withdrawn", "info")
+WRITER_CACHE_KIB = 1024  # the aggregator's page cache
 _WINDOW_FIELDS = [f.name for f in fields(WindowStats)]
 
 _SCHEMA = f"""
@@ -105,6 +106,10 @@ class RunStore:
         db = sqlite3.connect(path, timeout=30.0, isolation_level="DEFERRED")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at each checkpoint, never corrupt
+        # The writer appends: its working set is the last page of each table and index (about one
+        # per resource series); SQLite's default 2 MiB cache only filled up over the first minutes
+        # of a run, which reads as the aggregator's memory growing.
+        db.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         db.executescript(_SCHEMA)
         store = cls(db, path, writer=True)
         store._series = dict(db.execute("SELECT name, id FROM series").fetchall())

@@ -24,6 +24,7 @@ from workers.sender import TelemetrySender
 from workers.telemetry import (
     KIND_BATCH,
     KIND_EVENT,
+    STATUS_EXPECTED_ERROR,
     STATUS_NAMES,
     STATUS_OK,
     STATUS_WRONG,
@@ -168,6 +169,37 @@ def test_a_sequence_the_engine_was_too_late_for_is_abandoned_not_blamed_on_the_s
     assert [b.columns["status"].tolist() for b in batches] == [[STATUS_OK]]  # the one request that was sent
     [late] = [e.body for e in events if e.body["what"] == "engine_late"]
     assert "sequence 4242 of sequence_int32 abandoned" in late["text"] and "2 s idle timeout" in late["text"]
+
+
+def test_a_sequence_that_idled_out_on_the_way_is_an_expected_refusal(server, tmp_path: Path) -> None:
+    """A step sent in time that still reaches the server past the idle timeout (a slow path: here a
+    transport that holds the second request 2.5 s before sending it) gets the START-flag refusal the
+    server must give; it is counted as expected, said as engine_late, and the sequence goes no further."""
+    running, specs = server
+    models = {s.name: s for s in specs}
+    steps = tuple(Step(model="sequence_int32", values=np.array([[v]], dtype=np.int32), sequence_id=4343,
+                       start=i == 0, end=i == 2) for i, v in enumerate((1, 2, 3)))
+    plan = Plan("sequence_valid", steps, 20.0)
+    with telemetry_sink(tmp_path) as (endpoint, pull):
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("sequence_valid",), "grpc"))
+        executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender)
+        unary = executor._unary
+
+        async def slow_second(spec, step, held):  # type: ignore[no-untyped-def]
+            if not step.start:
+                await asyncio.sleep(2.5)
+            return await unary(spec, step, held)
+
+        executor._unary = slow_second  # type: ignore[method-assign]
+        [outcome] = asyncio.run(_run_plans(executor, [plan], {"sequence_valid": 0}))
+        sender.close()
+        batches, events = _drain(pull)
+    assert not outcome.failed and outcome.abandoned and outcome.requests == 2
+    assert [s for b in batches for s in b.columns["status"].tolist()] == [STATUS_OK, STATUS_EXPECTED_ERROR]
+    [late] = [e.body for e in events if e.body["what"] == "engine_late"]
+    assert "sequence 4343 of sequence_int32 idled out on the way" in late["text"], late
+    assert not [e for e in events if e.body["what"] == "scenario_failed"]
 
 
 def test_a_plan_past_its_deadline_fails_and_the_lane_goes_on(server, tmp_path: Path) -> None:

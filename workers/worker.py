@@ -20,6 +20,7 @@ from model_repo_gen.spec import ModelSpec
 from shm import ShmPool
 
 from .executor import Executor, PlanOutcome
+from .heap import ReleaseTimer, limit_arenas
 from .lifeline import stop_with_parent
 from .plans import (
     PLANNERS,
@@ -330,11 +331,13 @@ class Worker:
         heartbeat every second."""
         ticks_per_beat = round(HEARTBEAT_INTERVAL_S / FLUSH_TICK_S)
         tick = 0
+        heap = ReleaseTimer()
         while True:
             await asyncio.sleep(FLUSH_TICK_S)
             tick += 1
             if tick % ticks_per_beat == 0:
                 self._heartbeat()
+                heap.tick()
             else:
                 self.sender.maybe_flush(time.monotonic_ns())
 
@@ -359,6 +362,7 @@ def worker_main(spec: WorkerSpec) -> None:
     happens when the coordinator dies."""
     parent = multiprocessing.parent_process()
     stop_with_parent(parent.pid if parent else None)
+    limit_arenas()  # before ZeroMQ's and gRPC's threads start
     worker = Worker(spec)
 
     async def main() -> None:

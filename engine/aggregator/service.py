@@ -25,6 +25,7 @@ from engine.detectors.stall import ModelTiming, StallDetector, StallView
 from engine.detectors.verdict import Verdict
 from engine.cluster.keys import ServerKeys, leaves_host, secure_server
 from engine.store import RunStore
+from workers.heap import ReleaseTimer, limit_arenas
 from workers.lifeline import stop_with_parent
 from workers.telemetry import (
     KIND_BATCH,
@@ -405,7 +406,9 @@ def aggregator_main(spec: AggregatorSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
     parent = multiprocessing.parent_process()
     stop_with_parent(parent.pid if parent else None)  # a killed coordinator still gets a drained store
+    limit_arenas()  # before ZeroMQ's I/O thread starts
     aggregator = Aggregator(spec)
+    heap = ReleaseTimer()
     try:
         next_tick = time.monotonic() + TICK_S
         while not stopping:
@@ -413,6 +416,7 @@ def aggregator_main(spec: AggregatorSpec) -> None:
             if time.monotonic() >= next_tick:
                 next_tick += TICK_S
                 aggregator.tick()
+                heap.tick()
         # Drain: the workers have stopped; what they sent last is queued here.
         while aggregator.poll(0.3):
             pass

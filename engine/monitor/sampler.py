@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.server import find_stub_processes
+from workers.heap import ReleaseTimer, limit_arenas
 from workers.lifeline import stop_with_parent
 from workers.sender import TelemetrySender
 from workers.telemetry import KIND_RESOURCES, RecordBuffer
@@ -142,6 +143,7 @@ def monitor_main(spec: MonitorSpec) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     parent = multiprocessing.parent_process()
     stop_with_parent(parent.pid if parent else None)
+    limit_arenas()  # before ZeroMQ's I/O thread starts
     run_monitor(spec, stop)
 
 
@@ -152,6 +154,7 @@ def run_monitor(spec: MonitorSpec, stop: threading.Event) -> None:
     monitor = Monitor(spec)
     end = time.monotonic() + spec.deadline_s
     reported: set[str] = set()
+    heap = ReleaseTimer()
     try:
         if monitor._nvml is not None and monitor._nvml.reason:
             sender.event("monitor_note", "", "", monitor._nvml.reason)
@@ -170,6 +173,7 @@ def run_monitor(spec: MonitorSpec, stop: threading.Event) -> None:
                     reported.add(error)
                     sender.event("monitor_error", "", "", error)
             sender.flush_events()
+            heap.tick()
             stop.wait(max(0.0, spec.interval_s - samples[f"{spec.series_prefix}monitor/sample_ms"] / 1000))
         if stop.is_set():  # stopped after the load: one last look, so the server's final counts are kept
             sender.send(KIND_RESOURCES, {"time_ns": time.monotonic_ns(), "samples": monitor.sample()})
