@@ -334,6 +334,7 @@ class Coordinator:
             load=self.config.workers.load, rate=self.config.workers.rate,
             max_outstanding=self.config.workers.max_outstanding,
             target=target.name, telemetry_keys=self.keys.client if remote and self.keys else None,
+            event_loop=self.config.workers.event_loop,
         )
         workers[index] = self.backend.start_worker(spec, target.info)
         self._worker_target[index] = target_index

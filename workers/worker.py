@@ -19,6 +19,7 @@ import tritonclient.http as httpclient
 from model_repo_gen.spec import ModelSpec
 from shm import ShmPool
 
+from . import event_loop
 from .executor import Executor, PlanOutcome
 from .heap import ReleaseTimer, limit_arenas
 from .lifeline import stop_with_parent
@@ -75,6 +76,7 @@ class WorkerSpec:
     max_outstanding: int = 256  # open loop: in flight before the schedule skips
     target: str = ""  # the server this worker drives, by name, in a fleet ("" with one server)
     telemetry_keys: Any = None  # CURVE client keys when the telemetry endpoint leaves the host
+    event_loop: str = "uvloop"  # uvloop or asyncio (workers/event_loop.py)
 
 
 def planners_for(user_loads: tuple[ResolvedLoad, ...]) -> dict[str, Callable[[PlanContext], Plan]]:
@@ -371,7 +373,7 @@ def worker_main(spec: WorkerSpec) -> None:
             loop.add_signal_handler(sig, worker.stop)
         await worker.run()
 
-    asyncio.run(main())
+    event_loop.run(main(), spec.event_loop)
 
 
 def start_worker(spec: WorkerSpec) -> multiprocessing.process.BaseProcess:

@@ -22,6 +22,7 @@ from engine.config import ClusterSection
 from engine.monitor import MonitorSpec
 from engine.monitor.sampler import run_monitor
 from shm import CleanupReport
+from workers import event_loop
 from workers.worker import Worker, WorkerSpec
 
 from .backend import ProcessHandle, clean_here
@@ -50,7 +51,7 @@ class WorkerActor:
                 worker.stop()
             await worker.run()
 
-        asyncio.run(main())
+        event_loop.run(main(), self.spec.event_loop)
         return 0
 
     def stop(self) -> None:

@@ -15,6 +15,7 @@ LONG_DURATION_S = 480_000.0  # TRITON_PERF_LONG=1: the suite says "~6.5 days"; i
 PROTOCOLS = ("grpc", "grpc_stream", "http")
 SHM_MODES = ("none", "system", "cuda", "auto")
 LOAD_SHAPES = ("closed", "constant", "poisson")
+EVENT_LOOPS = ("uvloop", "asyncio")  # workers.event_loop.EVENT_LOOPS
 DETECTORS = ("leak", "stall", "drift", "errors", "wrong_answers")
 REPORT_FORMATS = ("terminal", "json", "html", "text")
 # Scenario -> weight, as the reference suite draws them (identity takes the ResNet scenario's place).
@@ -114,6 +115,8 @@ class WorkersSection:
         "min": 1, "help": "open loop: plans in flight before the schedule skips (skips are counted)"})
     silent_timeout: float = field(default=30.0, metadata={
         "unit": "duration", "min_exclusive": 0, "help": "a worker without a heartbeat this long is killed and replaced"})
+    event_loop: str = field(default="uvloop", metadata={
+        "choices": EVENT_LOOPS, "help": "the workers' event loop: uvloop (less CPU per request) or asyncio's own"})
 
 
 @dataclass(frozen=True)

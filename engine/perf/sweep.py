@@ -29,6 +29,7 @@ import tritonclient.grpc as grpcclient
 
 from model_repo_gen import ModelSpec, build_specs
 from shm import cleanup, gpu_count, gpu_unavailable_reason
+from workers import event_loop
 
 from ..config import Config, ConfigError, config_to_dict, format_duration
 from ..run_setup import create_run_dir, prepare_repository, start_server
@@ -184,8 +185,8 @@ def run_perf(config: Config, options: PerfOptions) -> int:
         _say(f"server: triton {version or '?'}, http {server.endpoints.http}, grpc {server.endpoints.grpc}"
              + (f", pid {server.pid}" if server.pid else " (attached)"))
         try:
-            asyncio.run(_sweep(planned, specs, server.endpoints, settings, paths.run_id, deadline,
-                               server.is_running, on_point))
+            event_loop.run(_sweep(planned, specs, server.endpoints, settings, paths.run_id, deadline,
+                                  server.is_running, on_point), config.workers.event_loop)
         except (KeyboardInterrupt, asyncio.CancelledError):
             interrupted = "interrupted (Ctrl-C or SIGTERM)"
     finally:

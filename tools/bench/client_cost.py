@@ -44,6 +44,7 @@ from typing import Any
 
 from common import (BenchResult, NoTelemetry, Stopwatch, Target, embedded_server, run_alone,  # isort: skip
                     server_successes, tree_cpu_seconds)
+from workers import event_loop  # noqa: E402
 
 MODEL = "identity_fp32"
 WARMUP_S = 1.0
@@ -110,7 +111,7 @@ def variant_threads(window: Window, url: str, concurrency: int) -> Stopwatch:
     return watch
 
 
-def variant_asyncio(window: Window, url: str, concurrency: int) -> Stopwatch:
+def variant_asyncio(window: Window, url: str, concurrency: int, loop: str) -> Stopwatch:
     import numpy as np
     import tritonclient.grpc as grpcclient
     import tritonclient.grpc.aio as grpcaio
@@ -134,10 +135,10 @@ def variant_asyncio(window: Window, url: str, concurrency: int) -> Stopwatch:
         await client.close()
         return watch
 
-    return asyncio.run(main())
+    return event_loop.run(main(), loop)
 
 
-def variant_engine(window: Window, url: str, concurrency: int, endpoint: str | None) -> Stopwatch:
+def variant_engine(window: Window, url: str, concurrency: int, loop: str, endpoint: str | None) -> Stopwatch:
     from engine.config import DEFAULT_WEIGHTS, ScenariosSection
     from model_repo_gen import RepoOptions, generate_repository
     from workers.worker import Worker, WorkerSpec
@@ -148,7 +149,7 @@ def variant_engine(window: Window, url: str, concurrency: int, endpoint: str | N
     spec = WorkerSpec(worker_id=0, run_id="bench", seed=1, id_base=1, id_block=1 << 20, grpc_url=url,
                       http_url="127.0.0.1:1", protocol="grpc", concurrency=concurrency, models=tuple(specs),
                       scenarios=ScenariosSection(weights=weights), telemetry_endpoint=endpoint or "inproc://none",
-                      deadline_s=3600.0)
+                      deadline_s=3600.0, event_loop=loop)
     worker = Worker(spec)
     if endpoint is None:
         worker.sender.close()
@@ -161,7 +162,7 @@ def variant_engine(window: Window, url: str, concurrency: int, endpoint: str | N
         await running
         return watch
 
-    return asyncio.run(main())
+    return event_loop.run(main(), loop)
 
 
 def _child(name: str, args: tuple, started: Any, ended: Any, results: Any) -> None:
@@ -209,27 +210,33 @@ def measure(kind: str, args: tuple, server: Any, seconds: float, label: str, con
             "server_us": (server_after - server_before) / max(requests, 1) * 1e6}
 
 
-VARIANTS = [("threads", False), ("asyncio", False), ("engine", True), ("engine", False)]  # (kind, telemetry)
+# (kind, telemetry, event loop). The engine runs on uvloop by default (workers/event_loop.py); its
+# run on asyncio's own loop shows what uvloop is worth, and the plain asyncio client gets uvloop too,
+# so the best plain variant is the best a plain client can do.
+VARIANTS = [("threads", False, ""), ("asyncio", False, "asyncio"), ("asyncio", False, "uvloop"),
+            ("engine", True, "uvloop"), ("engine", False, "uvloop"), ("engine", True, "asyncio")]
 
 
-def _label(kind: str, telemetry: bool, concurrency: int) -> str:
+def _label(kind: str, telemetry: bool, loop: str, concurrency: int) -> str:
     if kind == "threads":
         return "sync, one thread" if concurrency == 1 else "sync, threads"
     if kind == "asyncio":
-        return "asyncio"
+        return "asyncio" if loop == "asyncio" else "asyncio on uvloop"
+    if loop == "asyncio":
+        return "engine worker, asyncio loop"
     return "engine worker" if telemetry else "engine worker, no telemetry"
 
 
-def _rounds(server: Any, endpoint: str, args: argparse.Namespace, levels: list[int], variants: list[tuple[str, bool]],
-            setting: str) -> list[dict[str, Any]]:
+def _rounds(server: Any, endpoint: str, args: argparse.Namespace, levels: list[int],
+            variants: list[tuple[str, bool, str]], setting: str) -> list[dict[str, Any]]:
     """Every variant at every level, `args.rounds` times over, interleaved (a slow minute of the
     host hits all variants alike); each figure is the median of its rounds."""
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for round_index in range(args.rounds):
         for concurrency in levels:
-            for kind, telemetry in variants:
-                label = _label(kind, telemetry, concurrency)
-                extra = (endpoint if telemetry else None,) if kind == "engine" else ()
+            for kind, telemetry, loop in variants:
+                label = _label(kind, telemetry, loop, concurrency)
+                extra = (loop, endpoint if telemetry else None) if kind == "engine" else (loop,) if loop else ()
                 row = measure(kind, extra, server, args.seconds, label, concurrency)
                 runs.setdefault((label, concurrency), []).append(row)
                 print(f"  {setting}, round {round_index + 1}: c={concurrency:<3} {label:<28} {row['rps']:8.0f} req/s "
@@ -264,7 +271,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                 # engine request. Without batching every request costs the server the same, and the
                 # highest level's throughput compares the clients alone.
                 level = max(args.concurrency)
-                plain_and_engine = [v for v in VARIANTS if v[0] != "engine" or v[1]]
+                plain_and_engine = [v for v in VARIANTS if v[0] != "engine" or v[1:] == (True, "uvloop")]
                 with embedded_server(Path(tmp) / "unbatched", (MODEL,), instance_count=2,
                                      dynamic_batching=False) as server:
                     rows += _rounds(server, endpoint, args, [level], plain_and_engine, NO_BATCHING)
@@ -307,6 +314,9 @@ def _result(rows: list[dict[str, Any]], seconds: float) -> BenchResult:
                               "client CPU: the process's own CPU time (all threads) over the measured seconds, "
                               "divided by the requests the server counted in them; server CPU: tritonserver and its "
                               "python backend stubs over the same seconds",
+                              "engine worker: on uvloop, the engine's default ([workers] event_loop); 'asyncio "
+                              "loop': the same worker on asyncio's own loop; 'asyncio on uvloop': the plain "
+                              "tritonclient.grpc.aio loop given uvloop too",
                               "the engine sends a fresh random input of 1 to 64 elements per request and "
                               "validates every answer; the plain loops send one 1x16 input built once",
                               "dynamic batching (the generated model's default) merges the plain loops' identical "

@@ -161,6 +161,7 @@ def measure(server: Any, spec: Any, protocol: str, mode: str, size: int, arrays:
     import tritonclient.grpc as grpcclient
 
     from shm import ShmPool
+    from workers import event_loop
     from workers.executor import Executor
 
     async def point(pool: Any) -> dict[str, Any]:
@@ -174,11 +175,11 @@ def measure(server: Any, spec: Any, protocol: str, mode: str, size: int, arrays:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         try:
             with ShmPool(client, run_id, worker_id=0, mode="system") as pool:
-                result = asyncio.run(point(pool))
+                result = event_loop.run(point(pool))
         finally:  # the pool has unregistered and unlinked its regions, even on failure
             client.close()
     else:
-        result = asyncio.run(point(None))
+        result = event_loop.run(point(None))
     successes = server_successes(server.http_url, MODEL) - before
     requests = result["requests"]
     row = {"size": size, "protocol": protocol, "mode": mode, **result, "server_successes": successes,
@@ -296,7 +297,8 @@ def _result(raw: list[dict[str, Any]], args: argparse.Namespace, seconds: float,
                                   ratio >= TARGET_RATIO and not r["plans_failed"] and not base["plans_failed"]))
     notes = _gzip_note(rows) + [
         f"the engine's Executor (workers/executor.py) with identity plans on {MODEL} (python backend, "
-        f"{INSTANCES} instances, dynamic batching), {args.concurrency} plans in flight on one event loop, "
+        f"{INSTANCES} instances, dynamic batching), {args.concurrency} plans in flight on one event loop "
+        "(uvloop, as in a worker), "
         f"{args.warmup:g} s warm-up then {args.seconds:g} s measured per point (longer, up to {STRETCH:g}x, until "
         f"{MIN_REQUESTS} requests) x {args.rounds} round(s) with the order of the modes alternating, added up; "
         "inline and shm back to back per size; the input is as large as the output (identity)",
