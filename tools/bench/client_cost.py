@@ -331,7 +331,8 @@ def main() -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=4.0,
-                        help="measured seconds per variant and round (default 4; 16 variants x 3 rounds keep make bench under 15 min)")
+                        help="measured seconds per variant and round (default 4: with 16 variants x 3 rounds, "
+                             "make bench stays under 15 minutes)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, medians reported (default 3)")
     parser.add_argument("--no-equal-work", dest="equal_work", action="store_false",
                         help="skip the throughput comparison on a model without dynamic batching")
