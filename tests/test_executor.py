@@ -143,14 +143,19 @@ def test_repeated_timeouts_reuse_one_input_slot(server, tmp_path: Path) -> None:
     sync.close()
 
 
+def _three_step_sequence(sequence_id: int) -> Plan:
+    """START, one step, END on sequence_int32 (running sums 1, 3, 6)."""
+    steps = tuple(Step(model="sequence_int32", values=np.array([[v]], dtype=np.int32), sequence_id=sequence_id,
+                       start=i == 0, end=i == 2) for i, v in enumerate((1, 2, 3)))
+    return Plan("sequence_valid", steps, 20.0)
+
+
 def test_a_sequence_the_engine_was_too_late_for_is_abandoned_not_blamed_on_the_server(server, tmp_path: Path) -> None:
     """A starved client (here: a record call that blocks the event loop past the 2 s idle timeout)
     finds its sequence dropped by the server; that is the engine's lateness, not a server error."""
     running, specs = server
     models = {s.name: s for s in specs}
-    steps = tuple(Step(model="sequence_int32", values=np.array([[v]], dtype=np.int32), sequence_id=4242,
-                       start=i == 0, end=i == 2) for i, v in enumerate((1, 2, 3)))
-    plan = Plan("sequence_valid", steps, 20.0)
+    plan = _three_step_sequence(4242)
     with telemetry_sink(tmp_path) as (endpoint, pull):
         sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("sequence_valid",), "grpc"))
         record = sender.record
@@ -177,9 +182,7 @@ def test_a_sequence_that_idled_out_on_the_way_is_an_expected_refusal(server, tmp
     server must give; it is counted as expected, said as engine_late, and the sequence goes no further."""
     running, specs = server
     models = {s.name: s for s in specs}
-    steps = tuple(Step(model="sequence_int32", values=np.array([[v]], dtype=np.int32), sequence_id=4343,
-                       start=i == 0, end=i == 2) for i, v in enumerate((1, 2, 3)))
-    plan = Plan("sequence_valid", steps, 20.0)
+    plan = _three_step_sequence(4343)
     with telemetry_sink(tmp_path) as (endpoint, pull):
         sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("sequence_valid",), "grpc"))
         executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,

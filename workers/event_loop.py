@@ -35,11 +35,6 @@ def loop_factory(name: str = "uvloop") -> Callable[[], asyncio.AbstractEventLoop
     return None
 
 
-def loop_in_use(name: str = "uvloop") -> str:
-    """What `run(..., name)` actually runs on, for reports and benchmarks."""
-    return "uvloop" if loop_factory(name) is not None else "asyncio"
-
-
 def run(main: Coroutine[Any, Any, T], name: str = "uvloop") -> T:
     """asyncio.run(main) on the named loop."""
     try:
@@ -51,4 +46,4 @@ def run(main: Coroutine[Any, Any, T], name: str = "uvloop") -> T:
         return runner.run(main)
 
 
-__all__ = ["EVENT_LOOPS", "loop_factory", "loop_in_use", "run"]
+__all__ = ["EVENT_LOOPS", "loop_factory", "run"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_repo_gen.options import ALL_MODELS, RepoOptions
+from workers.event_loop import EVENT_LOOPS
 
 REFERENCE_DURATION_S = 25_000.0  # the suite's nightly run, about 7 h
 LONG_DURATION_S = 480_000.0  # TRITON_PERF_LONG=1: the suite says "~6.5 days"; it is 5.6 days
@@ -15,7 +16,6 @@ LONG_DURATION_S = 480_000.0  # TRITON_PERF_LONG=1: the suite says "~6.5 days"; i
 PROTOCOLS = ("grpc", "grpc_stream", "http")
 SHM_MODES = ("none", "system", "cuda", "auto")
 LOAD_SHAPES = ("closed", "constant", "poisson")
-EVENT_LOOPS = ("uvloop", "asyncio")  # workers.event_loop.EVENT_LOOPS
 DETECTORS = ("leak", "stall", "drift", "errors", "wrong_answers")
 REPORT_FORMATS = ("terminal", "json", "html", "text")
 # Scenario -> weight, as the reference suite draws them (identity takes the ResNet scenario's place).
