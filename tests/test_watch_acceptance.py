@@ -175,8 +175,16 @@ def test_healthy_models_get_no_verdict_under_the_same_detectors(tmp_path: Path) 
     try:
         verdicts = store.verdicts()
         windows = store.windows()
+        incidents = store.incidents()
     finally:
         store.close()
     assert windows, out
+    crashed = [what for _, what in incidents if what.startswith("the server exited (status -")]
+    if crashed:
+        # The bundled tritonserver (2.51) once died of SIGSEGV mid-run in CI. Not confirmed, but
+        # likely: the gRPC request-cancellation segfaults fixed after 2.51 (triton-inference-server/
+        # server#7368, #8034), which the timeout scenario's cancellations can hit. Every model then
+        # fails with the server, rightly, and the run says nothing about false alarms on healthy ones.
+        pytest.skip(f"the server itself crashed during the run ({crashed[0]}): no negative control")
     assert [r.verdict.describe() for r in verdicts if r.state != "info"] == [], out
     assert done.returncode == 0, out
