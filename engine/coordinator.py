@@ -17,6 +17,7 @@ import datetime
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,14 +31,16 @@ from workers.user_load import ResolvedLoad, resolve_loads
 from workers.worker import WorkerSpec, scenario_table
 
 from .aggregator.service import INCIDENT, LOAD_STOPPED, WORKER_GONE, AggregatorSpec, start_aggregator
-from .cluster.backend import Handle, WorkerBackend, make_backend
+from .cluster.backend import Handle, ProcessHandle, WorkerBackend, make_backend
 from .cluster.keys import RunKeys, generate_run_keys
 from .cluster.targets import Target, TargetInfo, fleet, split_workers, url_host
 from .config import Config, config_to_dict, format_duration
 from .detectors.settings import DetectorSettings, resolve_settings
 from .detectors.stall import ModelTiming
 from .live_view import LiveView
+from .memory_budget import HostSide, prepare_host_side
 from .monitor import MonitorSpec
+from .oom import OomWatch
 from .probe import probe_model, probe_table
 from .report import load_report, render_page, render_summary, write_reports
 from .report.mail import MailError, send_report
@@ -120,6 +123,10 @@ class Coordinator:
         self.keys: RunKeys | None = None  # CURVE keys of this run (Ray only: telemetry leaves the host)
         self._monitors: dict[int, Handle] = {}  # target index -> its monitor
         self._shares: dict[int, int] = {}  # target index -> how many workers drive it
+        self.host: HostSide  # the memory budget's objects on this host (made as the run starts)
+        self._oom: OomWatch | None = None  # tells an OOM kill of the server or a worker from other SIGKILLs
+        # Bytes of large inputs the engine has in flight now, said with an OOM kill (set by whoever knows).
+        self.large_bytes_in_flight: Callable[[], int] | None = None
 
     def run(self) -> RunOutcome:
         config, paths = self.config, self.paths
@@ -132,8 +139,15 @@ class Coordinator:
         healthy = tuple(s for s in specs if s.name not in FAULTY_MODELS)
         if not config.load:  # with [[load]] entries the check waits until they are resolved
             scenario_table(dict(config.scenarios.weights), specs, config.scenarios)
+        self.host = prepare_host_side(config, specs, paths.run_id)  # BudgetError: the config cannot fit
+        _say(self.host.plan.describe())
+        self.large_bytes_in_flight = self.host.in_flight_bytes
         signals = _Signals()
-        self.targets = self._start_servers(specs)
+        try:
+            self.targets = self._start_servers(specs)
+        except BaseException:
+            self.host.close()
+            raise
         helpers: dict[str, object] = {}
         workers: dict[int, Handle] = {}
         try:
@@ -155,6 +169,7 @@ class Coordinator:
             for load in self.user_loads:
                 _say(f"  {load.scenario}: inputs {', '.join(f'{t.name} {t.datatype}{list(t.dims)}' for t in load.spec.inputs)}"
                      f", data {load.data}" + (f", {len(load.expect)} validation rows" if load.expect else ""))
+            self._oom = OomWatch.start()  # the kernel log's position and OOM counter as the load starts
             self._started = time.monotonic()
             deadline = self._started + config.run.duration
             self._start_watch(helpers, specs, deadline)
@@ -173,15 +188,20 @@ class Coordinator:
             for handle in workers.values():
                 if handle.is_alive():
                     handle.kill()
+            for target in self.targets:
+                self.host.release_inputs(target.endpoints.grpc)
             for index in range(len(self.targets)):
                 self._clean_shm(index)
             self._stop_watch(helpers)
+            self.host.close()
             for target in self.targets:
                 target.server.stop()
             if self.backend is not None:
                 self.backend.close()
             signals.restore()
             self.live.close()
+            if self._oom is not None:
+                self._oom.close()
         return self._report()
 
     # -- servers and where the workers run ------------------------------------------------
@@ -254,6 +274,7 @@ class Coordinator:
             series_prefix=f"target/{target.name}/" if target.name else "",
             telemetry_keys=self.keys.client if remote and self.keys else None,
             server_port=int(server.endpoints.http.rsplit(":", 1)[1]) if remote else 0,
+            budget_path=self.host.path if launched and index == 0 else "",  # one monitor holds back large plans
         ), target.info, launched)
 
     def _restart_monitor(self, index: int, deadline: float) -> None:
@@ -335,6 +356,7 @@ class Coordinator:
             max_outstanding=self.config.workers.max_outstanding,
             target=target.name, telemetry_keys=self.keys.client if remote and self.keys else None,
             event_loop=self.config.workers.event_loop,
+            budget_path="" if remote else self.host.path, host_inputs=() if remote else self.host.host_inputs,
         )
         workers[index] = self.backend.start_worker(spec, target.info)
         self._worker_target[index] = target_index
@@ -347,12 +369,22 @@ class Coordinator:
                 time.sleep(LIVE_EVERY_S)
                 for index, handle in list(workers.items()):
                     if not handle.is_alive() and time.monotonic() < deadline - 1.0:
-                        self._incident(f"worker {index} {handle.exit_text()}; replaced")
+                        said = (self._oom.explain(handle.pid, f"worker {index}", self.large_bytes_in_flight)
+                                if self._oom is not None and isinstance(handle, ProcessHandle) and handle.pid
+                                and handle.process.exitcode == -signal.SIGKILL else "")
+                        stops = self._oom is not None and self._oom.stops_run
+                        self._incident(f"worker {index} {handle.exit_text()}" + ("" if stops else "; replaced")
+                                       + (f": {said}" if said else ""))
                         self._tell_aggregator(WORKER_GONE, f"worker-{index}")
                         target_index = self._worker_target.pop(index)
                         self._clean_shm(target_index, worker_id=index)
                         del workers[index]
+                        if stops:
+                            break
                         self._spawn(workers, models, target_index, deadline)
+                if self._oom is not None and self._oom.stops_run:
+                    self._incident(self._oom.stop_text())
+                    break
                 lost = [i for i, t in enumerate(self.targets) if not t.server.is_running()]
                 if any(not self._recover_server(workers, models, i, helpers, deadline) for i in lost):
                     break
@@ -417,7 +449,10 @@ class Coordinator:
         server = self.targets[index].server
         launched = isinstance(server, LaunchedServer)
         if launched:
-            self._incident(f"the server exited (status {server.returncode})")
+            status = server.returncode
+            said = (self._oom.explain(server.pid, "tritonserver", self.large_bytes_in_flight)
+                    if self._oom is not None and status == -signal.SIGKILL and server.pid else "")
+            self._incident(f"the server exited (status {status})" + (f": {said}" if said else ""))
         else:
             self._incident(f"the server at {server.endpoints.http} stopped answering")
         ours = {w: workers.pop(w) for w, t in list(self._worker_target.items()) if t == index and w in workers}
@@ -425,6 +460,9 @@ class Coordinator:
         for w in ours:
             self._worker_target.pop(w, None)
         if launched:
+            if self._oom is not None and self._oom.stops_run:
+                self._incident(self._oom.stop_text())
+                return False
             if self._server_restarts >= self.config.server.restarts:
                 self._incident(f"no server restart left ([server] restarts = {self.config.server.restarts}); "
                                "the run stops")
@@ -446,6 +484,7 @@ class Coordinator:
                 return False
             self._incident(f"the server answers again after {time.monotonic() - lost_at:.1f} s")
         self._clean_shm(index)
+        self.host.renew_inputs()  # the cleanup took them with the rest of the run's /dev/shm
         for _ in range(self._shares[index]):
             self._spawn(workers, models, index, deadline)
         return True
@@ -504,8 +543,9 @@ class Coordinator:
 
     def _tell_aggregator(self, what: str, text: str) -> None:
         if self._incident_sender is not None:
-            self._incident_sender.event(what, "", "", text)
-            self._incident_sender.flush_events()
+            # Every incident with its text: the sender's per-kind text limit (meant for a flood of
+            # request errors) would send the fourth incident of a run as a bare count.
+            self._incident_sender.event(what, "", "", text, always_text=True)
 
     def _report(self) -> RunOutcome:
         if not self.store_path.exists():

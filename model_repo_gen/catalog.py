@@ -62,7 +62,7 @@ def _state_ttl(o: RepoOptions) -> str:
 
 
 def _sequence(datatype: str, batching: bool, *, string_ids: bool = False, expires: bool = True,
-              backend: str = "python") -> Callable[[str, RepoOptions], ModelSpec]:
+              backend: str = "python", hang: bool = False) -> Callable[[str, RepoOptions], ModelSpec]:
     def build(name: str, o: RepoOptions) -> ModelSpec:
         implicit = backend != "python"
         controls = (CONTROL_START, CONTROL_READY) if implicit else (CONTROL_START, CONTROL_END, CONTROL_READY)
@@ -74,14 +74,22 @@ def _sequence(datatype: str, batching: bool, *, string_ids: bool = False, expire
             implicit_state=implicit, expires_state=expires,
         )
         parameters: tuple[tuple[str, str], ...] = ()
+        instances = _instances(o)
         if backend == "python":
             parameters = (("expire_state", "1" if expires else "0"), ("state_ttl_s", _state_ttl(o)))
+        if hang:
+            # One instance of two blocks forever while holding its slot: the sequence backlog then
+            # drains through the other slots only, and the hung holder's requests never return.
+            f = o.faults
+            parameters += (("fault", "hang"), ("hang_after_requests", str(f.hang_after_requests)),
+                           ("hang_instance", str(f.hang_instance)))
+            instances = _instances(o, at_least=max(2, f.hang_instance + 1))
         return ModelSpec(
             name=name, kind="sequence", backend=backend, max_batch_size=o.sequence_max_batch_size if batching else 0,
             inputs=(TensorSpec(SEQUENCE_INPUT, datatype, (1,)),),
             outputs=(TensorSpec(SEQUENCE_OUTPUT, datatype, (1,)),),
             execute_delay_ms=o.execute_delay_ms if backend == "python" else 0.0, sequence=sequence,
-            parameters=parameters, **_instances(o),
+            parameters=parameters, **instances,
         )
     return build
 
@@ -140,6 +148,7 @@ BUILDERS: dict[str, Callable[[str, RepoOptions], ModelSpec]] = {
     "decoupled_int32": _decoupled,
     **{f"{k}_fp32": _fault(k) for k in ("leak", "hang", "drift", "wrong", "crash", "plateau")},
     "sequence_noexpire_int32": _sequence("INT32", True, expires=False),
+    "sequence_hang_int32": _sequence("INT32", False, hang=True),
     "onnx_identity_fp32": _onnx_identity,
     "onnx_sequence_int32": _sequence("INT32", True, backend="onnxruntime"),
     "libtorch_identity_fp32": _torch_identity,

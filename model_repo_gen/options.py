@@ -42,6 +42,7 @@ FAULTY_MODELS: tuple[str, ...] = (
     "wrong_fp32",
     "crash_fp32",
     "sequence_noexpire_int32",
+    "sequence_hang_int32",
     "plateau_fp32",
 )
 
@@ -74,10 +75,12 @@ class FaultOptions:
         default=65536, metadata={"min": 1, "help": "bytes leak_fp32 keeps forever per request"}
     )
     hang_after_requests: int = field(
-        default=200, metadata={"min": 1, "help": "requests hang_fp32's hanging instance serves before it blocks"}
+        default=200, metadata={"min": 1, "help": "requests the hanging instance of hang_fp32 and sequence_hang_int32 "
+                                    "serves before it blocks"}
     )
     hang_instance: int = field(
-        default=0, metadata={"min": 0, "help": "index of the hang_fp32 instance that blocks (the others go on)"}
+        default=0, metadata={"min": 0, "help": "index of the instance of hang_fp32 and sequence_hang_int32 that blocks "
+                                    "(the others go on)"}
     )
     drift_ms_per_minute: float = field(
         default=10.0, metadata={"min_exclusive": 0, "help": "latency drift_fp32 adds per minute since its onset"}

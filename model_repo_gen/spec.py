@@ -12,7 +12,8 @@ Semantics, by `ModelSpec.kind` (tensor names are fixed by the constants below):
   order, then a final empty response; N < 0 gets an error response.
 - faulty kinds (``leak``, ``hang``, ``drift``, ``wrong``, ``crash``, ``plateau``) answer as
   ``identity`` except for their fault; ``sequence`` with ``expires_state=False`` is the
-  state-leaking sequence model.
+  state-leaking sequence model, and ``sequence`` with the parameter ``fault = "hang"``
+  (sequence_hang_int32, no batching) answers as ``sequence`` until one instance blocks forever.
 """
 
 from __future__ import annotations

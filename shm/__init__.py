@@ -30,7 +30,7 @@ from ._errors import (
     ShmError,
     classify_server_error,
 )
-from ._naming import RegionName, belongs_to_run, parse_region_name, region_name
+from ._naming import RegionName, belongs_to_run, host_region_name, parse_region_name, region_name
 from ._pool import ShmPool, Slot, resolve_mode
 from ._registration import (
     RegisteredRegion,
@@ -49,6 +49,7 @@ __all__ = [
     "CudaUnavailable",
     "KeyAlreadyRegistered",
     "RegionAlreadyRegistered",
+    "host_region_name",
     "RegionBoundsError",
     "RegionKeyError",
     "RegionName",

@@ -48,6 +48,16 @@ def region_name(run_id: str, worker_id: int, index: int) -> str:
     return name
 
 
+HOST_WORKER_ID = 999_999  # the worker id of regions one run shares among all its workers on a host
+
+
+def host_region_name(run_id: str, index: int = 0) -> str:
+    """Name of a region the run shares among its workers on this host (made by the coordinator,
+    registered by whichever worker needs it first): a run's cleanup removes it with the rest, a
+    dead worker's cleanup leaves it alone."""
+    return region_name(run_id, HOST_WORKER_ID, index)
+
+
 def parse_region_name(name: str) -> RegionName | None:
     """The parts of a region name (a key's leading '/' is allowed), or None when it is not one."""
     match = _NAME.fullmatch(name[1:] if name.startswith("/") else name)

@@ -183,6 +183,20 @@ class ShmPool:
             region.fill(slot.offset, edge, 0xFF)
             region.fill(slot.offset + slot.byte_size - edge, edge, 0xFF)
 
+    def written(self, slot: Slot, edge: int = 64) -> bool:
+        """Whether the server has written into a slot poisoned by `poison()` since: its last bytes are
+        no longer all 0xFF. How a request the client gave up on is known to be over on the server
+        (a CUDA slot is read back through the device: 64 bytes)."""
+        nbytes = min(edge, slot.byte_size)
+        return bool((self._tail(slot, nbytes) != 0xFF).any())
+
+    def _tail(self, slot: Slot, nbytes: int) -> np.ndarray:
+        region = self._region(slot)
+        offset = slot.offset + slot.byte_size - nbytes
+        if isinstance(region, CudaRegion):
+            return region.read_raw(offset, np.empty(nbytes, np.uint8))
+        return region.view(offset, np.uint8, (nbytes,))
+
     def release(self, slot: Slot) -> None:
         """Give a slot back for reuse by a later allocation of the same aligned size."""
         self._region(slot)
@@ -191,6 +205,25 @@ class ShmPool:
             raise ValueError(f"slot {slot.region}@{slot.offset} was released already")
         self._released.add(place)
         self._free[align(max(slot.byte_size, 1))].append(place)
+
+    def discard(self, slot: Slot) -> bool:
+        """Free a slot that has a region of its own (one larger than `region_bytes`) at once:
+        unregistered and unlinked instead of kept for reuse, so a 1 GiB slot does not hold 1 GiB
+        of /dev/shm for the rest of the run. False while the server still uses the region (try
+        again later); a slot sharing its region is released for reuse instead."""
+        region = self._region(slot)
+        if slot.offset or region.byte_size <= self.region_bytes:
+            self.release(slot)
+            return True
+        try:
+            unregister(self.client, slot.region, region.kind)
+        except Exception as exc:
+            if "currently in use" in str(exc):
+                return False
+            raise
+        del self._regions[slot.region]
+        region.close()
+        return True
 
     # -- requests ------------------------------------------------------------------------------
     def infer_input(self, name: str, slot: Slot) -> Any:

@@ -57,3 +57,13 @@ def telemetry_sink(directory: Path, name: str = "telemetry") -> Iterator[tuple[s
     finally:
         socket.close(0)
         context.term()
+
+
+def only_weights(**weights: int) -> str:
+    """A `[scenarios.weights]` table giving these scenarios their weights and every other one 0."""
+    from engine.config._sections import SCENARIOS
+
+    unknown = set(weights) - set(SCENARIOS)
+    if unknown:
+        raise ValueError(f"no such scenarios: {sorted(unknown)}")
+    return "[scenarios.weights]\n" + "".join(f"{name} = {weights.get(name, 0)}\n" for name in SCENARIOS)

@@ -179,6 +179,25 @@ def test_a_poisoned_output_slot_fails_until_the_server_writes_it(client: Any) ->
         assert (pool.read(small, np.uint8, (40,)) == 0xFF).all()
 
 
+def test_written_tells_the_servers_answer_and_discard_frees_a_large_slot_at_once(client: Any) -> None:
+    """How a large request the client gave up on is known to be over: written() turns true when the
+    server's answer lands in the poisoned slot; discard() then unregisters and unlinks the slot's
+    own region instead of keeping its memory for reuse."""
+    data = np.ones((1, 600_000), dtype=np.float32)  # 2.4 MB: bigger than a pool region, a region of its own
+    with ShmPool(client, RUN, 7, mode="system") as pool:
+        x = pool.input_slot(data)
+        y = pool.output_slot(x.byte_size)
+        pool.poison(y)
+        assert not pool.written(y)
+        client.infer("identity_fp32", [pool.infer_input("INPUT0", x)], outputs=[pool.requested_output("OUTPUT0", y)])
+        assert pool.written(y)
+        assert y.region in registered_names(client) and y.region in ours()
+        assert pool.discard(y)
+        assert y.region not in registered_names(client) and y.region not in ours()
+        small = pool.output_slot(64)  # shares a region: released for reuse, the region stays
+        assert pool.discard(small) and pool.output_slot(64).offset == small.offset
+
+
 def test_several_tensors_at_offsets_in_one_region(client: Any) -> None:
     with ShmPool(client, RUN, 2, mode="system") as pool:
         pairs = []

@@ -128,3 +128,17 @@ def test_events_beyond_the_first_texts_are_counted_not_repeated(pull) -> None:
     assert [e.body["text"] for e in events[:5]] == [f"failure {i}" for i in range(5)]
     assert events[5].body["text"] == "" and events[5].body["count"] == 45
     assert not socket.poll(200)
+
+
+def test_events_sent_always_with_text_keep_every_text(pull) -> None:
+    """The coordinator's incidents: a run's fourth, fifth and sixth incident each say what happened
+    (with the per-kind limit they arrived as a bare count, and the report printed empty incidents)."""
+    endpoint, socket, context = pull
+    sender = TelemetrySender(endpoint, "coordinator", RecordBuffer((), (), ""), context=context)
+    for i in range(8):
+        sender.event("incident", "", "", f"incident {i}", always_text=True)
+    sender.flush_events()
+    sender.close()
+    events = _receive(socket, 8)
+    assert [e.body["text"] for e in events] == [f"incident {i}" for i in range(8)]
+    assert not socket.poll(200)  # no count-only message follows

@@ -13,6 +13,7 @@ import collections
 import ctypes
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,10 +29,12 @@ from model_repo_gen.spec import (
     DECOUPLED_VALUE_INPUT,
     ModelSpec,
 )
-from shm import ShmPool, Slot
+from shm import RegionAlreadyRegistered, ShmPool, Slot, register_system
+from shm._pool import SYSTEM
 
 from .deadlines import PlanDeadlines
 from .grpc_wire import GrpcWireClient
+from .host_budget import HOLD_AFTER_DEADLINE_S, LARGE_REQUEST_BYTES, HostBudget
 from .infer_message import MODEL_INFER, TensorRef, infer_request, infer_result
 from .plans import DEADLINE_ERROR, NO_START_ERROR, Plan, Step
 from .sender import TelemetrySender
@@ -49,6 +52,10 @@ _NO_COMPRESSION = {"Accept-Encoding": "identity"}
 SMALL_TENSOR_BYTES = 64 << 10  # below this, copying a tensor costs less than numpy's per-call overhead
 FAILURE_TEXT_LIMIT = 400  # characters of an error or a mismatch kept in an event
 QUARANTINE_S = 60.0  # how long a failed request's shared-memory slots stay out of use
+# How long a large request waits at most for the host budget before its plan is skipped (counted):
+# a plan's first step waits before the plan's clock starts; a later step inside its deadline.
+PLAN_BUDGET_WAIT_S = 600.0
+STEP_BUDGET_WAIT_S = 20.0
 
 
 @dataclass
@@ -58,35 +65,54 @@ class PlanOutcome:
     failed: bool = False
     failure: str = ""  # the first thing that went wrong, verbatim
     abandoned: bool = False  # a sequence given up because the engine itself was late (not a failure)
+    skipped: bool = False  # a large request that waited its whole allowance for the host's memory budget
     answered_ns: int = 0  # monotonic ns of the last answer (or error) from the server
     sent_ns: int = 0  # monotonic ns at which the last step was sent
 
 
 @dataclass
 class InFlight:
-    """What the heartbeat reports: requests on the wire and sequences waiting for progress."""
+    """What the heartbeat reports: requests on the wire and sequences waiting for progress.
 
-    requests: dict[int, tuple[int, int]] = field(default_factory=dict)  # token -> (start_ns, model code)
+    A sequence's START is kept apart from its other requests: it may wait in the server's sequence
+    backlog for a slot (all slots held) for several idle timeouts, which is the backlog working,
+    not a stall; the other requests of a sequence hold a slot already."""
+
+    # token -> (start_ns, model code, START of a sequence)
+    requests: dict[int, tuple[int, int, bool]] = field(default_factory=dict)
     sequences: dict[int | str, tuple[int, int, int]] = field(default_factory=dict)  # id -> (model, last ns, step)
     _token: int = 0
 
-    def begin(self, start_ns: int, model: int) -> int:
+    def begin(self, start_ns: int, model: int, start: bool = False) -> int:
         self._token += 1
-        self.requests[self._token] = (start_ns, model)
+        self.requests[self._token] = (start_ns, model, start)
         return self._token
 
     def end(self, token: int) -> None:
         self.requests.pop(token, None)
 
     def oldest_ns(self) -> int:
-        return min((start for start, _ in self.requests.values()), default=0)
+        return min((entry[0] for entry in self.requests.values()), default=0)
 
     def oldest_by_model(self) -> dict[int, int]:
+        """Per model code: start of its oldest request in flight that is not a sequence's START."""
+        return self.by_model()[0]
+
+    def by_model(self) -> tuple[dict[int, int], dict[int, int], dict[int, tuple[int, int]]]:
+        """Per model code, in one pass (at most `concurrency` entries, once a second): the start of
+        its oldest request that is not a START, its requests in flight (all of them), and its STARTs
+        in flight as (count, start of the oldest)."""
         oldest: dict[int, int] = {}
-        for start, model in self.requests.values():  # at most `concurrency` entries, once a second
-            if start < oldest.get(model, start + 1):
-                oldest[model] = start
-        return oldest
+        counts: dict[int, int] = {}
+        starts: dict[int, tuple[int, int]] = {}
+        for begun, model, start in self.requests.values():
+            counts[model] = counts.get(model, 0) + 1
+            if start:
+                count, first = starts.get(model, (0, begun))
+                starts[model] = (count + 1, min(first, begun))
+            elif begun < oldest.get(model, begun + 1):
+                oldest[model] = begun
+        return oldest, counts, starts
 
 
 def _describe(exc: BaseException) -> str:
@@ -130,6 +156,18 @@ def _inputs(spec: ModelSpec, step: Step) -> list[tuple[str, np.ndarray]]:
     return [(spec.inputs[0].name, step.values), *step.extra_inputs]
 
 
+def _input_bytes(step: Step) -> int:
+    return step.values.nbytes + sum(data.nbytes for _, data in step.extra_inputs)
+
+
+def _gave_up(error: BaseException) -> bool:
+    """The client stopped waiting, but the server may still hold the request: a deadline, a
+    cancellation, a connection that went away."""
+    text = _describe(error)
+    return DEADLINE_ERROR in text or isinstance(error, (asyncio.TimeoutError, ConnectionError)) \
+        or "UNAVAILABLE" in text or "CANCELLED" in text.upper()
+
+
 def _expected(spec: ModelSpec, step: Step) -> list[tuple[str, np.ndarray]]:
     """The outputs a step checks: the first output against `expect`, then any extra ones."""
     first = [(spec.outputs[0].name, step.expect)] if step.expect is not None and spec.outputs else []
@@ -144,7 +182,8 @@ def _output_names(spec: ModelSpec, step: Step) -> list[str]:
 class Executor:
     def __init__(self, *, protocol: str, grpc_url: str, http_url: str, models: dict[str, ModelSpec],
                  model_codes: dict[str, int], sender: TelemetrySender, pool: ShmPool | None = None,
-                 pools: dict[str, ShmPool] | None = None) -> None:
+                 pools: dict[str, ShmPool] | None = None, budget: HostBudget | None = None,
+                 host_inputs: dict[str, str] | None = None) -> None:
         self.protocol = protocol
         # With a pool, unary requests carry their tensors in shared memory: inputs written into a
         # slot, outputs written by the server into a slot and read in place. `pool` serves steps
@@ -156,6 +195,15 @@ class Executor:
         self._quarantine: collections.deque[tuple[float, ShmPool, Slot]] = collections.deque()
         self.retired_slots = 0
         self._constant_slots: dict[tuple[int, int], Slot] = {}  # (pool, array) -> slot written once
+        # Large requests (inputs of LARGE_REQUEST_BYTES or more) take a lease of the host-wide budget
+        # first. One the client gave up on keeps its lease and its slots until the server has
+        # written its answer into the output slot (or the lease expires): the server still holds it.
+        self.budget = budget
+        self._large_pending: list[tuple[int, float, list[tuple[ShmPool, Slot, bool]]]] = []
+        # Host inputs: key -> name of a system region the coordinator wrote once for every worker.
+        self.host_inputs = dict(host_inputs or {})
+        self._host_registered: set[tuple[int, str]] = set()
+        self.stopping: Callable[[], bool] = lambda: False  # the worker's stop: a budget wait gives up
         self.models = models
         self.model_codes = model_codes
         self.sender = sender
@@ -199,6 +247,14 @@ class Executor:
         """Run every step; `intended_ns` (open loop) is when the plan was due: its first request's
         latency counts from then, so a server that falls behind cannot hide its queue."""
         outcome = PlanOutcome(plan.scenario)
+        # A large first step waits for the host budget before the plan's clock starts: the draw is
+        # honoured (the scenario keeps its weight among what is sent), only later; the wait is the
+        # engine's own, so neither the plan's deadline nor an open-loop latency counts it.
+        first_lease = await self._take_lease(plan.steps[0], outcome, PLAN_BUDGET_WAIT_S) if plan.steps else None
+        if outcome.skipped:
+            return outcome
+        if first_lease is not None and self.budget is not None and self.budget.last_wait_s:
+            intended_ns = 0
         token = self._deadlines.start(plan.deadline_s)
         stream = None
         try:
@@ -208,7 +264,8 @@ class Executor:
                 if index and self._sequence_idled_out(step, outcome.answered_ns, plan.scenario):
                     outcome.abandoned = True
                     break  # the server has let the sequence go: what follows would fail for our lateness
-                if not await self._step(step, index, scenario_code, outcome, stream, intended_ns if index == 0 else 0):
+                if not await self._step(step, index, scenario_code, outcome, stream, intended_ns if index == 0 else 0,
+                                        first_lease if index == 0 else None):
                     break  # the rest of a broken sequence would only repeat the same failure
         except asyncio.CancelledError:
             if not self._deadlines.expired(token):
@@ -267,17 +324,21 @@ class Executor:
         return True
 
     async def _step(self, step: Step, index: int, scenario: int, outcome: PlanOutcome,
-                    stream: "_SequenceStream | None", intended_ns: int = 0) -> bool:
+                    stream: "_SequenceStream | None", intended_ns: int = 0, lease: int | None = None) -> bool:
         spec = self.models[step.model]
         model = self.model_codes[step.model]
         seq_code = step.sequence_id if isinstance(step.sequence_id, int) else 0
+        if index:  # a large later step waits inside the plan's deadline (no built-in plan has one)
+            lease = await self._take_lease(step, outcome, STEP_BUDGET_WAIT_S)
+            if outcome.skipped:
+                return False
         if step.sequence_id:
             self.in_flight.sequences[step.sequence_id] = (model, time.monotonic_ns(), index)
         start = intended_ns or time.monotonic_ns()
-        token = self.in_flight.begin(start, model)
+        token = self.in_flight.begin(start, model, step.start)
         error: BaseException | None = None
         got: Any = None
-        held: list[tuple[ShmPool, Slot]] = []
+        held: list[tuple[ShmPool, Slot, bool]] = []
         try:
             if spec.decoupled:
                 got = await self._stream_decoupled(step)
@@ -292,6 +353,8 @@ class Executor:
             # still a request, and it failed; without this record a hung request would vanish.
             outcome.requests += 1
             self.sender.record(start, time.monotonic_ns() - start, model, scenario, STATUS_ERROR, seq_code, index)
+            if lease is not None:  # cut off while the server may hold it: kept until it is done there
+                self._large_pending.append((lease, time.monotonic() + QUARANTINE_S, held))
             raise
         finally:
             self.in_flight.end(token)
@@ -302,12 +365,16 @@ class Executor:
         status, failure = self._judge(spec, step, got, error)  # reads shm outputs in place, before release
         if failure and index and self._idled_out_on_the_way(step, error, previous_sent_ns, outcome):
             status, failure = STATUS_EXPECTED_ERROR, ""
-        self._give_back(held, error is None)
+        if lease is None:
+            self._give_back(held, error is None)
+        else:
+            self._end_lease(lease, held, error)
         self.sender.record(start, latency, model, scenario, status, seq_code, index)
         if step.sequence_id and step.end:
             self.in_flight.sequences.pop(step.sequence_id, None)
         if failure and not outcome.failed:
             outcome.failed, outcome.failure = True, f"{step.model} step {index}: {failure}"
+        self.sweep()
         return not failure and not outcome.abandoned
 
     def _judge(self, spec: ModelSpec, step: Step, got: Any, error: BaseException | None) -> tuple[int, str]:
@@ -326,19 +393,67 @@ class Executor:
                 return STATUS_WRONG, f"{name} {_short(answer)} != expected {_short(want)}"[:FAILURE_TEXT_LIMIT]
         return STATUS_OK, ""
 
-    def _give_back(self, held: list[tuple[ShmPool, Slot]], answered: bool) -> None:
+    def _give_back(self, held: list[tuple[ShmPool, Slot, bool]], answered: bool) -> None:
         now = time.monotonic()
         while self._quarantine and self._quarantine[0][0] <= now:
             _, pool, slot = self._quarantine.popleft()
             pool.release(slot)
         if answered:
-            for pool, slot in held:
+            for pool, slot, _ in held:
                 pool.release(slot)
         else:
             self.retired_slots += len(held)
-            self._quarantine.extend((now + QUARANTINE_S, pool, slot) for pool, slot in held)
+            self._quarantine.extend((now + QUARANTINE_S, pool, slot) for pool, slot, _ in held)
 
-    def _tensors(self, spec: ModelSpec, step: Step, names: list[str], held: list[tuple[ShmPool, Slot]]
+    # -- the host budget of large requests -------------------------------------------------------
+    async def _take_lease(self, step: Step, outcome: PlanOutcome, wait_s: float) -> int | None:
+        """A lease for a large step (None for others, and for a plan skipped after waiting `wait_s`:
+        then `outcome.skipped` is set and the plan goes no further)."""
+        nbytes = _input_bytes(step)
+        if self.budget is None or nbytes < LARGE_REQUEST_BYTES:
+            return None
+        lease = await self.budget.acquire(nbytes, (step.timeout_s or 30.0) + HOLD_AFTER_DEADLINE_S, wait_s,
+                                          self.stopping)
+        if lease is None:
+            outcome.skipped = True
+            if self.stopping():
+                return None  # the run ends: nothing skipped, nothing to say
+            self.sender.event("budget_skipped", step.model, outcome.scenario,
+                              f"a {nbytes / (1 << 20):.0f} MiB request of {step.model} waited {wait_s:g} s for "
+                              "the host's memory budget and was not sent (README: Memory budget)")
+        return lease
+
+    def _end_lease(self, lease: int, held: list[tuple[ShmPool, Slot, bool]], error: BaseException | None) -> None:
+        """An answer (or an error the server sent) ends the request: lease and slots go back now. A
+        request the client gave up on (its deadline, a lost connection) is still the server's: it
+        keeps them until the server has written into its output slot, or its lease expires."""
+        if error is None or not _gave_up(error):
+            self._large_pending.append((lease, 0.0, held))  # over: freed by the sweep at the end of the step
+        else:
+            self._large_pending.append((lease, time.monotonic() + QUARANTINE_S, held))
+
+    def sweep(self) -> None:
+        """Give back the leases and slots of large requests the server has finished since (called
+        after every step and by the worker's flush tick, so they go back while the worker idles)."""
+        if not self._large_pending:
+            return
+        now = time.monotonic()
+        kept = []
+        for lease, until, held in self._large_pending:
+            outputs = [(pool, slot) for pool, slot, is_output in held if is_output]
+            if now < until and outputs and not all(pool.closed or pool.written(slot) for pool, slot in outputs):
+                kept.append((lease, until, held))  # the server has not written its answer yet
+                continue
+            # Their own regions, freed whole: kept for reuse, each would hold its size of /dev/shm
+            # in every worker for the rest of the run, outside the budget.
+            held = [(pool, slot, out) for pool, slot, out in held if not pool.closed and not pool.discard(slot)]
+            if held:  # the server still uses a region (it refuses to unregister it): next time
+                kept.append((lease, until, held))
+                continue
+            self.budget.release(lease)
+        self._large_pending = kept
+
+    def _tensors(self, spec: ModelSpec, step: Step, names: list[str], held: list[tuple[ShmPool, Slot, bool]]
                  ) -> tuple[list[TensorRef], list[TensorRef], dict[str, tuple[ShmPool, Slot]]]:
         """Inputs and requested outputs: in shared memory with a pool, inline without; and the
         output slots the answer is read from."""
@@ -351,26 +466,43 @@ class Executor:
             elif step.constant_input:  # written once, read by every request that sends it
                 key = (id(pool), id(data))
                 if key not in self._constant_slots:
-                    self._constant_slots[key] = pool.input_slot(data)
+                    self._constant_slots[key] = self._host_slot(pool, step, data) or pool.input_slot(data)
                 inputs.append(TensorRef(name, slot=self._constant_slots[key]))
+                first_size = first_size or self._constant_slots[key].byte_size
             else:
                 slot = pool.input_slot(data)
-                held.append((pool, slot))
+                held.append((pool, slot, False))
                 inputs.append(TensorRef(name, slot=slot))
                 first_size = first_size or slot.byte_size
         for name in names:
             # The answer's size is known where the model echoes its first input (every generated
-            # model but the user's); an expected error needs no output room.
-            if pool is not None and first_size and spec.kind != "user" and not step.expect_error \
-                    and name == spec.outputs[0].name:
+            # model but the user's). An expected error needs no output room, except a large one:
+            # an answer the server returns inline after the client gave up is kept by its gRPC front
+            # end (1x its size per request state, engine/memory_budget.py); in a slot nothing is kept.
+            if pool is not None and first_size and spec.kind != "user" and name == spec.outputs[0].name \
+                    and (not step.expect_error or first_size >= LARGE_REQUEST_BYTES):
                 slot = pool.output_slot(first_size)
                 pool.poison(slot)  # a stale answer in a reused slot must not pass the check
-                held.append((pool, slot))
+                held.append((pool, slot, True))
                 slots[name] = (pool, slot)
                 outputs.append(TensorRef(name, slot=slot))
             else:
                 outputs.append(TensorRef(name))
         return inputs, outputs, slots
+
+    def _host_slot(self, pool: ShmPool, step: Step, data: np.ndarray) -> Slot | None:
+        """The host-wide region that holds this constant input, registered with the server by this
+        worker if no other worker has yet; None where there is none (or the pool is not system)."""
+        region = self.host_inputs.get(step.host_input) if step.host_input else None
+        if region is None or pool.mode != SYSTEM:
+            return None
+        if (id(pool), region) not in self._host_registered:
+            try:
+                register_system(pool.client, region, "/" + region, data.nbytes)
+            except RegionAlreadyRegistered:
+                pass  # another worker of the run registered it first
+            self._host_registered.add((id(pool), region))
+        return Slot(region, 0, data.nbytes, SYSTEM, np_to_triton_dtype(data.dtype), tuple(data.shape))
 
     @staticmethod
     def _answers(result: Any, names: list[str], slots: dict[str, tuple[ShmPool, Slot]]) -> dict[str, Any]:
@@ -378,7 +510,7 @@ class Executor:
                 else result.as_numpy(name) for name in names}
 
     # -- transports ---------------------------------------------------------------------------
-    async def _unary(self, spec: ModelSpec, step: Step, held: list[tuple[ShmPool, Slot]]) -> dict[str, Any]:
+    async def _unary(self, spec: ModelSpec, step: Step, held: list[tuple[ShmPool, Slot, bool]]) -> dict[str, Any]:
         names = _output_names(spec, step)
         inputs, outputs, slots = self._tensors(spec, step, names, held)
         if (step.protocol or self.protocol) == "http":

@@ -19,6 +19,7 @@ from model_repo_gen.spec import FAULT_KINDS, ModelSpec
 # The server's own words for the expected errors of the negative scenarios.
 NO_START_ERROR = "must specify the START flag"
 DEADLINE_ERROR = "Deadline Exceeded"
+TIMEOUT_INPUT = "timeout"  # the host input key of the timeout scenario's ones
 
 T = TypeVar("T")
 SEQUENCE_VALUE_LIMIT = 1 << 20  # sequence inputs are drawn from [0, 2^20), as in the reference suite
@@ -45,6 +46,9 @@ class Step:
     constant_input: bool = False  # the same array every time: shared memory writes it once, reuses it
     protocol: str = ""  # "" = the worker's protocol
     shm: str = ""  # "" = the worker's shared memory; "none" = inline; else that pool's mode
+    # A constant input that one host-wide region holds for every worker (its key in the worker's
+    # host inputs): the timeout scenario's 1 GiB of ones, written once per host instead of per worker.
+    host_input: str = ""
 
 
 @dataclass(slots=True)
@@ -178,15 +182,39 @@ def plan_sequence_no_start(ctx: PlanContext) -> Plan:
     return Plan("sequence_no_start", (refused,), ctx.settings.sequence_deadline)
 
 
+def timeout_targets(models: Sequence[ModelSpec], client_deadline_s: float) -> list[ModelSpec]:
+    """The zero models the timeout scenario sends to: those whose execute delay outlasts the client
+    deadline, and of those only the quickest (the reference's `<backend>_nobatch_zero_1_float32`,
+    1000 ms). One model, because every python stub that serves a 1 GiB input grows its own
+    shared-memory pool to hold the input and the output and keeps it for its life (2 GiB each,
+    engine/memory_budget.py); the quickest, because a queue of 1 GiB requests behind a 10 s model
+    is load the host pays for without testing anything more."""
+    slow = [m for m in models if m.kind == "zero" and m.execute_delay_ms / 1000.0 > client_deadline_s]
+    quickest = min((m.execute_delay_ms for m in slow), default=0.0)
+    return [m for m in slow if m.execute_delay_ms == quickest]
+
+
+def large_tensor_targets(models: Sequence[ModelSpec]) -> list[ModelSpec]:
+    return [m for m in models if m.kind == "identity" and m.inputs[0].datatype != "BYTES"]
+
+
+def timeout_elements(settings: ScenarioSettings) -> int:
+    return max(1, settings.timeout_input_bytes // 4)
+
+
 def plan_timeout(ctx: PlanContext) -> Plan:
     """A large input to a delayed zero model with a client deadline shorter than the delay."""
     deadline = ctx.settings.timeout_client_deadline
-    slow = [m for m in ctx.of_kind("zero") if m.execute_delay_ms / 1000.0 > deadline]
+    slow = ctx.constant(("timeout models",), lambda: timeout_targets(ctx.models, deadline))
     spec = ctx.pick(slow or _need("timeout", "a zero model whose execute delay exceeds the client deadline"))
-    elements = max(1, ctx.settings.timeout_input_bytes // 4)
+    elements = timeout_elements(ctx.settings)
     shape = (1, elements) if spec.max_batch_size > 0 else (elements,)
-    values = ctx.constant(("timeout", shape), lambda: np.ones(shape, np.float32))  # 1 GiB by default: made once
-    step = Step(model=spec.name, values=values, expect_error=DEADLINE_ERROR, timeout_s=deadline, constant_input=True)
+    # 1 GiB of ones by default, as a view of one element: a real array would cost every worker 1 GiB
+    # of its own memory for the life of the run; shared memory holds the bytes once per host
+    # (the run's host input), and an inline request serializes them as it goes.
+    values = ctx.constant(("timeout", shape), lambda: np.broadcast_to(np.float32(1.0), shape))
+    step = Step(model=spec.name, values=values, expect_error=DEADLINE_ERROR, timeout_s=deadline, constant_input=True,
+                host_input=TIMEOUT_INPUT)
     return Plan("timeout", (step,), deadline + 30.0)
 
 
@@ -200,7 +228,7 @@ def plan_identity(ctx: PlanContext) -> Plan:
 
 
 def plan_large_tensor(ctx: PlanContext) -> Plan:
-    numeric = [m for m in ctx.of_kind("identity") if m.inputs[0].datatype != "BYTES"]
+    numeric = ctx.constant(("large_tensor models",), lambda: large_tensor_targets(ctx.models))
     spec = ctx.pick(numeric or _need("large_tensor", "a numeric identity model"))
     elements = max(1, ctx.settings.large_tensor_bytes // 4)
     return Plan("large_tensor", (_identity_step(ctx.rng, spec, elements),), 60.0)

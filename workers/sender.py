@@ -87,16 +87,20 @@ class TelemetrySender:
             "schedule_lateness_ns": heartbeat.schedule_lateness_ns,
             "schedule_skipped": heartbeat.schedule_skipped,
             "oldest_by_model": {str(k): v for k, v in heartbeat.oldest_by_model.items()},
+            "in_flight_by_model": {str(k): v for k, v in heartbeat.in_flight_by_model.items()},
+            "starts_by_model": {str(k): list(v) for k, v in heartbeat.starts_by_model.items()},
             "models": list(heartbeat.models),
         }
         self._send(KIND_HEARTBEAT, body)
 
-    def event(self, what: str, model: str, scenario: str, text: str, count: int = 1) -> None:
+    def event(self, what: str, model: str, scenario: str, text: str, count: int = 1, *,
+              always_text: bool = False) -> None:
         """The first EVENT_TEXTS events of a (what, model, scenario) go out with their text; later
-        ones are counted and leave together with the next heartbeat (`flush_events`)."""
+        ones are counted and leave together with the next heartbeat (`flush_events`), unless
+        `always_text` (the coordinator's incidents: few, and each one says something new)."""
         key = (what, model, scenario)
         sent = self._event_texts.get(key, 0)
-        if sent < EVENT_TEXTS:
+        if sent < EVENT_TEXTS or always_text:
             self._event_texts[key] = sent + 1
             self._send(KIND_EVENT, {"what": what, "model": model, "scenario": scenario, "text": text,
                                     "count": count, "time_ns": time.monotonic_ns()})

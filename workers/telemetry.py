@@ -114,8 +114,14 @@ class Heartbeat:
     # it skipped because `max_outstanding` plans were still in flight.
     schedule_lateness_ns: int = 0
     schedule_skipped: int = 0
-    # Per model code: start time of its oldest request in flight, so a stall names its model.
+    # Per model code: start time of its oldest request in flight that is not a sequence's START
+    # (a stateless request, or a step of a sequence that holds a slot), so a stall names its model.
     oldest_by_model: dict[int, int] = field(default_factory=dict)
+    # Per model code: its requests in flight (STARTs included).
+    in_flight_by_model: dict[int, int] = field(default_factory=dict)
+    # Per model code: its sequence STARTs in flight, which may wait in the server's backlog for a
+    # slot: (how many, start time of the oldest).
+    starts_by_model: dict[int, tuple[int, int]] = field(default_factory=dict)
     # The name table that the model codes above (and in open_sequences) index.
     models: tuple[str, ...] = ()
 

@@ -35,6 +35,7 @@ from .plans import (
 )
 from .process_scenarios import SteadyLoadController, run_crashing_client, run_steady_load
 from .sender import TelemetrySender
+from .host_budget import HostBudget
 from .telemetry import Heartbeat, RecordBuffer
 from .user_load import ResolvedLoad, plan_user
 
@@ -77,6 +78,8 @@ class WorkerSpec:
     target: str = ""  # the server this worker drives, by name, in a fleet ("" with one server)
     telemetry_keys: Any = None  # CURVE client keys when the telemetry endpoint leaves the host
     event_loop: str = "uvloop"  # uvloop or asyncio (workers/event_loop.py)
+    budget_path: str = ""  # the host-wide budget of large requests (workers/host_budget.py); "" = none
+    host_inputs: tuple[tuple[str, str], ...] = ()  # (key, region name): constant inputs shared by the host
 
 
 def planners_for(user_loads: tuple[ResolvedLoad, ...]) -> dict[str, Callable[[PlanContext], Plan]]:
@@ -215,19 +218,24 @@ class Worker:
     async def run(self) -> None:
         deadline = time.monotonic() + self.spec.deadline_s
         pools = self._open_pools()
+        budget = HostBudget.open(self.spec.budget_path) if self.spec.budget_path else None
         try:
-            await self._run(deadline, pools)
+            await self._run(deadline, pools, budget)
         finally:
             for pool in pools.values():
                 pool.close(raise_errors=False)
                 pool.client.close()
+            if budget is not None:
+                budget.close()  # leases still held expire on their own: the server may hold their requests
         self.sender.close()
 
-    async def _run(self, deadline: float, pools: dict[str, ShmPool]) -> None:
+    async def _run(self, deadline: float, pools: dict[str, ShmPool], budget: HostBudget | None) -> None:
         async with Executor(protocol=self.spec.protocol, grpc_url=self.spec.grpc_url, http_url=self.spec.http_url,
                             models=self.models, model_codes=self.model_codes, sender=self.sender,
-                            pool=pools.get(self.spec.shm_mode), pools=pools) as executor:
+                            pool=pools.get(self.spec.shm_mode), pools=pools, budget=budget,
+                            host_inputs=dict(self.spec.host_inputs)) as executor:
             self.executor = executor
+            executor.stopping = lambda: self._stop.is_set() or time.monotonic() >= deadline
             lanes = []
             if len(self.shared_names):
                 if self.spec.load == "closed":
@@ -267,6 +275,8 @@ class Worker:
                 pause = 0.0
 
     def _count(self, name: str, outcome: PlanOutcome) -> None:
+        if outcome.skipped and not outcome.requests:
+            return  # never sent: counted by the host budget and said as an event, not a test
         totals = self.totals[name]
         totals[0] += 1
         totals[1] += int(outcome.failed)
@@ -342,9 +352,11 @@ class Worker:
                 heap.tick()
             else:
                 self.sender.maybe_flush(time.monotonic_ns())
+            self.executor.sweep()  # large requests the server finished give back their budget
 
     def _heartbeat(self) -> None:
         flight = self.executor.in_flight
+        oldest, counts, starts = flight.by_model()
         self.sender.flush()
         self.sender.flush_events()
         self.sender.heartbeat(Heartbeat(
@@ -353,7 +365,7 @@ class Worker:
             records_dropped=self.sender.records_dropped,
             plans={k: (v[0], v[1], v[2]) for k, v in self.totals.items()},
             schedule_lateness_ns=self._lateness_ns, schedule_skipped=self._skipped,
-            oldest_by_model=flight.oldest_by_model(), models=tuple(self.models),
+            oldest_by_model=oldest, in_flight_by_model=counts, starts_by_model=starts, models=tuple(self.models),
         ))
         self._lateness_ns = 0
 

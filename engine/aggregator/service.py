@@ -290,25 +290,38 @@ class Aggregator:
         return {m: h.percentile(99.9) / 1e9 for m, h in self.model_latency.items() if h.count >= 1000}
 
     def _stall_view(self, now: float) -> StallView:
+        """The stall detector's evidence from the workers with fresh heartbeats: per model, the
+        oldest request that is not a sequence's START, its requests in flight, and its STARTs
+        (which may wait in the sequence backlog for a slot): how many, and since when."""
         fresh = time.monotonic() - HEARTBEAT_MISSING_S
         oldest: dict[str, float] = {}
+        in_flight: dict[str, int] = {}
+        starts: dict[str, tuple[int, float]] = {}
         sequences: dict[tuple[str, str], tuple[float, int]] = {}
-        in_flight = 0
         for sender in self.senders.values():
             body = sender.body
             if not body or sender.last_heartbeat < fresh:
                 continue
             names = body.get("models", [])
-            in_flight += body.get("in_flight", 0)
             for code, start_ns in body.get("oldest_by_model", {}).items():
-                name = names[int(code)] if int(code) < len(names) else code
+                name = _model_name(names, code)
                 oldest[name] = min(oldest.get(name, now), self.run_s(start_ns))
+            by_model = body.get("in_flight_by_model")
+            if by_model is None:  # a worker that does not count per model: its total, for each model
+                by_model = {code: body.get("in_flight", 0) for code in body.get("oldest_by_model", {})}
+            for code, count in by_model.items():
+                name = _model_name(names, code)
+                in_flight[name] = in_flight.get(name, 0) + int(count)
+            for code, (count, start_ns) in body.get("starts_by_model", {}).items():
+                name = _model_name(names, code)
+                waiting, first = starts.get(name, (0, now))
+                starts[name] = (waiting + int(count), min(first, self.run_s(start_ns)))
             for sequence, (code, last_ns, step) in body.get("open_sequences", {}).items():
-                name = names[code] if code < len(names) else str(code)
-                sequences[(name, sequence)] = (self.run_s(last_ns), step)
-        stub_cpu = self.resources.stub_cpu_since(min(oldest.values(), default=now)) if oldest else {}
-        return StallView(now, oldest, {m: in_flight for m in oldest}, dict(self.last_answer), sequences, stub_cpu,
-                         dict(self.resources.pending))
+                sequences[(_model_name(names, code), sequence)] = (self.run_s(last_ns), step)
+        since = min([*oldest.values(), *(first for _, first in starts.values())], default=None)
+        stub_cpu = self.resources.stub_cpu_since(since) if since is not None else {}
+        return StallView(now, oldest, in_flight, dict(self.last_answer), sequences, stub_cpu,
+                         dict(self.resources.pending), starts)
 
     def _worker_gone(self, at: float, name: str) -> None:
         """A worker died without a goodbye (SIGKILL, a crash): what the server may have answered
@@ -384,6 +397,11 @@ class Aggregator:
         if self.prometheus is not None:
             self.prometheus.close()
         self.store.close()
+
+
+def _model_name(names: list[str], code: int | str) -> str:
+    """A heartbeat's model code (an int, or its text as a msgpack map key) as its model's name."""
+    return names[int(code)] if int(code) < len(names) else str(code)
 
 
 def _gauges(status: dict) -> dict:

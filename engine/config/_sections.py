@@ -45,6 +45,11 @@ class RunSection:
         "unit": "duration", "min_exclusive": 0, "help": "how long the run lasts"})
     seed: int = field(default=-1, metadata={"min": 0, "help": "run seed; absent: drawn at load time and recorded"})
     results_dir: str = field(default="results", metadata={"help": "directory that holds one directory per run"})
+    memory_budget: float = field(default=0.8, metadata={
+        "min_exclusive": 0, "max": 1, "help": "share of the host's available memory (MemAvailable at start) the run "
+        "may plan to hold at once: it sets the host-wide limit on large requests in flight (README: Memory budget)"})
+    memory_budget_bytes: int = field(default=0, metadata={
+        "min": 0, "help": "the same budget in bytes, for a host shared with other work; 0 = the share above"})
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,20 @@ A model with a 2 s execute delay is slow, not stuck.
 - STALL(model, instance): a request older than T while the model goes on answering others: one
   instance holds it. The instance is named from the data alone: the model's stub process whose
   CPU time stopped while its siblings' grew (deadlock when it is ~0, livelock when it spins).
-- SEQ-STALL(model, sequence): an open sequence with no progress for T plus the idle timeout (a
-  sequence may wait for a slot that long in the backlog), capped by the plan's deadline.
+- A sequence's START may wait in the server's sequence backlog while every slot is held (a slot
+  frees when its holder ends, or idles out after the sequence idle timeout): it is allowed the
+  backlog bound (`start_bound_s`) instead of T. A START that waits past it is a backlog that
+  stopped draining (a hung holder): STALL, with the backlog figures as evidence. The other
+  requests of a sequence hold a slot already and keep T: a holder that hangs is a stall.
+- SEQ-STALL(model, sequence): an open sequence with no progress for T plus the idle timeout, or,
+  still at its START, for the backlog bound; capped by the plan's deadline.
 
 Each model (and each sequence) is raised once; the verdict keeps the age at which it was seen.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +46,9 @@ class StallParams:
 
 LONG = StallParams()
 SMOKE = StallParams(floor_s=5.0)
+TRITON_DEFAULT_IDLE_S = 1.0  # max_sequence_idle_microseconds unset: what a model of unknown config gets
+REAPER_SLACK_S = 1.0  # the server frees an idle slot up to about this late (and the heartbeat is 1 s)
+HEARTBEAT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,29 @@ def threshold_s(params: StallParams, timing: ModelTiming, in_flight: int, p999_s
     return max(params.floor_s, params.delay_factor * timing.delay_s * depth, params.p999_factor * p999_s)
 
 
+def slots(timing: ModelTiming) -> int:
+    """Sequences a model serves at once: one per instance, max_batch per instance when it batches."""
+    return max(1, timing.instances * max(1, timing.max_batch))
+
+
+def start_bound_s(params: StallParams, timing: ModelTiming, in_flight: int, waiting: int,
+                  p999_s: float = 0.0) -> float:
+    """How long a sequence's START may take while `waiting` STARTs of its model (itself included)
+    wait for a slot: T + ceil(waiting / slots) x (idle timeout + 1 s + T).
+
+    The server's backlog is first in, first out: a START gets a slot once those ahead of it have
+    theirs, and every slot passes to the next waiting sequence at least once per "round". A round
+    is at most what the holder still takes: its remaining steps (sent back to back, each within T;
+    a generated sequence model without an execute delay runs a whole sequence in milliseconds),
+    then, for a holder that stops without END (sequence_no_end), the idle timeout until the server
+    reaps it, plus 1 s for the reaper's and the heartbeat's granularity. With at most `waiting`
+    sequences ahead, ceil(waiting / slots) rounds give the START its slot, and T more its answer.
+    (A model of unknown configuration gets Triton's default idle timeout, 1 s.)"""
+    limit = threshold_s(params, timing, in_flight, p999_s)
+    idle = timing.sequence_idle_s or TRITON_DEFAULT_IDLE_S
+    return limit + math.ceil(max(1, waiting) / slots(timing)) * (idle + REAPER_SLACK_S + limit)
+
+
 @dataclass(frozen=True)
 class StallView:
     """The evidence at one evaluation, in run seconds. Only workers whose heartbeats are fresh
@@ -72,6 +104,9 @@ class StallView:
     # stub instance name -> (sample times, cumulative CPU seconds), recent samples
     stub_cpu: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     pending: Mapping[str, float] = field(default_factory=dict)  # model -> server's pending count
+    # model -> (sequence STARTs in flight, start of the oldest): sequences that may be waiting in
+    # the server's backlog for a slot. `oldest_in_flight_s` leaves them out.
+    starts: Mapping[str, tuple[int, float]] = field(default_factory=dict)
 
 
 def instance_model(instance: str) -> str:
@@ -95,22 +130,45 @@ class StallDetector:
     timings: Mapping[str, ModelTiming]
     raised: list[Verdict] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set)
+    # model -> (evaluation time, STARTs waiting), since its oldest waiting START was sent
+    _backlog: dict[str, collections.deque[tuple[float, int]]] = field(default_factory=dict)
 
     def evaluate(self, view: StallView, p999_s: Mapping[str, float] | None = None) -> list[Verdict]:
         out: list[Verdict] = []
         p999_s = p999_s or {}
+        self._note_backlog(view)
         for model, oldest in view.oldest_in_flight_s.items():
-            timing = self.timings.get(model, ModelTiming(0.0, 1, 0))
+            timing = self._timing(model)
             limit = threshold_s(self.params, timing, view.in_flight.get(model, 1), p999_s.get(model, 0.0))
             age = view.now_s - oldest
             if age <= limit:
                 continue
             quiet = view.now_s - view.last_answer_s.get(model, oldest)
             out += self._model_stall(view, model, oldest, age, quiet, limit)
+        for model, (waiting_now, oldest) in view.starts.items():
+            # The oldest START stands at the head of the backlog: judged against the backlog bound,
+            # with as many STARTs ahead as ever waited since it was sent.
+            timing = self._timing(model)
+            waiting = self._waiting_since(model, oldest)
+            limit = start_bound_s(self.params, timing, view.in_flight.get(model, waiting_now), waiting,
+                                  p999_s.get(model, 0.0))
+            age = view.now_s - oldest
+            if age <= limit:
+                continue
+            quiet = view.now_s - view.last_answer_s.get(model, oldest)
+            out += self._model_stall(view, model, oldest, age, quiet, limit, self._backlog_evidence(
+                timing, waiting, limit, waiting_now))
         for (model, sequence), (progress, step) in view.open_sequences.items():
-            timing = self.timings.get(model, ModelTiming(0.0, 1, 0))
-            limit = threshold_s(self.params, timing, view.in_flight.get(model, 1), p999_s.get(model, 0.0))
-            limit += timing.sequence_idle_s + 1.0
+            timing = self._timing(model)
+            in_flight = view.in_flight.get(model, 1)
+            evidence = {"step": float(step)}
+            if step == 0:  # still at its START: it may be waiting in the backlog for a slot
+                waiting = self._waiting_since(model, progress)
+                limit = start_bound_s(self.params, timing, in_flight, waiting, p999_s.get(model, 0.0))
+                evidence.update(self._backlog_evidence(timing, waiting, limit))
+            else:
+                limit = threshold_s(self.params, timing, in_flight, p999_s.get(model, 0.0))
+                limit += timing.sequence_idle_s + 1.0
             if self.params.sequence_deadline_s:
                 limit = min(limit, self.params.sequence_deadline_s)
             age = view.now_s - progress
@@ -118,12 +176,39 @@ class StallDetector:
             if age > limit and subject not in self._seen:
                 self._seen.add(subject)
                 out.append(Verdict("stall", "SEQ-STALL", subject, progress, view.now_s, age, "s", age, age,
-                                   {"threshold_s": limit, "step": float(step)}))
+                                   {"threshold_s": limit, **evidence}))
         self.raised += out
         return out
 
+    def _timing(self, model: str) -> ModelTiming:
+        return self.timings.get(model, ModelTiming(0.0, 1, 0))
+
+    def _note_backlog(self, view: StallView) -> None:
+        """Remember, per model, how many STARTs waited at each evaluation since its oldest waiting
+        START was sent: those ahead of that START in the backlog were all waiting when it came."""
+        for model in [m for m in self._backlog if m not in view.starts]:
+            del self._backlog[model]  # the backlog emptied
+        for model, (waiting, oldest) in view.starts.items():
+            history = self._backlog.setdefault(model, collections.deque(maxlen=4096))
+            while history and history[0][0] < oldest - HEARTBEAT_S:
+                history.popleft()
+            history.append((view.now_s, waiting))
+
+    def _waiting_since(self, model: str, since_s: float) -> int:
+        """The most STARTs of `model` seen waiting since `since_s` (at least 1: the START itself)."""
+        return max((n for t, n in self._backlog.get(model, ()) if t >= since_s - HEARTBEAT_S), default=1)
+
+    @staticmethod
+    def _backlog_evidence(timing: ModelTiming, waiting: int, bound: float, waiting_now: int | None = None
+                          ) -> dict[str, float]:
+        evidence = {"waiting_starts": float(waiting), "slots": float(slots(timing)),
+                    "idle_timeout_s": timing.sequence_idle_s or TRITON_DEFAULT_IDLE_S, "backlog_bound_s": bound}
+        if waiting_now is not None:
+            evidence["waiting_starts_now"] = float(waiting_now)
+        return evidence
+
     def _model_stall(self, view: StallView, model: str, oldest: float, age: float, quiet: float,
-                     limit: float) -> list[Verdict]:
+                     limit: float, backlog: Mapping[str, float] | None = None) -> list[Verdict]:
         whole = quiet > limit
         key = f"{model} {'whole' if whole else 'instance'}"  # one verdict per model and kind of stall
         if key in self._seen:
@@ -132,7 +217,8 @@ class StallDetector:
                 if instance_model(name) == model}
         known = sorted(((u, name) for name, u in used.items() if u is not None))
         evidence = {"threshold_s": limit, "oldest_in_flight_s": age, "no_answer_for_s": quiet,
-                    "in_flight": float(view.in_flight.get(model, 0)), "pending": view.pending.get(model, math.nan)}
+                    "in_flight": float(view.in_flight.get(model, 0)), "pending": view.pending.get(model, math.nan),
+                    **(backlog or {})}
         if whole:
             idle = [name for u, name in known if u < self.params.idle_cpu_s]
             subject = model + (f" instances {', '.join(sorted(idle))}" if idle else "")

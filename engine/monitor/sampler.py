@@ -8,7 +8,16 @@ aggregator as one KIND_RESOURCES message of flat series:
   truth/<instance>/<metric>                           faulty models' ground truth (tests only)
   server/pinned_used_bytes, gpu/<uuid>/used_bytes     when the server exports them
   shm/files, shm/bytes                                /dev/shm entries of the run
+  host/mem_available_bytes, host/mem_total_bytes      /proc/meminfo (absent where unreadable)
+  host/psi_memory_some_avg10, host/psi_memory_full_avg10
+                                                      /proc/pressure/memory, percent (absent without PSI)
+  budget/limit_bytes, budget/in_flight_bytes, budget/peak_bytes, budget/granted, budget/waits,
+  budget/wait_s, budget/skipped, budget/pressure      the host's large-request budget (budget_path only)
   monitor/sample_ms                                   what one sample cost
+
+With a `budget_path` (a server the engine launched on this host), the monitor is also the one that
+holds large requests back when the host's memory is under pressure (pressure.PressureGate): it sets
+the budget file's hold, which every worker's next large request sees.
 """
 
 from __future__ import annotations
@@ -22,11 +31,16 @@ from typing import Any
 
 from engine.server import find_stub_processes
 from workers.heap import ReleaseTimer, limit_arenas
+from workers.host_budget import HostBudget
 from workers.lifeline import stop_with_parent
 from workers.sender import TelemetrySender
 from workers.telemetry import KIND_RESOURCES, RecordBuffer
 
+INCIDENT = "incident"  # the event the aggregator keeps as an incident (engine.aggregator.service.INCIDENT)
+
+from ..oom import KMSG, KmsgReader, OomWatch
 from .metrics import fetch_metrics, fetch_model_stats, safe_name
+from .pressure import GateSettings, MemoryReading, PressureGate, read_memory
 from .procfs import listener_pid, sample_process, shm_footprint
 
 
@@ -45,6 +59,10 @@ class MonitorSpec:
     telemetry_keys: Any = None  # CURVE client keys when the telemetry endpoint leaves the host
     # An attached server on the monitor's own node: found by the process listening on this port.
     server_port: int = 0
+    # The host's large-request budget file (workers.host_budget), "" for none (an attached or remote
+    # server, tests): with one, the monitor samples it and sets its memory-pressure hold.
+    budget_path: str = ""
+    pressure_gate: GateSettings = GateSettings()  # when the hold goes on and off (pressure.GateSettings)
 
 
 class _Nvml:
@@ -88,6 +106,9 @@ class Monitor:
         if self.server_pid is None and spec.server_port:
             self.server_pid = listener_pid(spec.server_port)
         self._nvml = _Nvml() if self.server_pid is not None else None
+        self.gate = PressureGate(spec.pressure_gate)
+        self.notes: list[str] = []  # the gate's changes of state in the last sample
+        self._budget: HostBudget | None = None
 
     def sample(self) -> dict[str, float]:
         out = self._sample()
@@ -128,12 +149,53 @@ class Monitor:
         files, size = shm_footprint(spec.shm_prefixes)
         out["shm/files"], out["shm/bytes"] = float(files), float(size)
         self.errors = []
+        self.notes = []
+        reading = read_memory()
+        out.update(reading.series())
+        if spec.budget_path:
+            out.update(self._budget_series(reading))
         for figures, error in (fetch_metrics(spec.metrics_url), fetch_model_stats(spec.http_url)):
             out.update(figures)
             if error:
                 self.errors.append(error)
         out["monitor/sample_ms"] = (time.perf_counter() - began) * 1000
         return out
+
+    def _budget_series(self, reading: MemoryReading) -> dict[str, float]:
+        """The budget's figures, after setting its hold from the gate (when the file says otherwise:
+        a monitor that restarted takes over the hold its predecessor left)."""
+        if self._budget is None:
+            try:
+                self._budget = HostBudget.open(self.spec.budget_path)
+            except OSError as exc:
+                self.errors.append(f"host budget {self.spec.budget_path} not readable: {exc}")
+                return {}
+        before = self.gate.holding
+        hold = self.gate.update(reading)
+        if hold != before:
+            self.notes.append(self.gate.reason)
+        figures = self._budget.figures()
+        if figures.pressure != hold:
+            self._budget.set_pressure(hold)
+        return {"budget/limit_bytes": float(figures.limit_bytes),
+                "budget/in_flight_bytes": float(figures.in_flight_bytes),
+                "budget/peak_bytes": float(figures.peak_bytes), "budget/granted": float(figures.granted),
+                "budget/waits": float(figures.waits), "budget/wait_s": figures.wait_s,
+                "budget/skipped": float(figures.skipped), "budget/pressure": float(hold)}
+
+    def large_bytes_in_flight(self) -> int | None:
+        return self._budget.figures().in_flight_bytes if self._budget is not None else None
+
+    def close(self) -> None:
+        """Let go of the hold: with nobody left to watch the host, a held budget would hold the
+        workers' large requests back for good (the budget's limit still applies)."""
+        if self._budget is not None:
+            try:
+                if self.gate.holding:
+                    self._budget.set_pressure(False)
+            finally:
+                self._budget.close()
+                self._budget = None
 
 
 def monitor_main(spec: MonitorSpec) -> None:
@@ -155,6 +217,7 @@ def run_monitor(spec: MonitorSpec, stop: threading.Event) -> None:
     end = time.monotonic() + spec.deadline_s
     reported: set[str] = set()
     heap = ReleaseTimer()
+    oom = stub_oom_watch() if spec.budget_path else None  # a server launched on this host: its stubs' deaths
     try:
         if monitor._nvml is not None and monitor._nvml.reason:
             sender.event("monitor_note", "", "", monitor._nvml.reason)
@@ -168,6 +231,11 @@ def run_monitor(spec: MonitorSpec, stop: threading.Event) -> None:
             for name, pid in before.items():
                 if monitor.stubs.get(name) != pid:
                     sender.event("process_gone", name.rsplit("_", 2)[0], "", f"stub {name} pid {pid} is gone")
+                    kill = oom.check(pid, f"stub {name}") if oom is not None else None
+                    if kill is not None:  # the server starts a stub again itself: only the kernel says why
+                        sender.event(INCIDENT, "", "", kill.text(monitor.large_bytes_in_flight()), always_text=True)
+            for note in monitor.notes:
+                sender.event("memory_pressure", "", "", note)
             for error in monitor.errors:
                 if error not in reported:  # each reason once: a server that is down says so every sample
                     reported.add(error)
@@ -178,7 +246,20 @@ def run_monitor(spec: MonitorSpec, stop: threading.Event) -> None:
         if stop.is_set():  # stopped after the load: one last look, so the server's final counts are kept
             sender.send(KIND_RESOURCES, {"time_ns": time.monotonic_ns(), "samples": monitor.sample()})
     finally:
+        monitor.close()
         sender.close()
+        if oom is not None:
+            oom.close()
+
+
+def stub_oom_watch() -> OomWatch | None:
+    """The kernel's log from now on, to tell a stub the OOM killer took (None where it cannot be
+    read: a stub is not our child, its exit status is unknown, and a cgroup counter could not say
+    which process it counted)."""
+    try:
+        return OomWatch(KmsgReader.open(KMSG), None)
+    except OSError:
+        return None
 
 
 def start_monitor(spec: MonitorSpec) -> multiprocessing.process.BaseProcess:

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from engine.aggregator.series import split_target
 from engine.aggregator.windows import merge_windows
+from engine.monitor.pressure import MEM_AVAILABLE, PSI_SOME_AVG10
 from engine.store import RunStore
 from engine.stress_report import DESCRIPTIONS
 
@@ -25,6 +27,8 @@ FAILING_STATES = ("open", "cleared")
 # not (its incident says what was lost), unless the run had to stop.
 FAILING_INCIDENTS = ("server exited", "stopped answering", "fatal verdict", "the run stops")
 SUMMARY_FIELDS = ("rss_anon", "rss_shmem", "fds", "threads", "cpu_s")
+# The large-request budget's series, as the monitor names them "budget/<field>".
+BUDGET_FIELDS = ("limit_bytes", "in_flight_bytes", "peak_bytes", "granted", "waits", "wait_s", "skipped", "pressure")
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,28 @@ class ResourceSummary:
 
 
 @dataclass(frozen=True)
+class BudgetSummary:
+    """The host's large-request budget at the end of the run (its counters only grow)."""
+
+    limit_bytes: float
+    peak_bytes: float  # the most bytes of large requests in flight at once
+    granted: int
+    waits: int  # large requests that waited for their turn
+    wait_s: float  # their wait, in total
+    skipped: int  # large requests not sent: they waited their whole allowance
+
+
+@dataclass(frozen=True)
+class HostMemoryReport:
+    """The host's memory over the run, from the monitor's host/ and budget/ series."""
+
+    min_available_bytes: float | None  # None: /proc/meminfo was not read
+    max_psi_some_avg10: float | None  # percent; None: the kernel has no PSI
+    hold_s: float  # run seconds under the memory-pressure hold of large requests
+    budget: BudgetSummary | None  # None: the run had no budget (an attached or remote server)
+
+
+@dataclass(frozen=True)
 class RunReport:
     schema_version: int
     run_id: str
@@ -130,6 +156,7 @@ class RunReport:
     figures: dict[str, Any]  # the aggregator's last live figures (lost messages, late records, ...)
     config: dict[str, Any] = field(default_factory=dict)
     servers: list[ServerSection] = field(default_factory=list)
+    host_memory: HostMemoryReport | None = None  # None: a store without the host's series
 
     def to_json(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
@@ -164,6 +191,47 @@ def _resources(store: RunStore) -> list[ResourceSummary]:
             out.append(ResourceSummary(name, float(values[0]), float(values[-1]), float(values.min()),
                                        float(values.max()), len(values)))
     return out
+
+
+def host_series(store: RunStore, plain: str) -> list[str]:
+    """The stored series named `plain`, with or without a fleet's target/<server>/ prefix (every
+    monitor of a fleet on one host reads the same host)."""
+    return [name for name in store.series_names() if split_target(name)[1] == plain]
+
+
+def hold_spans(t: np.ndarray, v: np.ndarray) -> list[tuple[float, float]]:
+    """(from, to) run seconds of each stretch of `budget/pressure` samples that held: from the first
+    sample that held to the first that did not (or the last sample)."""
+    spans = []
+    start = None
+    for time_s, value in zip(t.tolist(), v.tolist()):
+        if value >= 0.5 and start is None:
+            start = time_s
+        elif value < 0.5 and start is not None:
+            spans.append((start, time_s))
+            start = None
+    if start is not None:
+        spans.append((start, float(t[-1])))
+    return spans
+
+
+def _host_memory(store: RunStore) -> HostMemoryReport | None:
+    available = [v for v in (store.series(name)[1] for name in host_series(store, MEM_AVAILABLE)) if len(v)]
+    psi = [v for v in (store.series(name)[1] for name in host_series(store, PSI_SOME_AVG10)) if len(v)]
+    budget = {f: host_series(store, f"budget/{f}") for f in BUDGET_FIELDS}
+    if not available and not psi and not budget["limit_bytes"]:
+        return None
+    summary, hold_s = None, 0.0
+    if budget["limit_bytes"]:  # one budget per host: the first monitor that sampled it
+        last = {f: float(store.series(names[0])[1][-1]) if names else 0.0 for f, names in budget.items()}
+        summary = BudgetSummary(last["limit_bytes"], last["peak_bytes"], int(last["granted"]), int(last["waits"]),
+                                last["wait_s"], int(last["skipped"]))
+        if budget["pressure"]:
+            hold_s = sum(b - a for a, b in hold_spans(*store.series(budget["pressure"][0])))
+    return HostMemoryReport(
+        min_available_bytes=min(float(v.min()) for v in available) if available else None,
+        max_psi_some_avg10=max(float(v.max()) for v in psi) if psi else None,
+        hold_s=hold_s, budget=summary)
 
 
 def _servers(store: RunStore, info_config: dict[str, Any], verdicts: list[VerdictEntry]) -> list[ServerSection]:
@@ -216,6 +284,7 @@ def build_report(store: RunStore) -> RunReport:
         exit_code=0 if ok else 1, scenarios=scenarios, verdicts=verdicts, incidents=incidents,
         latency=_latency(store), resources=_resources(store), events=dict(events), first_texts=first_texts,
         figures=figures, config=info.config, servers=_servers(store, info.config, verdicts),
+        host_memory=_host_memory(store),
     )
 
 

@@ -1,6 +1,7 @@
 """report.html: one self-contained page (inline CSS and SVG, no script, nothing fetched) with the
 reference table, verdicts, incidents, latency per model, and plots over time: latency p50/p99 and
-throughput per model, memory per process with the trend of any leak verdict, verdicts as markers."""
+throughput per model, memory per process with the trend of any leak verdict, verdicts as markers, and
+the host's memory: MemAvailable, PSI, the large-request budget, with the pressure hold shaded."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import html
 
 import numpy as np
 
+from engine.aggregator.series import split_target
+from engine.monitor.pressure import MEM_AVAILABLE, MEM_TOTAL, PSI_FULL_AVG10, PSI_SOME_AVG10, GateSettings
 from engine.store import RunStore
 from engine.stress_report import hhmmss
 
-from .build import RunReport
+from .build import RunReport, hold_spans, host_series
 from .svg import Chart, Line, render_chart
 
 MIB = float(1 << 20)
+GIB = float(1 << 30)
 HOUR = 3600.0
 
 _CSS = """
@@ -30,6 +34,7 @@ svg .title { font-size: 13px; font-weight: 600; } svg .frame { fill: none; strok
 svg .grid { stroke: #eee; } svg .ytick { font-size: 11px; text-anchor: end; fill: #555; }
 svg .xtick { font-size: 11px; text-anchor: middle; fill: #555; } svg .ylabel { font-size: 11px; fill: #555; }
 svg .legend { font-size: 11px; fill: #333; } svg .marker { stroke: #b02020; stroke-dasharray: 3 3; }
+svg .span { fill: #ff7f0e; fill-opacity: 0.18; }
 """
 
 
@@ -103,6 +108,53 @@ def _memory_charts(store: RunStore, report: RunReport, markers: list[tuple[float
     return charts
 
 
+def _host_memory(store: RunStore, report: RunReport, markers: list[tuple[float, str]]) -> list[str]:
+    """MemAvailable, PSI and the large-request budget over the run, the pressure hold shaded."""
+    memory = report.host_memory
+    if memory is None:
+        return []
+    held = host_series(store, "budget/pressure")
+    spans = [(a, b, f"large requests held for memory pressure, {hhmmss(a)} to {hhmmss(b)}")
+             for a, b in (hold_spans(*store.series(held[0])) if held else [])]
+    shaded = " (shaded: large requests held for memory pressure)" if spans else ""
+
+    def lines(plain: str, label: str, scale: float = 1.0) -> list[Line]:
+        out = []
+        for name in host_series(store, plain):
+            target = split_target(name)[0]
+            t, v = store.series(name)
+            out.append(Line(f"{label} on {target}" if target else label, t, v / scale))
+        return out
+
+    available = lines(MEM_AVAILABLE, "MemAvailable", GIB)
+    if held:  # the gate's reserve: hold below it, release above 1.5 x it
+        settings = GateSettings()
+        for name in host_series(store, MEM_TOTAL)[:1]:
+            t, total = store.series(name)
+            reserve = np.array([settings.reserve_bytes(x) for x in total]) / GIB
+            available.append(Line("reserve (hold below)", t, reserve, dashed=True))
+    charts = [render_chart(Chart(f"host memory: MemAvailable{shaded}", "GiB", available, markers, spans))]
+    psi = lines(PSI_SOME_AVG10, "some avg10") + lines(PSI_FULL_AVG10, "full avg10")
+    charts.append(render_chart(Chart(f"host memory pressure: PSI{shaded}", "% of time stalled", psi, markers, spans))
+                  if psi else "<p>Memory pressure (PSI) not measured: the kernel has no /proc/pressure/memory.</p>")
+    if memory.budget is not None:
+        budget = lines("budget/in_flight_bytes", "in flight", GIB) + [
+            Line("limit", ln.x, ln.y, dashed=True) for ln in lines("budget/limit_bytes", "limit", GIB)[:1]]
+        charts.append(render_chart(Chart(f"large-request budget: bytes in flight{shaded}", "GiB", budget, markers,
+                                         spans)))
+    figures = []
+    if memory.min_available_bytes is not None:
+        figures.append(f"lowest MemAvailable {memory.min_available_bytes / GIB:.2f} GiB")
+    if memory.max_psi_some_avg10 is not None:
+        figures.append(f"highest PSI some avg10 {memory.max_psi_some_avg10:.1f} %")
+    b = memory.budget
+    if b is not None:
+        figures.append(f"large requests held for memory pressure {memory.hold_s:.0f} s")
+        figures.append(f"budget: limit {b.limit_bytes / GIB:.2f} GiB, peak in flight {b.peak_bytes / GIB:.2f} GiB, "
+                       f"{b.granted} granted, {b.waits} waited {b.wait_s:.1f} s in total, {b.skipped} skipped")
+    return [f"<p>{html.escape('; '.join(figures))}.</p>"] + charts
+
+
 def render_html(report: RunReport, store: RunStore) -> str:
     markers = [(v.at_s, v.text) for v in report.verdicts if v.failing]
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Run {html.escape(report.run_id)}"
@@ -147,5 +199,8 @@ def render_html(report: RunReport, store: RunStore) -> str:
     parts += _memory_charts(store, report, markers)
     parts.append(_table(["series", "first", "last", "min", "max"],
                         [[r.series, r.first, r.last, r.min, r.max] for r in report.resources]))
+    if report.host_memory is not None:
+        parts.append("<h2>Host memory</h2>")
+        parts += _host_memory(store, report, markers)
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -31,6 +31,7 @@ class Chart:
     y_label: str
     lines: Sequence[Line]
     markers: Sequence[tuple[float, str]] = field(default_factory=tuple)  # (x, label): verdicts
+    spans: Sequence[tuple[float, float, str]] = field(default_factory=tuple)  # (from x, to x, label): shaded
 
 
 def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +63,8 @@ def render_chart(chart: Chart) -> str:
     title = html.escape(chart.title)
     if not lines:
         return f'<p class="empty">{title}: no data</p>'
-    xs = np.concatenate([ln.x for ln in lines] + [np.array([m[0] for m in chart.markers], float)])
+    xs = np.concatenate([ln.x for ln in lines] + [np.array([m[0] for m in chart.markers], float),
+                                                   np.array([x for a, b, _ in chart.spans for x in (a, b)], float)])
     ys = np.concatenate([ln.y[np.isfinite(ln.y)] for ln in lines])
     x0, x1 = float(xs.min()), float(xs.max()) if xs.max() > xs.min() else float(xs.min()) + 1
     y0, y1 = min(0.0, float(ys.min()) if len(ys) else 0.0), float(ys.max()) if len(ys) and ys.max() > 0 else 1.0
@@ -86,6 +88,9 @@ def render_chart(chart: Chart) -> str:
         out.append(f'<text x="{px(tick):.1f}" y="{TOP + plot_h + 16}" class="xtick">{_clock(tick)}</text>')
     out.append(f'<text x="14" y="{TOP + plot_h / 2:.0f}" class="ylabel" '
                f'transform="rotate(-90 14 {TOP + plot_h / 2:.0f})">{html.escape(chart.y_label)}</text>')
+    for a, b, label in chart.spans:
+        out.append(f'<rect x="{px(a):.1f}" y="{TOP}" width="{max(px(b) - px(a), 1.0):.1f}" height="{plot_h}" '
+                   f'class="span"><title>{html.escape(label)}</title></rect>')
     for x, label in chart.markers:
         out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{TOP + plot_h}" class="marker">'
                    f'<title>{html.escape(label)}</title></line>')

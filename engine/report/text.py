@@ -7,6 +7,8 @@ from engine.stress_report import ScenarioTotals, hhmmss, render_table
 
 from .build import RunReport
 
+GIB = float(1 << 30)
+
 
 def scenario_table(report: RunReport) -> str:
     return render_table([ScenarioTotals(s.scenario, s.plans, s.failed, s.requests) for s in report.scenarios],
@@ -44,6 +46,11 @@ def render_summary(report: RunReport) -> str:
     lost = report.figures.get("lost_messages", 0)
     if lost:
         lines.append(f"telemetry: {lost} messages lost")
+    budget = report.host_memory.budget if report.host_memory is not None else None
+    if budget is not None and (budget.waits or budget.skipped):
+        lines.append(f"large requests: {budget.waits} waited {budget.wait_s:.1f} s in total for the memory budget "
+                     f"(limit {budget.limit_bytes / GIB:.2f} GiB, peak {budget.peak_bytes / GIB:.2f} GiB), "
+                     f"{budget.skipped} skipped")
     failing = sum(v.failing for v in report.verdicts)
     failed = sum(s.failed for s in report.scenarios)
     lines.append(f"verdict: {report.verdict}; {failing} failing verdicts, {failed} failed scenarios, "

@@ -6,6 +6,12 @@ untouched for longer than `state_ttl_s` is dropped: at the start of an execution
 `state_ttl_s / 4`, so the hot path does not scan the table each time) and by a sweeper thread
 (an instance that gets no more traffic must still let go). With expire_state = "0" it never is
 (the deliberately leaking variant). The gauge engine_model_sequence_states says how many are held.
+
+With fault = "hang" (sequence_hang_int32): on the instance whose index is hang_instance, the
+first execute() call after its hang_after_requests-th request that carries no START (a step of a
+sequence that holds the slot) never returns, and none of its requests is answered: a holder that
+hangs mid-sequence. The others serve on. The gauge engine_model_hung_requests says how many
+requests it blocks.
 """
 
 import threading
@@ -13,7 +19,7 @@ import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from tee_model_common import Gauge, model_parameters
+from tee_model_common import Gauge, instance_index, model_parameters
 
 INPUT, OUTPUT = "INPUT", "OUTPUT"
 START_FLAG, END_FLAG = 1, 2  # request.flags() bits
@@ -39,6 +45,12 @@ class TritonPythonModel:
         self.sweep_every_s = min(1.0, self.ttl_s / 4)
         self.last_sweep = time.monotonic()
         self.stopping = threading.Event()
+        self.hang_after = int(params.get("hang_after_requests", "0")) if params.get("fault") == "hang" else 0
+        self.served = 0  # requests this instance received (the hang counts per instance)
+        self.hang_gauge = None
+        if self.hang_after and instance_index(args) == int(params.get("hang_instance", "0")):
+            self.hang_gauge = Gauge(pb_utils, "engine_model_hung_requests", "requests blocked forever", args)
+            self.hang_gauge.set(0)
         if self.expire:
             threading.Thread(target=self._sweep, name="state-sweeper", daemon=True).start()
 
@@ -57,6 +69,11 @@ class TritonPythonModel:
         self.stopping.set()
 
     def execute(self, requests):
+        self.served += len(requests)
+        if self.hang_gauge is not None and self.served > self.hang_after \
+                and not any(_flag(r, "START", START_FLAG) for r in requests):
+            self.hang_gauge.set(len(requests))
+            threading.Event().wait()  # blocks this instance forever, as a deadlocked model would
         if self.delay_s:
             time.sleep(self.delay_s)
         with self.lock:
