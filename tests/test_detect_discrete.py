@@ -50,3 +50,28 @@ def test_a_rise_below_the_gate_is_not() -> None:
     assert _feed(detector, t, values) == []
     steady = DiscreteLeakDetector("s", "fds", PARAMS)  # the same series passes the default gate
     assert _feed(steady, t, values)
+
+
+def test_persistence_counts_bins_not_evaluations() -> None:
+    """A thread pool that grows by one thread a minute for four minutes, then stays flat for an hour:
+    four rising steps in one window of five, but no three bins in a row that each show the rise.
+    The aggregator evaluates every second; persistence counted in evaluations made this a LEAK of
+    about 40 threads/h within three seconds."""
+    params = DiscreteParams(bin_s=60.0, warmup_s=60.0, min_rise=4.0)
+    detector = DiscreteLeakDetector("proc/stub/m_0_0 threads", "threads", params)
+    t = np.arange(0.0, 4500.0, 1.0)
+    values = 20 + np.clip((t - 120) // 60, 0, 4)  # +1 a minute from minute 3 to minute 6, then flat
+    raised = []
+    for i in range(len(t)):
+        detector.add(float(t[i]), float(values[i]))
+        raised += detector.evaluate(float(t[i]))  # every second, as the aggregator does
+    assert raised == []
+    # A pool that keeps growing one thread a minute is a leak, judged the same way.
+    leaking = DiscreteLeakDetector("proc/stub/m_0_0 threads", "threads", params)
+    grow = 20 + np.clip((t - 120) // 60, 0, None)
+    raised = []
+    for i in range(len(t)):
+        leaking.add(float(t[i]), float(grow[i]))
+        raised += leaking.evaluate(float(t[i]))
+    [verdict] = raised
+    assert 50 < verdict.size < 70  # 60 threads/h

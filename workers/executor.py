@@ -56,6 +56,7 @@ QUARANTINE_S = 60.0  # how long a failed request's shared-memory slots stay out 
 # a plan's first step waits before the plan's clock starts; a later step inside its deadline.
 PLAN_BUDGET_WAIT_S = 600.0
 STEP_BUDGET_WAIT_S = 20.0
+WRITTEN_GRACE_S = 1.0  # a large answer written into its slot: the server's own completion follows
 
 
 @dataclass
@@ -199,7 +200,7 @@ class Executor:
         # first. One the client gave up on keeps its lease and its slots until the server has
         # written its answer into the output slot (or the lease expires): the server still holds it.
         self.budget = budget
-        self._large_pending: list[tuple[int, float, list[tuple[ShmPool, Slot, bool]]]] = []
+        self._large_pending: list[_LargeRequest] = []
         # Host inputs: key -> name of a system region the coordinator wrote once for every worker.
         self.host_inputs = dict(host_inputs or {})
         self._host_registered: set[tuple[int, str]] = set()
@@ -354,7 +355,7 @@ class Executor:
             outcome.requests += 1
             self.sender.record(start, time.monotonic_ns() - start, model, scenario, STATUS_ERROR, seq_code, index)
             if lease is not None:  # cut off while the server may hold it: kept until it is done there
-                self._large_pending.append((lease, time.monotonic() + QUARANTINE_S, held))
+                self._large_pending.append(_LargeRequest(lease, time.monotonic() + QUARANTINE_S, held))
             raise
         finally:
             self.in_flight.end(token)
@@ -428,9 +429,9 @@ class Executor:
         request the client gave up on (its deadline, a lost connection) is still the server's: it
         keeps them until the server has written into its output slot, or its lease expires."""
         if error is None or not _gave_up(error):
-            self._large_pending.append((lease, 0.0, held))  # over: freed by the sweep at the end of the step
+            self._large_pending.append(_LargeRequest(lease, 0.0, held, done=True))  # freed by the step's sweep
         else:
-            self._large_pending.append((lease, time.monotonic() + QUARANTINE_S, held))
+            self._large_pending.append(_LargeRequest(lease, time.monotonic() + QUARANTINE_S, held))
 
     def sweep(self) -> None:
         """Give back the leases and slots of large requests the server has finished since (called
@@ -439,18 +440,18 @@ class Executor:
             return
         now = time.monotonic()
         kept = []
-        for lease, until, held in self._large_pending:
-            outputs = [(pool, slot) for pool, slot, is_output in held if is_output]
-            if now < until and outputs and not all(pool.closed or pool.written(slot) for pool, slot in outputs):
-                kept.append((lease, until, held))  # the server has not written its answer yet
+        for request in self._large_pending:
+            if not request.over(now):
+                kept.append(request)
                 continue
             # Their own regions, freed whole: kept for reuse, each would hold its size of /dev/shm
             # in every worker for the rest of the run, outside the budget.
-            held = [(pool, slot, out) for pool, slot, out in held if not pool.closed and not pool.discard(slot)]
-            if held:  # the server still uses a region (it refuses to unregister it): next time
-                kept.append((lease, until, held))
+            request.held = [(pool, slot, out) for pool, slot, out in request.held
+                            if not pool.closed and not pool.discard(slot)]
+            if request.held:  # the server still uses a region (it refuses to unregister it): next time
+                kept.append(request)
                 continue
-            self.budget.release(lease)
+            self.budget.release(request.lease)
         self._large_pending = kept
 
     def _tensors(self, spec: ModelSpec, step: Step, names: list[str], held: list[tuple[ShmPool, Slot, bool]]
@@ -544,6 +545,32 @@ class Executor:
                 break
         responses.cancel()
         return {DECOUPLED_OUTPUT: np.array(values, dtype=np.int32)}
+
+
+@dataclass(slots=True)
+class _LargeRequest:
+    """A large request's lease and slots, until the server is done with them."""
+
+    lease: int
+    until: float  # monotonic s: given back then at the latest (0 with `done`)
+    held: list[tuple[ShmPool, Slot, bool]]  # (pool, slot, is an output slot)
+    done: bool = False  # answered: nothing of the server's still refers to it
+    written_at: float = 0.0  # when its output slots were first seen written
+
+    def over(self, now: float) -> bool:
+        """Answered; or the server has written its answer into the output slots WRITTEN_GRACE_S ago
+        (the copy's last bytes land before the server has finished the request: unregistering its
+        region at once would race the server's own completion of it); or its time is up."""
+        if self.done or now >= self.until:
+            return True
+        outputs = [(pool, slot) for pool, slot, is_output in self.held if is_output]
+        if not outputs:
+            return False
+        if not self.written_at:
+            if not all(pool.closed or pool.written(slot) for pool, slot in outputs):
+                return False
+            self.written_at = now
+        return now - self.written_at >= WRITTEN_GRACE_S
 
 
 class _SequenceStream:

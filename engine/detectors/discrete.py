@@ -5,7 +5,9 @@ A leaked fd or thread never comes back, so the *floor* of the count (its minimum
 rises and keeps rising, while healthy churn (connections, worker threads) moves the count above
 a steady floor. A verdict needs the floor to have risen in at least 4 of the last 5 steps between
 bins (a pool that grows once and stays is a step, not a leak) and by at least the gate in total
-since warm-up, on several evaluations in a row.
+since warm-up, in several bins in a row. Persistence counts bins, not evaluations: the aggregator
+evaluates every second, and "3 evaluations in a row" would be 3 seconds of the same bins (a pool
+that grew for four minutes and then stayed flat for an hour was called a leak that way).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class DiscreteParams:
     min_fraction: float = 0.02  # ...or this share of the first floor, if larger
     steps: int = 5  # of the last `steps` bin-to-bin steps...
     rising_steps: int = 4  # ...at least this many must rise
-    persistence: int = 3
+    persistence: int = 3  # closed bins in a row that must each show the rise
 
 
 # Gates per resource: what one leaked unit is worth noticing at.
@@ -45,6 +47,7 @@ class DiscreteLeakDetector:
     open: bool = False
     raised: list[Verdict] = field(default_factory=list)
     _bins: FloorBins | None = None
+    _judged: int = 0  # closed bins at the last judgement: each bin is judged once
 
     def add(self, t: float, value: float) -> None:
         p = self.params
@@ -58,6 +61,9 @@ class DiscreteLeakDetector:
         p = self.params
         if self._bins is None or self._bins.closed < p.steps + 1:  # the bin still filling is left out
             return []
+        if self._bins.closed == self._judged:
+            return []  # no bin closed since the last judgement: nothing new to persist over
+        self._judged = self._bins.closed
         starts, floors = self._bins.arrays()
         rises = int(np.sum(np.diff(floors[-(p.steps + 1):]) > 0))
         total = float(floors[-1] - floors[0])

@@ -1,12 +1,14 @@
-"""How many copies of one large input the bundled server holds while it serves the request.
+"""How many copies of one large input the bundled server holds while it serves the request, and after.
 
-The run's memory budget (engine/budget.py) charges every large request in flight for the client's
-slot plus the server's and the python stubs' copies of it. This measures that factor on the
-bundled server: a zero model (the timeout scenario's target), an input of --mib MiB in system
-shared memory, the timeout scenario's 0.1 s client deadline, and the memory of the server, its
-stubs and /dev/shm sampled every 10 ms until the server has finished the request. Printed: the
-peak growth over the idle baseline, as a multiple of the input, and what stays after the request
-(the python backend grows its own shared-memory pool to fit, and never gives it back).
+The run's memory budget (engine/memory_budget.py) charges every large request in flight for the
+client's slot plus the server's and the python stubs' copies of it. This measures those factors on
+the bundled server: a zero model (the timeout scenario's target) with one instance, an input of
+--mib MiB in system shared memory, the timeout scenario's 0.1 s client deadline, requests sent one
+after the other; the anonymous memory of the server and its stub and the bytes used in /dev/shm
+sampled every 10 ms. Twice: with the answer returned inline (what tritonclient does unless asked
+otherwise), and with the answer requested into a shm slot (what the engine does for large requests).
+Printed per case, as multiples of the input: the peak over the idle baseline, and what is kept after
+the last request (the python stub's shm pool, and anything the server does not give back).
 """
 
 from __future__ import annotations
@@ -22,106 +24,106 @@ from pathlib import Path
 import numpy as np
 
 from common import BenchResult, Target, run_alone  # noqa: E402 (common puts the checkout on sys.path)
-from engine.server import LaunchedServer, LaunchOptions
-from engine.server._handle import find_stub_processes
+from engine.server import LaunchedServer, LaunchOptions, find_stub_processes
 from model_repo_gen import RepoOptions, generate_repository
 
 
-def _kib(path: Path, field: str) -> int:
-    for line in path.read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
+def _rss_anon(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
-
-
-def _dev_shm_used() -> int:
-    usage = shutil.disk_usage("/dev/shm")
-    return usage.used
 
 
 def _footprint(server_pid: int) -> tuple[int, int]:
     """(anonymous bytes of the server and its stubs, bytes used in /dev/shm)."""
     pids = [server_pid] + [s.pid for s in find_stub_processes(server_pid)]
-    anon = 0
-    for pid in pids:
-        try:
-            anon += _kib(Path(f"/proc/{pid}/status"), "RssAnon:")
-        except OSError:
-            pass
-    return anon, _dev_shm_used()
+    return sum(_rss_anon(pid) for pid in pids), shutil.disk_usage("/dev/shm").used
 
 
-def measure(workdir: Path, mib: int, delay_ms: float, requests: int, deadline: float | None = 0.1,
-            output_in_shm: bool = False) -> dict[str, float]:
+def measure(server: LaunchedServer, mib: int, delay_ms: float, requests: int, output_in_shm: bool) -> dict[str, float]:
     import tritonclient.grpc as grpcclient
 
     from shm import ShmPool
 
-    generate_repository(workdir / "repo", RepoOptions(models=("zero_fp32",), instance_count=1,
-                                                      zero_delay_ms=delay_ms))
-    server = LaunchedServer(LaunchOptions(repository=workdir / "repo", work_dir=workdir / "server",
-                                          startup_timeout=120.0, stop_timeout=15.0))
-    server.start()
+    size = float(mib << 20)
+    client = grpcclient.InferenceServerClient(server.endpoints.grpc)
     try:
-        client = grpcclient.InferenceServerClient(server.endpoints.grpc)
-        elements = mib * (1 << 20) // 4
-        size0 = float(mib << 20)
-        with ShmPool(client, f"cf{os.getpid()}", 0, "system") as pool:
-            slot = pool.input_slot(np.ones(elements, np.float32))
-            out_slot = pool.output_slot(slot.byte_size) if output_in_shm else None
+        with ShmPool(client, f"cf{os.getpid()}{int(output_in_shm)}", 0, "system") as pool:
+            slot = pool.input_slot(np.ones(mib << 18, np.float32))
             time.sleep(1.0)
             base_anon, base_shm = _footprint(server.pid)
-            peak_anon = peak_shm = peak_total = 0
+            peak = {"anon": 0, "shm": 0, "total": 0}
             stop = threading.Event()
 
             def sample() -> None:
-                nonlocal peak_anon, peak_shm, peak_total
                 while not stop.is_set():
-                    anon, shm_used = _footprint(server.pid)
-                    peak_anon, peak_shm = max(peak_anon, anon - base_anon), max(peak_shm, shm_used - base_shm)
-                    peak_total = max(peak_total, anon - base_anon + shm_used - base_shm)
+                    anon, used = _footprint(server.pid)
+                    anon, used = anon - base_anon, used - base_shm
+                    peak.update(anon=max(peak["anon"], anon), shm=max(peak["shm"], used),
+                                total=max(peak["total"], anon + used))
                     time.sleep(0.01)
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            error = ""
-            kept = []
+            deadline_exceeded = 0
             for _ in range(requests):
+                out_slot = pool.output_slot(slot.byte_size) if output_in_shm else None
+                outputs = [pool.requested_output("OUTPUT0", out_slot)] if out_slot else None
                 try:
-                    client.infer("zero_fp32", [pool.infer_input("INPUT0", slot)], client_timeout=deadline,
-                                 outputs=[pool.requested_output("OUTPUT0", out_slot)] if out_slot else None)
+                    client.infer("zero_fp32", [pool.infer_input("INPUT0", slot)], client_timeout=0.1, outputs=outputs)
                 except Exception as exc:  # the deadline is the point
-                    error = str(exc)
+                    deadline_exceeded += "Deadline" in str(exc)
                 time.sleep(delay_ms / 1000.0 + 3.0)  # the server finishes the request the client left
-                kept.append(_footprint(server.pid))
-                print("server anon", _kib(Path(f"/proc/{server.pid}/status"), "RssAnon:") / size0,
-                      [(_kib(Path(f"/proc/{p.pid}/status"), "RssAnon:") / size0) for p in find_stub_processes(server.pid)])
+                if out_slot is not None:
+                    pool.discard(out_slot)
             stop.set()
             sampler.join()
-            after_anon, after_shm = _footprint(server.pid)
-        client.close()
-        size = float(mib << 20)
+            anon, used = _footprint(server.pid)
     finally:
-        server.stop()
-    print([((a - base_anon) / size, (b - base_shm) / size) for a, b in kept])
-    return {"peak_total": peak_total / size, "peak_anon": peak_anon / size, "peak_shm": peak_shm / size,
-            "kept_anon": (after_anon - base_anon) / size, "kept_shm": (after_shm - base_shm) / size,
-            "deadline_exceeded": float("Deadline" in error)}
+        client.close()
+    return {"peak": peak["total"] / size, "peak anon": peak["anon"] / size, "peak shm": peak["shm"] / size,
+            "kept anon": (anon - base_anon) / size, "kept shm": (used - base_shm) / size,
+            "deadline exceeded": deadline_exceeded / requests}
 
 
 def run(args: argparse.Namespace) -> BenchResult:
+    rows = []
+    figures = {}
     with tempfile.TemporaryDirectory(prefix="copy-factor-") as tmp:
-        figures = measure(Path(tmp), args.mib, args.delay_ms, args.requests)
-    rows = [[k, round(v, 2)] for k, v in figures.items()]
-    return BenchResult("server_copy_factor", f"server-side copies of one {args.mib} MiB input, system shm, "
-                       f"client deadline 0.1 s, zero model delay {args.delay_ms:g} ms", ["what", "x input"], rows,
-                       [Target("copy factor measured", "at most engine.budget.SERVER_COPIES",
-                               f"{figures['peak_total']:.2f}x", True)])
+        for output_in_shm in (False, True):
+            work = Path(tmp) / str(output_in_shm)
+            generate_repository(work / "repo", RepoOptions(models=("zero_fp32",), instance_count=1,
+                                                           zero_delay_ms=args.delay_ms))
+            server = LaunchedServer(LaunchOptions(repository=work / "repo", work_dir=work / "server",
+                                                  startup_timeout=120.0, stop_timeout=15.0))
+            server.start()  # a fresh server per case: what one case keeps must not hide the other's
+            try:
+                case = measure(server, args.mib, args.delay_ms, args.requests, output_in_shm)
+            finally:
+                server.stop()
+            figures[output_in_shm] = case
+            rows.append(["shm slot" if output_in_shm else "inline", *(round(v, 2) for v in case.values())])
+    inline, slot = figures[False], figures[True]
+    return BenchResult(
+        "server_copy_factor",
+        f"server-side copies of a {args.mib} MiB input (x input), system shm, client deadline 0.1 s, zero model "
+        f"delay {args.delay_ms:g} ms, {args.requests} requests one after the other",
+        ["answer", *figures[True].keys()], rows,
+        [Target("stub pool", "<= engine.memory_budget.STUB_POOL_COPIES (2.0)", f"{slot['kept shm']:.2f}x",
+                slot["kept shm"] <= 2.05),
+         Target("transient", "<= STUB_POOL_COPIES + SERVER_TRANSIENT_COPIES (4.0)", f"{slot['peak']:.2f}x",
+                slot["peak"] <= 4.1),
+         Target("nothing kept with the answer in a slot", "kept anon < 0.1x", f"{slot['kept anon']:.2f}x (inline: "
+                f"{inline['kept anon']:.2f}x)", slot["kept anon"] < 0.1)])
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mib", type=int, default=256, help="input size in MiB")
-    parser.add_argument("--requests", type=int, default=3, help="requests sent one after the other")
+    parser.add_argument("--requests", type=int, default=4, help="requests sent one after the other")
     parser.add_argument("--delay-ms", type=float, default=500.0, help="the zero model's execute delay")
 
 
