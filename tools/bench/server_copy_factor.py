@@ -115,8 +115,9 @@ def run(args: argparse.Namespace) -> BenchResult:
         ["answer", *figures[True].keys()], rows,
         [Target("stub pool", "<= engine.memory_budget.STUB_POOL_COPIES (2.0)", f"{slot['kept shm']:.2f}x",
                 slot["kept shm"] <= 2.05),
-         Target("transient", "<= STUB_POOL_COPIES + SERVER_TRANSIENT_COPIES (4.0)", f"{slot['peak']:.2f}x",
-                slot["peak"] <= 4.1),
+         # The slot case's peak holds the client's own output slot (1x, in /dev/shm) besides the server's.
+         Target("server's peak", "<= STUB_POOL_COPIES + SERVER_TRANSIENT_COPIES (4.0)",
+                f"{slot['peak'] - 1.0:.2f}x (peak less the client's output slot)", slot["peak"] - 1.0 <= 4.1),
          Target("nothing kept with the answer in a slot", "kept anon < 0.1x", f"{slot['kept anon']:.2f}x (inline: "
                 f"{inline['kept anon']:.2f}x)", slot["kept anon"] < 0.1)])
 
