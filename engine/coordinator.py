@@ -139,7 +139,7 @@ class Coordinator:
         healthy = tuple(s for s in specs if s.name not in FAULTY_MODELS)
         if not config.load:  # with [[load]] entries the check waits until they are resolved
             scenario_table(dict(config.scenarios.weights), specs, config.scenarios)
-        self.host = prepare_host_side(config, specs, paths.run_id)  # BudgetError: the config cannot fit
+        self.host = prepare_host_side(config, specs, paths.run_id, paths.root)  # BudgetError: cannot fit
         _say(self.host.plan.describe())
         self.large_bytes_in_flight = self.host.in_flight_bytes
         signals = _Signals()

@@ -31,6 +31,7 @@ import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -204,10 +205,6 @@ def _key_of(size: int, timeout_bytes: int) -> str:
     return "[scenarios] timeout_input_bytes" if size == timeout_bytes else "[scenarios] large_tensor_bytes"
 
 
-def budget_path(run_id: str) -> str:
-    return os.path.join("/dev/shm", f"tee_{run_id}_budget")
-
-
 def budget_inputs(config: Config, models: tuple[ModelSpec, ...]) -> BudgetInputs:
     """The plan's inputs from a resolved config (a launched server is on this host; an attached
     server, a fleet or Ray workers elsewhere leave the server's memory out)."""
@@ -225,14 +222,17 @@ def budget_inputs(config: Config, models: tuple[ModelSpec, ...]) -> BudgetInputs
         budget_share=config.run.memory_budget, budget_bytes=config.run.memory_budget_bytes)
 
 
-class HostSide:
-    """What the budget puts on this host for a run: the shared budget file with its limit, and the
-    region holding the timeout scenario's constant input once for every worker. Removed by
-    `close()` (and, being named after the run, by the run's shm cleanup after a crash)."""
+BUDGET_FILE = "host_budget"  # in the run's directory: a killed run leaves nothing of it in /dev/shm
 
-    def __init__(self, run_id: str, plan: BudgetPlan, timeout_bytes: int, shm: str) -> None:
+
+class HostSide:
+    """What the budget puts on this host for a run: the shared budget file with its limit (in the
+    run's directory), and the region holding the timeout scenario's constant input once for every
+    worker. Removed by `close()`; after a crash the region goes with the run's shm cleanup."""
+
+    def __init__(self, run_id: str, run_dir: Path, plan: BudgetPlan, timeout_bytes: int, shm: str) -> None:
         self.plan = plan
-        self.budget = HostBudget.create(budget_path(run_id), plan.limit_bytes or 1 << 62)
+        self.budget = HostBudget.create(str(run_dir / BUDGET_FILE), plan.limit_bytes or 1 << 62)
         self.regions: list[SystemRegion] = []
         self.host_inputs: tuple[tuple[str, str], ...] = ()
         if timeout_bytes and shm == "system" and plan.local_server:
@@ -280,10 +280,10 @@ class HostSide:
             region.close()
 
 
-def prepare_host_side(config: Config, models: tuple[ModelSpec, ...], run_id: str,
+def prepare_host_side(config: Config, models: tuple[ModelSpec, ...], run_id: str, run_dir: Path,
                       host: HostMemory | None = None) -> HostSide:
     """Plan the budget (BudgetError when the config cannot fit) and make its host-side objects."""
     inputs = budget_inputs(config, models)
     plan = plan_budget(inputs, host or HostMemory.read())
     timeout = timeout_targets(models, inputs.timeout_client_deadline) if inputs.timeout_weight else []
-    return HostSide(run_id, plan, max(1, inputs.timeout_input_bytes // 4) * 4 if timeout else 0, inputs.shm)
+    return HostSide(run_id, run_dir, plan, max(1, inputs.timeout_input_bytes // 4) * 4 if timeout else 0, inputs.shm)

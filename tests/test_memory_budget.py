@@ -83,7 +83,9 @@ def test_the_cli_refuses_a_config_that_cannot_fit_before_any_load(tmp_path: Path
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert "timeout_input_bytes = 1099511627776" in lines[0] and "memory_budget" in lines[0]
     assert "server:" not in done.stdout  # refused before a server was started
-    assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith("tee_") and "budget" in p.name]
+    [run_dir] = list((tmp_path / "results").iterdir())
+    assert not (run_dir / "host_budget").exists()
+    assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith(f"tee_{run_dir.name}")]
 
 
 # -- the host-wide limit, shared by real processes ---------------------------------------------------

@@ -3,7 +3,7 @@
 One large input (the timeout scenario's 1 GiB) costs the host several times its size while the
 server holds it: the client's output slot, and the server's and its python stub's copies
 (engine/memory_budget.py has the measured factors). Workers are separate processes, so the limit
-lives in a small file in /dev/shm that each of them maps: a header (limit, memory-pressure hold,
+lives in a small file (in the run's directory) that each of them maps: a header (limit, memory-pressure hold,
 counters) and a table of leases. A lease is taken before a large request is sent and given back
 when its answer is in; a request the client gave up on keeps its lease until the server has
 written its answer, or until the lease's own expiry, since the server goes on working on it. The
