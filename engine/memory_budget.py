@@ -117,7 +117,9 @@ class BudgetPlan:
     def describe(self) -> str:
         if not self.large_bytes:
             return "memory budget: no large requests in this config"
-        limit = "no limit needed" if self.unlimited else f"at most {self.limit_requests} in flight host-wide"
+        # Even a limit as high as the workers' plans binds: a lease outlives a plan the client gave up on.
+        limit = f"at most {self.limit_requests} in flight host-wide" + (
+            " (as many as the workers' plans)" if self.unlimited else "")
         text = (f"memory budget: large requests of {self.large_bytes / GiB:.2f} GiB, {limit}; worst case "
                 f"{self.worst_case_bytes / GiB:.1f} GiB ({self.fixed_bytes / GiB:.1f} fixed + "
                 f"{self.per_request_bytes / GiB:.2f} per request) of a {self.budget_bytes / GiB:.1f} GiB budget")
