@@ -43,6 +43,7 @@ from workers.host_budget import LARGE_REQUEST_BYTES, HostBudget
 from workers.plans import TIMEOUT_INPUT, large_tensor_targets, timeout_targets
 
 from .config import Config, ConfigError
+from .monitor.pressure import read_memory
 
 GiB = float(1 << 30)
 MiB = 1 << 20
@@ -68,17 +69,12 @@ class HostMemory:
 
     @classmethod
     def read(cls, shm_dir: str = "/dev/shm") -> "HostMemory":
-        available = 0
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
+        available = read_memory().available_bytes or 0  # the monitor's own reading of /proc/meminfo
         try:
             shm_free = shutil.disk_usage(shm_dir).free
         except OSError:
             shm_free = 0
-        return cls(available, shm_free)
+        return cls(int(available), shm_free)
 
 
 @dataclass(frozen=True)
@@ -129,7 +125,7 @@ class BudgetPlan:
 def plan_budget(inputs: BudgetInputs, host: HostMemory) -> BudgetPlan:
     """The limit for `inputs` on `host`, or BudgetError when even one large request cannot fit."""
     timeout_models = timeout_targets(inputs.models, inputs.timeout_client_deadline) if inputs.timeout_weight else []
-    timeout_bytes = max(1, inputs.timeout_input_bytes // 4) * 4 if timeout_models else 0  # float32 elements
+    timeout_bytes = _timeout_bytes(inputs) if timeout_models else 0
     tensor_models = large_tensor_targets(inputs.models) if inputs.large_tensor_weight else []
     tensor_bytes = inputs.large_tensor_bytes if tensor_models else 0
     local = inputs.local_server
@@ -197,6 +193,11 @@ def plan_budget(inputs: BudgetInputs, host: HostMemory) -> BudgetPlan:
                       limit >= in_flight_max, local, tuple(notes))
 
 
+def _timeout_bytes(inputs: BudgetInputs) -> int:
+    """The timeout scenario's input as sent: whole float32 elements (workers.plans.timeout_elements)."""
+    return max(1, inputs.timeout_input_bytes // 4) * 4
+
+
 def _budget_key(inputs: BudgetInputs, host: HostMemory) -> str:
     if inputs.budget_bytes:
         return f"[run] memory_budget_bytes = {inputs.budget_bytes}"
@@ -238,8 +239,7 @@ class HostSide:
         self.regions: list[SystemRegion] = []
         self.host_inputs: tuple[tuple[str, str], ...] = ()
         if timeout_bytes and shm == "system" and plan.local_server:
-            region = SystemRegion(host_region_name(run_id), timeout_bytes)
-            region.view(0, np.float32, (timeout_bytes // 4,))[:] = 1.0  # what plan_timeout sends
+            region = _ones_region(host_region_name(run_id), timeout_bytes)
             self.regions.append(region)
             self.host_inputs = ((TIMEOUT_INPUT, region.name),)
 
@@ -251,11 +251,8 @@ class HostSide:
         """Write the host inputs again under their names (a new server came up, and the run's shm
         cleanup removed everything of the run from /dev/shm; the new workers register them anew)."""
         for index, region in enumerate(self.regions):
-            size = region.byte_size
             region.close()
-            fresh = SystemRegion(region.name, size)
-            fresh.view(0, np.float32, (size // 4,))[:] = 1.0
-            self.regions[index] = fresh
+            self.regions[index] = _ones_region(region.name, region.byte_size)
 
     def release_inputs(self, grpc_url: str) -> None:
         """Unregister the host inputs from the server (workers registered them; none of them owns
@@ -282,10 +279,17 @@ class HostSide:
             region.close()
 
 
+def _ones_region(name: str, byte_size: int) -> SystemRegion:
+    """A region holding float32 ones: what plan_timeout sends."""
+    region = SystemRegion(name, byte_size)
+    region.view(0, np.float32, (byte_size // 4,))[:] = 1.0
+    return region
+
+
 def prepare_host_side(config: Config, models: tuple[ModelSpec, ...], run_id: str, run_dir: Path,
                       host: HostMemory | None = None) -> HostSide:
     """Plan the budget (BudgetError when the config cannot fit) and make its host-side objects."""
     inputs = budget_inputs(config, models)
     plan = plan_budget(inputs, host or HostMemory.read())
     timeout = timeout_targets(models, inputs.timeout_client_deadline) if inputs.timeout_weight else []
-    return HostSide(run_id, run_dir, plan, max(1, inputs.timeout_input_bytes // 4) * 4 if timeout else 0, inputs.shm)
+    return HostSide(run_id, run_dir, plan, _timeout_bytes(inputs) if timeout else 0, inputs.shm)

@@ -33,6 +33,7 @@ from ._errors import (
 from ._naming import RegionName, belongs_to_run, host_region_name, parse_region_name, region_name
 from ._pool import ShmPool, Slot, resolve_mode
 from ._registration import (
+    SYSTEM,
     RegisteredRegion,
     register_cuda,
     register_system,
@@ -49,6 +50,7 @@ __all__ = [
     "CudaUnavailable",
     "KeyAlreadyRegistered",
     "RegionAlreadyRegistered",
+    "SYSTEM",
     "host_region_name",
     "RegionBoundsError",
     "RegionKeyError",

@@ -29,8 +29,7 @@ from model_repo_gen.spec import (
     DECOUPLED_VALUE_INPUT,
     ModelSpec,
 )
-from shm import RegionAlreadyRegistered, ShmPool, Slot, register_system
-from shm._pool import SYSTEM
+from shm import SYSTEM, RegionAlreadyRegistered, ShmPool, Slot, register_system
 
 from .deadlines import PlanDeadlines
 from .grpc_wire import GrpcWireClient

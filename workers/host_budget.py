@@ -118,10 +118,9 @@ class HostBudget:
     # -- the monitor's side ----------------------------------------------------------------------
     def set_pressure(self, hold: bool) -> None:
         """Hold back every new large request (True) until the host's memory pressure falls."""
-        with self._locked():
-            fields = list(_HEADER.unpack_from(self._map, 0))
+        def flag(fields: list[int]) -> None:
             fields[1] = int(hold)
-            _HEADER.pack_into(self._map, 0, *fields)
+        self._update_header(flag)
 
     def figures(self) -> BudgetFigures:
         with self._locked():
@@ -146,11 +145,17 @@ class HostBudget:
         return used, free
 
     def _count_wait(self, waited_ns: int, skipped: bool) -> None:
-        with self._locked():
-            fields = list(_HEADER.unpack_from(self._map, 0))
+        def count(fields: list[int]) -> None:
             fields[3] += 1
             fields[4] += waited_ns
             fields[5] += int(skipped)
+        self._update_header(count)
+
+    def _update_header(self, change: Callable[[list[int]], None]) -> None:
+        """Read the header's fields, `change` them in place, write them back: under the lock."""
+        with self._locked():
+            fields = list(_HEADER.unpack_from(self._map, 0))
+            change(fields)
             _HEADER.pack_into(self._map, 0, *fields)
 
     def _locked(self) -> "_FileLock":

@@ -24,6 +24,7 @@ import numpy as np
 # body: {"protocol", "models", "scenarios", "columns": {name: bytes}, "count"}, and "target" (the
 # server's name) from a worker of a fleet
 KIND_BATCH = "batch"
+INCIDENT = "incident"  # an event's `what` for an incident of the run (the aggregator keeps them apart)
 KIND_HEARTBEAT = "heartbeat"  # body: Heartbeat fields
 KIND_EVENT = "event"  # body: {"what", "model", "scenario", "text", "count", "time_ns"}
 KIND_RESOURCES = "resources"  # body: {"time_ns", "samples": {series name: value}}

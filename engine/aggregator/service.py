@@ -28,6 +28,7 @@ from engine.store import RunStore
 from workers.heap import ReleaseTimer, limit_arenas
 from workers.lifeline import stop_with_parent
 from workers.telemetry import (
+    INCIDENT,
     KIND_BATCH,
     KIND_EVENT,
     KIND_HEARTBEAT,
@@ -54,7 +55,7 @@ LOAD_STOPPED = "load_stopped"
 UNSENT_WINDOW_S = 0.2
 WORKER_GONE = "worker_gone"  # the coordinator saw a worker die; text: its sender name
 UNCOUNTED = "uncounted_in_flight"  # count: requests a dead worker had on the wire, never reported
-INCIDENT = "incident"  # the coordinator's incidents, kept in their own table too
+# INCIDENT (workers.telemetry): the coordinator's and monitor's incidents, kept in their own table too
 
 
 @dataclass(frozen=True)

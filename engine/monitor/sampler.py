@@ -34,9 +34,7 @@ from workers.heap import ReleaseTimer, limit_arenas
 from workers.host_budget import HostBudget
 from workers.lifeline import stop_with_parent
 from workers.sender import TelemetrySender
-from workers.telemetry import KIND_RESOURCES, RecordBuffer
-
-INCIDENT = "incident"  # the event the aggregator keeps as an incident (engine.aggregator.service.INCIDENT)
+from workers.telemetry import INCIDENT, KIND_RESOURCES, RecordBuffer
 
 from ..oom import KMSG, KmsgReader, OomWatch
 from .metrics import fetch_metrics, fetch_model_stats, safe_name
