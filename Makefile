@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/smoke.toml
 
-.PHONY: smoke test bench install-run install-test browser clean
+.PHONY: smoke test bench soak install-run install-test browser clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: install-test browser
 FOOTPRINT_MINUTES ?= 6
 bench: install-run
 	$(PY) tools/bench/run_all.py --footprint-minutes $(FOOTPRINT_MINUTES)
+
+# A real soak (tools/soak/real.py): the smoke models at full load for SOAK_MINUTES (2 hours), the
+# footprint of every engine process and of the run; writes its section of BENCHMARKS.md and soak.json.
+SOAK_MINUTES ?= 120
+soak: install-run
+	$(PY) tools/soak/real.py --minutes $(SOAK_MINUTES)
 
 # Headless Chromium renders report.html in the tests; where it cannot be installed (no apt, no
 # root) that one test skips and says why.

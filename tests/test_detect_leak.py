@@ -72,3 +72,45 @@ def test_a_big_leak_is_an_early_growth_alarm() -> None:
     growth = next(v for v in detector.raised if v.kind == "GROWTH")
     assert growth.at_s - LONG.warmup_s <= 45 * 60  # DETECTION.md: about 17 min after warm-up
     assert 256 <= growth.size <= 1024
+
+
+def test_a_series_flat_but_for_one_point_fits_without_a_warning() -> None:
+    """A counter that stays flat and then moves once (a stub's first sample after idling) must
+    not print numpy's 'invalid value encountered in divide' on the run's console."""
+    import warnings
+
+    from engine.detectors.trend import robust_trend
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trend = robust_trend(np.arange(10.0), np.r_[np.zeros(9), 5.0])
+    assert trend.phi == 0.0 and trend.slope == 0.0
+
+
+def _days_then_leak(seed: int, leak_mib_h: float, onset_s: float, end_s: float, run_s: float) -> list:
+    """A process flat (AR(1) noise) for days, then leaking from `onset_s`; a sample every 5 min."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(0.0, end_s, 300.0)
+    rss = 400 * MIB + _noise(rng, len(t)) + leak_mib_h * MIB * np.clip(t - onset_s, 0.0, None) / 3600
+    detector = LeakDetector("stub/m_0_0", LONG, run_s)
+    for i in range(len(t)):
+        detector.add(float(t[i]), float(rss[i]), float(t[i] * 100.0))
+        detector.evaluate(float(t[i]))
+    return detector.raised
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_a_leak_that_starts_on_day_three_is_found_within_hours(seed: int) -> None:
+    """Half the data of a multi-day run is mostly flat for a day after a late onset: the latest
+    12 hours are read too, so a 16 MiB/h leak from day 3 is a LEAK the same day, not two days on."""
+    day = 24 * 3600.0
+    raised = _days_then_leak(seed, 16.0, 3 * day, 4 * day, 6.5 * day)
+    leaks = [v for v in raised if v.kind == "LEAK"]
+    assert leaks, [v.describe() for v in raised]
+    assert 3 * day < leaks[0].at_s < 3 * day + 16 * 3600, leaks[0].describe()
+
+
+def test_four_flat_days_raise_nothing() -> None:
+    """The control: the same noise, no leak, read through both windows for four days."""
+    raised = _days_then_leak(5, 0.0, 0.0, 4 * 24 * 3600.0, 6.5 * 24 * 3600.0)
+    assert raised == [], [v.describe() for v in raised]

@@ -64,3 +64,30 @@ def test_release_timer_releases_once_per_interval(monkeypatch: pytest.MonkeyPatc
     for second in range(0, 181, 1):  # three minutes of one-second ticks
         timer.tick(start + second)
     assert len(calls) == 3
+
+
+def test_the_heap_probe_writes_a_line_per_interval_with_every_figure(tmp_path, monkeypatch) -> None:
+    """ENGINE_HEAP_PROBE=1: a line of figures per interval in heap-<process>.jsonl; malloc's and
+    SQLite's accounts are there on glibc with libsqlite3 (this host), absent (never 0) elsewhere."""
+    import sqlite3
+
+    import orjson
+
+    from workers.heap_probe import ENV, HeapProbe
+
+    monkeypatch.delenv(ENV, raising=False)
+    assert HeapProbe.from_environment(tmp_path, "aggregator") is None
+    monkeypatch.setenv(ENV, "1")
+    probe = HeapProbe.from_environment(tmp_path, "aggregator")
+    assert probe is not None
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (x BLOB)")
+    probe.tick(now=probe._next)
+    db.executemany("INSERT INTO t VALUES (?)", [(bytes(4096),)] * 256)
+    probe.tick(now=probe._next - 1)  # before the interval: nothing
+    probe.tick(now=probe._next)
+    lines = [orjson.loads(line) for line in (tmp_path / "heap-aggregator.jsonl").read_bytes().splitlines()]
+    assert len(lines) == 2
+    for key in ("rssanon", "threads", "python_blocks", "malloc_in_use", "malloc_free", "sqlite_used"):
+        assert key in lines[-1], key
+    assert lines[-1]["sqlite_used"] > lines[0]["sqlite_used"]  # the table's pages are SQLite's own

@@ -37,6 +37,10 @@ class ResourceWatch:
         self.settings = settings
         self.run_s = run_s  # planned run length
         self.pids: dict[str, float] = {}  # process name -> pid of its latest sample
+        # process name -> run second its current pid was first seen, if not with the run's first
+        # samples: a process that started later (a restart) gets its own warm-up.
+        self.started: dict[str, float] = {}
+        self._first_at: float | None = None
         self.pending: dict[str, float] = {}  # model -> the server's pending request count, last sample
         self.leak: dict[str, LeakDetector] = {}  # series name -> its detector
         self.discrete: dict[str, DiscreteLeakDetector] = {}
@@ -46,11 +50,16 @@ class ResourceWatch:
         """One monitor sample at run second `at`; `requests`: completed requests of the run so far,
         `completed`: per model (a stub's leak is judged against its own model's requests)."""
         # Pids first: a process with a new pid starts new series before its samples are read.
+        if self._first_at is None:
+            self._first_at = at
         for name, value in samples.items():
             process = process_of(name)
             if process is not None and field_of(name) == "pid":
                 if self.pids.get(process, value) != value:
                     self._restart(process)
+                    self.started[process] = at
+                elif process not in self.pids and at > self._first_at:
+                    self.started[process] = at  # first seen after the run's first sample
                 self.pids[process] = value
         for name, value in samples.items():
             target, plain = split_target(name)
@@ -88,7 +97,8 @@ class ResourceWatch:
         if detector is None:
             pid = self.pids.get(process)
             detector = self.leak[name] = LeakDetector(
-                f"{process} (pid {pid:.0f})" if pid else process, self.settings.leak, self.run_s)
+                f"{process} (pid {pid:.0f})" if pid else process, self.settings.leak, self.run_s,
+                started_s=self.started.get(process, 0.0))
         return detector
 
     def _discrete(self, name: str, unit: str) -> DiscreteLeakDetector:
@@ -100,7 +110,8 @@ class ResourceWatch:
             subject = f"{process} (pid {pid:.0f}) {unit}" if pid else f"{process} {unit}" if process else \
                 f"the run's /dev/shm {unit}" + (f" on {target}" if target else "")
             params = dataclasses.replace(self.settings.discrete, min_rise=RISE_GATES[unit])
-            detector = self.discrete[name] = DiscreteLeakDetector(subject, unit, params)
+            detector = self.discrete[name] = DiscreteLeakDetector(subject, unit, params,
+                                                                  started_s=self.started.get(process or "", 0.0))
         return detector
 
     def evaluate(self, now: float) -> list[Verdict]:

@@ -7,6 +7,7 @@ series no detector reads are only stored. The aggregator's memory thus stays fla
 from __future__ import annotations
 
 import bisect
+from array import array
 
 import numpy as np
 
@@ -14,12 +15,13 @@ import numpy as np
 class RecentSamples:
     """The samples of the last `horizon_s` seconds (at least): enough to tell how much CPU a stub
     used since its oldest request in flight started. Older samples are dropped in chunks, so an
-    append costs O(1) amortized."""
+    append costs O(1) amortized. Kept as arrays of doubles, not lists of floats: at one sample a
+    second per stub, lists held a float object per sample, thousands of small blocks per stub."""
 
     def __init__(self, horizon_s: float) -> None:
         self.horizon_s = horizon_s
-        self.t: list[float] = []
-        self.v: list[float] = []
+        self.t = array("d")
+        self.v = array("d")
 
     def append(self, t: float, v: float) -> None:
         self.t.append(t)
@@ -31,7 +33,7 @@ class RecentSamples:
     def recent(self, since_s: float) -> tuple[np.ndarray, np.ndarray]:
         """Samples from the last one at or before `since_s` on (what a delta since then needs)."""
         first = max(0, bisect.bisect_right(self.t, since_s) - 1)
-        return np.array(self.t[first:]), np.array(self.v[first:])
+        return np.array(self.t[first:], dtype=float), np.array(self.v[first:], dtype=float)
 
 
 TARGET_PREFIX = "target/"  # a fleet's monitors name their series target/<server name>/<series>

@@ -15,6 +15,8 @@ import multiprocessing
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import zmq
@@ -26,6 +28,7 @@ from engine.detectors.verdict import Verdict
 from engine.cluster.keys import ServerKeys, leaves_host, secure_server
 from engine.store import RunStore
 from workers.heap import ReleaseTimer, limit_arenas
+from workers.heap_probe import HeapProbe
 from workers.lifeline import stop_with_parent
 from workers.telemetry import (
     INCIDENT,
@@ -86,8 +89,13 @@ class _Sender:
 
 
 class Aggregator:
-    def __init__(self, spec: AggregatorSpec, context: zmq.Context | None = None) -> None:
+    def __init__(self, spec: AggregatorSpec, context: zmq.Context | None = None,
+                 clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.spec = spec
+        # Every time the aggregator reads (window closes, heartbeat ages, run seconds) comes from
+        # this clock: the monotonic one in a run, a virtual one when a test or tools/soak compresses
+        # days into minutes.
+        self._clock = clock
         s = spec.settings
         self.store = RunStore.create(spec.store_path, spec.run_id, spec.config_json, spec.started_wall)
         context = context or zmq.Context.instance()
@@ -150,8 +158,12 @@ class Aggregator:
         self.verdicts = [(row.id, row.verdict) for row in store.verdicts() if row.state != "withdrawn"]
 
     # -- time -----------------------------------------------------------------------------
+    def _now_s(self) -> float:
+        """The clock in seconds (monotonic in a run): heartbeat ages are measured on it."""
+        return self._clock() / 1e9
+
     def run_s(self, monotonic_ns: int | None = None) -> float:
-        return ((monotonic_ns if monotonic_ns is not None else time.monotonic_ns()) - self.spec.origin_ns) / 1e9
+        return ((monotonic_ns if monotonic_ns is not None else self._clock()) - self.spec.origin_ns) / 1e9
 
     # -- messages -------------------------------------------------------------------------
     def poll(self, timeout_s: float) -> int:
@@ -186,7 +198,7 @@ class Aggregator:
         if message.kind == KIND_BATCH:
             self._batch(message)
         elif message.kind == KIND_HEARTBEAT:
-            sender.last_heartbeat = time.monotonic()
+            sender.last_heartbeat = self._now_s()
             before, sender.body = sender.body, message.body
             if "time_ns" in before:
                 seconds = (message.body.get("time_ns", 0) - before.get("time_ns", 0)) / 1e9
@@ -213,7 +225,7 @@ class Aggregator:
 
     def _event(self, message: Message) -> None:
         body = message.body
-        at = self.run_s(body.get("time_ns") or time.monotonic_ns())
+        at = self.run_s(body.get("time_ns") or self._clock())
         if body.get("what") == LOAD_STOPPED:
             self.load_stopped_s = at
         elif body.get("what") == INCIDENT:
@@ -228,14 +240,14 @@ class Aggregator:
             scenario_texts.append(text)
 
     def _resources(self, body: dict) -> None:
-        at = self.run_s(body.get("time_ns") or time.monotonic_ns())
+        at = self.run_s(body.get("time_ns") or self._clock())
         samples: dict[str, float] = body.get("samples", {})
         self.store.add_resources(at, samples)
         self.resources.add(at, samples, self.requests, self.completed)
 
     # -- ticks ------------------------------------------------------------------------------
     def tick(self, final: bool = False) -> list[Verdict]:
-        now_ns = time.monotonic_ns()
+        now_ns = self._clock()
         now = self.run_s(now_ns)
         closed = self.folder.close_all() if final else self.folder.close_until(now_ns)
         if closed:
@@ -294,7 +306,7 @@ class Aggregator:
         """The stall detector's evidence from the workers with fresh heartbeats: per model, the
         oldest request that is not a sequence's START, its requests in flight, and its STARTs
         (which may wait in the sequence backlog for a slot): how many, and since when."""
-        fresh = time.monotonic() - HEARTBEAT_MISSING_S
+        fresh = self._now_s() - HEARTBEAT_MISSING_S
         oldest: dict[str, float] = {}
         in_flight: dict[str, int] = {}
         starts: dict[str, tuple[int, float]] = {}
@@ -337,7 +349,7 @@ class Aggregator:
             unsent = math.ceil(sender.rate * UNSENT_WINDOW_S)
             text = (f"{name} died: up to about {in_flight + unsent} of its requests are not counted (the server "
                     f"may have counted them): {in_flight} in flight at its last heartbeat "
-                    f"({time.monotonic() - sender.last_heartbeat:.1f} s before), and about {unsent} answered after "
+                    f"({self._now_s() - sender.last_heartbeat:.1f} s before), and about {unsent} answered after "
                     f"its last batch left ({sender.rate:.0f}/s for {UNSENT_WINDOW_S * 1000:.0f} ms)")
             in_flight += unsent
         self.store.add_incident(at, text)
@@ -348,7 +360,7 @@ class Aggregator:
         generator is on record (its in-flight table is no longer read as evidence)."""
         if self.load_stopped_s is not None:
             return
-        silent = time.monotonic() - HEARTBEAT_MISSING_S
+        silent = self._now_s() - HEARTBEAT_MISSING_S
         for name, sender in self.senders.items():
             if not name.startswith("worker") or not sender.last_heartbeat:
                 continue
@@ -373,7 +385,7 @@ class Aggregator:
         for w in closed:
             self._last_window[w.model] = max(self._last_window.get(w.model, 0.0), w.p99_ms)
         then, before = self._recent[0] if self._recent else (now, self.requests)
-        workers = {name: round(time.monotonic() - s.last_heartbeat, 1) for name, s in self.senders.items()
+        workers = {name: round(self._now_s() - s.last_heartbeat, 1) for name, s in self.senders.items()
                    if name.startswith("worker") and s.last_heartbeat}
         return {
             "time_s": now, "requests": self.requests,
@@ -428,6 +440,7 @@ def aggregator_main(spec: AggregatorSpec) -> None:
     limit_arenas()  # before ZeroMQ's I/O thread starts
     aggregator = Aggregator(spec)
     heap = ReleaseTimer()
+    probe = HeapProbe.from_environment(Path(spec.store_path).parent, "aggregator")
     try:
         next_tick = time.monotonic() + TICK_S
         while not stopping:
@@ -436,6 +449,8 @@ def aggregator_main(spec: AggregatorSpec) -> None:
                 next_tick += TICK_S
                 aggregator.tick()
                 heap.tick()
+                if probe is not None:
+                    probe.tick()
         # Drain: the workers have stopped; what they sent last is queued here.
         while aggregator.poll(0.3):
             pass

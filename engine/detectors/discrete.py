@@ -43,6 +43,7 @@ class DiscreteLeakDetector:
     subject: str
     unit: str
     params: DiscreteParams = DiscreteParams()
+    started_s: float = 0.0  # run second its process started: warm-up counts from there
     _hits: int = 0
     open: bool = False
     raised: list[Verdict] = field(default_factory=list)
@@ -51,7 +52,7 @@ class DiscreteLeakDetector:
 
     def add(self, t: float, value: float) -> None:
         p = self.params
-        if t < p.warmup_s:
+        if t < self.started_s + p.warmup_s:
             return
         if self._bins is None:
             self._bins = FloorBins(p.bin_s, keep=p.steps + 1)

@@ -3,8 +3,9 @@
 Two verdicts, each needing an effect size in real units, a significance test that accounts for
 autocorrelation, a minimum observation time, and persistence over consecutive evaluations:
 
-- GROWTH (early alarm): the lower confidence bound of the slope exceeds a large gate and the
-  growth is not decelerating. Withdrawn as PLATEAU when the growth stops (a cache that filled).
+- GROWTH (early alarm): over the latest hours (`growth_window_s`), the lower confidence bound of
+  the slope exceeds a large gate and the growth is not decelerating. Withdrawn as PLATEAU when the
+  growth stops (a cache that filled).
 - LEAK: over a long window, the lower bound exceeds a small gate, the 24 h projection is large
   enough to matter, and the last third of the window grows at least half as fast as the first
   (a leak keeps its pace; a filling cache slows down).
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bins import MedianBins
-from .trend import median_bins, robust_trend
+from .trend import Trend, median_bins, robust_trend
 from .verdict import Verdict
 
 MIB = float(1 << 20)
@@ -33,10 +34,17 @@ class LeakParams:
     growth_min_data_s: float = 900.0
     growth_gate_mib_h: float = 256.0
     growth_gate_baseline_fraction_h: float = 0.25  # or this share of the baseline per hour, if larger
+    # GROWTH, the early alarm, reads the latest hours: on day 4 of a flat run, a fit over all four
+    # days would hide a fresh 400 MiB/h under three days of flat pairs. LEAK reads the long view.
+    growth_window_s: float = 6 * HOUR
     leak_every_s: float = 600.0
     leak_after_s: float = 3 * HOUR  # or leak_after_fraction of the run, if sooner
     leak_after_fraction: float = 0.4
     leak_window_s: float = 2 * HOUR  # or half the post-warm-up data, if longer
+    # ...and, once that is longer, the latest 12 hours as well: a leak that starts on day 4 of a
+    # 6.5-day run is a small share of "half the data" for more than a day (tools/soak/compressed.py
+    # plants one), and most of the latest 12 hours within hours.
+    leak_recent_window_s: float = 12 * HOUR
     leak_gate_mib_h: float = 8.0
     leak_projection_mib: float = 64.0  # growth over 24 h must reach this much
     persistence: int = 3
@@ -59,6 +67,9 @@ class LeakDetector:
     subject: str
     params: LeakParams = LONG
     run_s: float = 0.0  # planned run length (0: unknown)
+    # Run second the process started (0: with the run). A process restarted at hour 50 fills its
+    # caches again: its warm-up and the LEAK test's minimum data count from its own start.
+    started_s: float = 0.0
     _growth_hits: int = 0
     _calm_hits: int = 0
     _leak_hits: int = 0
@@ -69,7 +80,8 @@ class LeakDetector:
     _bins: MedianBins | None = None
 
     def _warmup(self) -> float:
-        return max(self.params.warmup_s, self.params.warmup_fraction * self.run_s)
+        """The run second its warm-up ends."""
+        return self.started_s + max(self.params.warmup_s, self.params.warmup_fraction * self.run_s)
 
     def add(self, t: float, rss: float, requests: float) -> None:
         """One sample: t in run seconds, bytes, completed requests so far."""
@@ -89,13 +101,16 @@ class LeakDetector:
         span = self._bins.last_t - self._bins.first_t
         if now >= self._next_growth and span >= p.growth_min_data_s:
             self._next_growth = now + p.growth_every_s
-            out += self._growth(t, rss, now, reqs)
-        after = min(p.leak_after_s, p.leak_after_fraction * self.run_s) if self.run_s else p.leak_after_s
+            recent = t >= t[-1] - p.growth_window_s
+            out += self._growth(t[recent], rss[recent], now, reqs[recent])
+        after = self.started_s + (min(p.leak_after_s, p.leak_after_fraction * self.run_s) if self.run_s
+                                  else p.leak_after_s)
         if p.leak_enabled and now >= self._next_leak and now >= after:
             self._next_leak = now + p.leak_every_s
-            window = max(p.leak_window_s, span / 2)
-            keep = t >= t[-1] - window
-            out += self._leak(t[keep], rss[keep], now, reqs[keep])
+            windows = [max(p.leak_window_s, span / 2)]
+            if windows[0] > p.leak_recent_window_s:
+                windows.append(p.leak_recent_window_s)
+            out += self._leak([t >= t[-1] - window for window in windows], t, rss, now, reqs)
         self.raised += out
         return out
 
@@ -129,19 +144,35 @@ class LeakDetector:
                             {**evidence, "asymptote_mib": level})]
         return []
 
-    def _leak(self, bx: np.ndarray, by: np.ndarray, now: float, reqs: np.ndarray) -> list[Verdict]:
+    def _leak(self, windows: list[np.ndarray], t: np.ndarray, rss: np.ndarray, now: float,
+              reqs: np.ndarray) -> list[Verdict]:
+        """One LEAK evaluation: leaking when any of the windows (masks over the bins) shows a
+        steady growth; raised once, when persistence is first reached."""
+        p = self.params
+        found = None
+        for keep in windows:
+            found = self._leak_window(t[keep], rss[keep], reqs[keep])
+            if found is not None:
+                break
+        self._leak_hits = self._leak_hits + 1 if found is not None else 0
+        if found is None or self._leak_hits != p.persistence:
+            return []
+        bx, trend, evidence = found
+        return [Verdict("leak", "LEAK", self.subject, float(bx[0]), now, trend.slope, "MiB/h", trend.low, trend.high,
+                        evidence)]
+
+    def _leak_window(self, bx: np.ndarray, by: np.ndarray, reqs: np.ndarray) -> tuple[np.ndarray, Trend, dict] | None:
+        """The window's trend and evidence when it grows steadily enough to be a leak, else None."""
         p = self.params
         if len(bx) < 12:
-            return []
+            return None
         trend = robust_trend(bx / HOUR, by / MIB, p.confidence)
         thirds = np.array_split(np.arange(len(bx)), 3)
         first = robust_trend(bx[thirds[0]] / HOUR, by[thirds[0]] / MIB, p.confidence).slope
         last = robust_trend(bx[thirds[-1]] / HOUR, by[thirds[-1]] / MIB, p.confidence).slope
         steady = last >= 0.5 * first and last > p.leak_gate_mib_h
-        leaking = trend.low > p.leak_gate_mib_h and trend.slope * 24 > p.leak_projection_mib and steady
-        self._leak_hits = self._leak_hits + 1 if leaking else 0
-        if self._leak_hits != p.persistence:  # raised once, when persistence is first reached
-            return []
+        if not (trend.low > p.leak_gate_mib_h and trend.slope * 24 > p.leak_projection_mib and steady):
+            return None
         evidence = {"slope_mib_h": trend.slope, "first_third_mib_h": first, "last_third_mib_h": last,
                     "gate_mib_h": p.leak_gate_mib_h, "phi": trend.phi, "window_h": (bx[-1] - bx[0]) / HOUR}
         if reqs[-1] > reqs[0]:
@@ -149,8 +180,7 @@ class LeakDetector:
             per_request = robust_trend(rx, ry, p.confidence)
             evidence.update(bytes_per_request=per_request.slope, bytes_per_request_low=per_request.low,
                             bytes_per_request_high=per_request.high)
-        return [Verdict("leak", "LEAK", self.subject, float(bx[0]), now, trend.slope, "MiB/h", trend.low, trend.high,
-                        evidence)]
+        return bx, trend, evidence
 
 
 def _decelerating(x: np.ndarray, y: np.ndarray) -> bool:

@@ -14,7 +14,9 @@ temporary directory. The engine's processes are found through /proc, below the c
   starts the aggregator, then the monitor, then the workers);
 - tritonserver and its python backend stubs are the server's: reported as context, not judged.
 
-Every `--interval` seconds (10) it reads VmRSS and RssAnon of each. Growth per hour is a Theil-Sen
+Every `--interval` seconds (10) it reads VmRSS, RssAnon, open fds and threads of each, and, for
+the run, its files in /dev/shm and the size of its store (run.sqlite and its WAL): the soak
+(tools/soak/real.py) judges those, this benchmark reports RSS alone. Growth per hour is a Theil-Sen
 slope (with its 95 % interval) over the samples after a warm-up (the first 20 % of the load or the
 first 2 minutes, whichever is shorter), beside the RSS at the start and at the end of the load.
 The engine ends by itself after `--minutes` of load (SIGINT then SIGKILL if it does not); nothing
@@ -45,7 +47,8 @@ import orjson
 from scipy import stats
 
 from common import ROOT, BenchResult, Target, cpu_seconds, run_alone  # isort: skip
-from engine.run_setup import backend_region_prefix  # noqa: E402  (common put the repo root on sys.path)
+from engine.monitor.procfs import shm_footprint  # noqa: E402  (common put the repo root on sys.path)
+from engine.run_setup import backend_region_prefix  # noqa: E402
 from shm._naming import PREFIX as SHM_PREFIX  # noqa: E402  ("tee_": every region's prefix)
 
 GOAL_MIB_PER_H = 1.0
@@ -128,8 +131,9 @@ def descendants_of(table: dict[int, ProcInfo], pid: int) -> list[ProcInfo]:
     return found
 
 
-def memory(pid: int) -> tuple[int, int] | None:
-    """VmRSS and RssAnon in bytes; None when the process is gone."""
+def status_figures(pid: int) -> tuple[int, int, int] | None:
+    """VmRSS and RssAnon in bytes, and the thread count, from one read of /proc/pid/status; None
+    when the process is gone."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
@@ -139,9 +143,37 @@ def memory(pid: int) -> tuple[int, int] | None:
         key, _, rest = line.partition(":")
         if key in ("VmRSS", "RssAnon"):
             values[key] = int(rest.split()[0]) * 1024
+        elif key == "Threads":
+            values[key] = int(rest.split()[0])
     if "VmRSS" not in values:  # a zombie
         return None
-    return values["VmRSS"], values.get("RssAnon", 0)
+    return values["VmRSS"], values.get("RssAnon", 0), values.get("Threads", 0)
+
+
+def fd_count(pid: int) -> int:
+    """Open file descriptors (a directory listing: no readlink per fd, cheap enough every sample);
+    -1 when the process is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def run_prefixes(run_id: str) -> tuple[str, ...]:
+    """The names the run gives its /dev/shm files: the workers' regions and the server's python
+    backend regions."""
+    return f"{SHM_PREFIX}{run_id}_", backend_region_prefix(run_id)
+
+
+def store_size(store: str) -> int:
+    """Bytes of the run's store: the database and its write-ahead log (where new rows land first)."""
+    total = 0
+    for path in (store, store + "-wal"):
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            continue
+    return total
 
 
 def cmdline(pid: int) -> list[str]:
@@ -186,13 +218,18 @@ class Series:
     rss: list[int] = field(default_factory=list)
     anon: list[int] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # CPU seconds so far (all threads; NaN: not read)
+    fds: list[int] = field(default_factory=list)  # open file descriptors (-1: not read)
+    threads: list[int] = field(default_factory=list)
     gone_s: float | None = None
 
-    def add(self, at: float, rss: int, anon: int, cpu: float = float("nan")) -> None:
+    def add(self, at: float, rss: int, anon: int, cpu: float = float("nan"), fds: int = -1,
+            threads: int = -1) -> None:
         self.times.append(at)
         self.rss.append(rss)
         self.anon.append(anon)
         self.cpu.append(cpu)
+        self.fds.append(fds)
+        self.threads.append(threads)
 
     def cpu_share(self, since: float, until: float) -> float | None:
         """Share of one core between the samples nearest to `since` and `until` (seconds of load)."""
@@ -205,19 +242,38 @@ class Series:
         return (self.cpu[j] - self.cpu[i]) / (t[j] - t[i])
 
 
-def theil_sen(times_s: list[float], values: list[int], after_s: float) -> tuple[float, float, float, int] | None:
-    """Slope in MiB/h with its 95 % interval, over the samples taken at or after `after_s`."""
+@dataclass
+class RunSeries:
+    """The run's resources outside its processes, sampled with them: its files in /dev/shm (a region
+    nobody unlinks outlives every process) and its store (what the run writes per hour)."""
+
+    times: list[float] = field(default_factory=list)
+    shm_files: list[int] = field(default_factory=list)
+    shm_bytes: list[int] = field(default_factory=list)  # allocated in tmpfs, not the nominal sizes
+    store_bytes: list[int] = field(default_factory=list)
+
+    def add(self, at: float, shm_files: int, shm_bytes: int, store_bytes: int) -> None:
+        self.times.append(at)
+        self.shm_files.append(shm_files)
+        self.shm_bytes.append(shm_bytes)
+        self.store_bytes.append(store_bytes)
+
+
+def theil_sen(times_s: list[float], values: list[int], after_s: float,
+              unit: float = MIB) -> tuple[float, float, float, int] | None:
+    """Slope in units (MiB) per hour with its 95 % interval, over the samples taken at or after `after_s`."""
     t, y = np.asarray(times_s, dtype=float), np.asarray(values, dtype=float)
     keep = t >= after_s
     if keep.sum() < 3 or np.ptp(t[keep]) <= 0:
         return None
-    result = stats.theilslopes(y[keep] / MIB, t[keep] / 3600.0)
+    result = stats.theilslopes(y[keep] / unit, t[keep] / 3600.0)
     return float(result[0]), float(result[2]), float(result[3]), int(keep.sum())
 
 
-def floor_slope(times_s: list[float], values: list[int], after_s: float, interval_s: float) -> float | None:
-    """Theil-Sen slope (MiB/h) of the per-minute minima after `after_s` (bins of a sixth of the data
-    on a short run, at least 3 samples each): what stays allocated. A
+def floor_slope(times_s: list[float], values: list[int], after_s: float, interval_s: float,
+                unit: float = MIB) -> float | None:
+    """Theil-Sen slope (units, MiB, per hour) of the per-minute minima after `after_s` (bins of a
+    sixth of the data on a short run, at least 3 samples each): what stays allocated. A
     transient allocation (a 1 MiB tensor, a freed buffer not yet given back) lifts single samples,
     not the floor; a leak lifts the floor."""
     t, y = np.asarray(times_s, dtype=float), np.asarray(values, dtype=float)
@@ -231,7 +287,7 @@ def floor_slope(times_s: list[float], values: list[int], after_s: float, interva
     if len(bins) < 3:
         return None
     bt, by = np.array(bins).T
-    return float(stats.theilslopes(by / MIB, bt / 3600.0)[0])
+    return float(stats.theilslopes(by / unit, bt / 3600.0)[0])
 
 
 class Tracker:
@@ -240,6 +296,8 @@ class Tracker:
     def __init__(self, coordinator: int, run_id: str, store: Path) -> None:
         self.coordinator = coordinator
         self.run_id, self.store = run_id, str(store)
+        self.shm_prefixes = run_prefixes(run_id)
+        self.run = RunSeries()
         self.worker_pattern = re.compile(rf"/dev/shm/{re.escape(SHM_PREFIX + run_id)}_w([0-9]+)_")
         self.roles: dict[tuple[int, int], str] = {}  # (pid, start) -> series label
         self.pending: dict[tuple[int, int], float] = {}  # spawned children not yet identified -> first seen
@@ -328,29 +386,39 @@ class Tracker:
         for pid, label in now.items():
             if label == "python backend stubs (sum)":
                 continue
-            figures = memory(pid)
+            figures = status_figures(pid)
             if figures is not None:
                 try:
                     cpu = cpu_seconds(pid)
                 except (OSError, ValueError, IndexError):
                     cpu = float("nan")
-                self.series[label].add(at, *figures, cpu)
+                rss, anon, threads = figures
+                self.series[label].add(at, rss, anon, cpu, fd_count(pid), threads)
         if stubs:
-            figures = [f for f in (memory(pid) for pid in stubs) if f is not None]
+            figures = [f for f in (status_figures(pid) for pid in stubs) if f is not None]
             label = "python backend stubs (sum)"
             if label not in self.series:
                 self.series[label] = Series(label, False, [], at)
             series = self.series[label]
             series.pids = sorted(set(series.pids) | set(stubs))
-            series.add(at, sum(f[0] for f in figures), sum(f[1] for f in figures))
+            series.add(at, sum(f[0] for f in figures), sum(f[1] for f in figures),
+                       fds=sum(max(fd_count(pid), 0) for pid in stubs), threads=sum(f[2] for f in figures))
+        self.run.add(at, *shm_footprint(self.shm_prefixes), store_size(self.store))
         for series in self.series.values():
             if series.gone_s is None and series.times and series.times[-1] < at and series.pids:
                 series.gone_s = at
                 self.events.append(f"{series.label} (pid {series.pids[-1]}) was gone at {at / 60:.1f} min of load")
 
-    def progress(self) -> str:
-        parts = [f"{s.label} {s.rss[-1] / MIB:.0f}" for s in self.series.values() if s.rss and s.gone_s is None]
-        return f"  [{self._now() / 60:5.1f} min] RSS MiB: " + ", ".join(parts)
+    def progress(self, detail: bool = False) -> str:
+        """One line for the operator; `detail` adds fds/threads and the run's /dev/shm and store."""
+        live = [s for s in self.series.values() if s.rss and s.gone_s is None]
+        line = f"  [{self._now() / 60:5.1f} min] RSS MiB: " + ", ".join(
+            f"{s.label} {s.rss[-1] / MIB:.0f}" for s in live)
+        if detail and self.run.times:
+            line += ("; fds/threads: " + ", ".join(f"{s.label} {s.fds[-1]}/{s.threads[-1]}" for s in live if s.engine)
+                     + f"; /dev/shm {self.run.shm_files[-1]} files {self.run.shm_bytes[-1] / MIB:.1f} MiB"
+                     + f"; store {self.run.store_bytes[-1] / MIB:.1f} MiB")
+        return line
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -374,14 +442,17 @@ def _stop(engine: subprocess.Popen, notes: list[str], why: str) -> None:
         engine.wait(30)
 
 
-def _leftovers(tracker: Tracker | None, run_id: str | None, notes: list[str]) -> None:
-    """Nothing of the run may remain: processes of its tree, its files in /dev/shm."""
+def _leftovers(tracker: Tracker | None, run_id: str | None, notes: list[str]) -> tuple[int, int]:
+    """Nothing of the run may remain: processes of its tree, its files in /dev/shm. Returns how
+    many of each were left (and removed here)."""
+    left_processes = left_files = 0
     if tracker is not None:
         until = time.monotonic() + 30.0  # children stop with their parent, asynchronously
         remaining = [pid for pid, start in tracker.seen.items() if alive(pid, start)]
         while remaining and time.monotonic() < until:
             time.sleep(0.5)
             remaining = [pid for pid, start in tracker.seen.items() if alive(pid, start)]
+        left_processes = len(remaining)
         if remaining:
             names = [f"{pid} ({cmdline(pid)[0] if cmdline(pid) else '?'})" for pid in remaining]
             notes.append("LEFT BEHIND, killed by the benchmark: processes " + ", ".join(names))
@@ -393,14 +464,15 @@ def _leftovers(tracker: Tracker | None, run_id: str | None, notes: list[str]) ->
         else:
             notes.append(f"left behind: nothing; all {len(tracker.seen)} processes of the run's tree are gone")
     if run_id:
-        prefixes = (f"{SHM_PREFIX}{run_id}_", backend_region_prefix(run_id))
-        files = sorted(p for p in Path("/dev/shm").iterdir() if p.name.startswith(prefixes))
+        files = sorted(p for p in Path("/dev/shm").iterdir() if p.name.startswith(run_prefixes(run_id)))
+        left_files = len(files)
         if files:
             notes.append(f"LEFT BEHIND in /dev/shm, removed by the benchmark: {', '.join(p.name for p in files)}")
             for path in files:
                 path.unlink(missing_ok=True)
         else:
             notes.append("left in /dev/shm: nothing of the run")
+    return left_processes, left_files
 
 
 class EngineExited(RuntimeError):
@@ -423,6 +495,7 @@ def measure(args: argparse.Namespace, tmp: Path, notes: list[str]) -> tuple[Trac
           f"{duration / 60:g} min of load; sampling every {args.interval:g} s; log {log}", flush=True)
     tracker: Tracker | None = None
     run_id: str | None = None
+    detail = bool(getattr(args, "detail", False))  # the soak's progress lines; the benchmark's stay as they were
     with open(log, "wb") as out:
         engine = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   start_new_session=True)  # a Ctrl-C here must not reach it as a second SIGINT
@@ -459,12 +532,12 @@ def measure(args: argparse.Namespace, tmp: Path, notes: list[str]) -> tuple[Trac
                 time.sleep(delay)
             tracker.sample()
             if k % every_minute == 0:
-                print(tracker.progress(), flush=True)
+                print(tracker.progress(detail), flush=True)
             k += 1
         if engine.poll() is not None:
             notes.append(f"the engine ended before the load's end ({engine.returncode}), "
                          f"{tracker._now() / 60:.1f} min into it")
-        print(tracker.progress() + " (end of the load)", flush=True)
+        print(tracker.progress(detail) + " (end of the load)", flush=True)
         try:
             engine.wait(max(10.0, duration - tracker._now()) + END_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -475,29 +548,39 @@ def measure(args: argparse.Namespace, tmp: Path, notes: list[str]) -> tuple[Trac
         for note in notes:
             print(f"  {note}", flush=True)
         raise
-    _leftovers(tracker, run_id, notes)
+    left_processes, left_files = _leftovers(tracker, run_id, notes)
     outcome: dict[str, Any] = {"exit": engine.returncode, "setup_s": setup_s, "run_id": run_id,
-                               "log": _tail(log, 3)}
+                               "log": _tail(log, 3), "left_processes": left_processes, "left_shm_files": left_files,
+                               "store_bytes_after": store_size(tracker.store)}  # before a temporary directory goes
     report = tmp / "results" / str(run_id) / "report.json"
     if report.exists():
         outcome["report"] = orjson.loads(report.read_bytes())
+    heap = tmp / "results" / str(run_id) / "heap-aggregator.jsonl"  # with ENGINE_HEAP_PROBE set (the soak)
+    if heap.exists():
+        outcome["heap"] = [orjson.loads(line) for line in heap.read_bytes().splitlines() if line.strip()]
     return tracker, float(duration), outcome
 
 
 def run(args: argparse.Namespace) -> BenchResult:
     started = time.monotonic()
     notes: list[str] = []
+    tracker, duration, outcome = collect(args, notes)
+    return _result(args, tracker, duration, outcome, notes, time.monotonic() - started)
+
+
+def collect(args: argparse.Namespace, notes: list[str]) -> tuple[Tracker, float, dict[str, Any]]:
+    """The measurement without its judgement (the soak judges more of it): the tracker with every
+    sample, the load's length in seconds, and the engine's outcome (exit status, report.json)."""
     for attempt in (1, 2):  # a server that fails to start (it happens to the bundled one) gets one more try
         try:
-            tracker, duration, outcome = _attempt(args, notes)
-            break
+            return _attempt(args, notes)
         except EngineExited as exc:
             if attempt == 2:
                 raise
             first = str(exc).splitlines()
             notes.append(f"first attempt: {first[0]} ({first[-1].strip()[:160]}); started again")
             print(f"  {notes[-1]}", flush=True)
-    return _result(args, tracker, duration, outcome, notes, time.monotonic() - started)
+    raise AssertionError("unreachable")
 
 
 def _attempt(args: argparse.Namespace, notes: list[str]) -> tuple[Tracker, float, dict[str, Any]]:
@@ -507,8 +590,11 @@ def _attempt(args: argparse.Namespace, notes: list[str]) -> tuple[Tracker, float
     tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-"))
     notes.append(f"the engine's log, config, run directory and samples (samples.json) are kept in {tmp}")
     tracker, duration, outcome = measure(args, tmp, notes)
-    samples = {s.label: {"pids": s.pids, "t_s": s.times, "rss": s.rss, "rss_anon": s.anon, "cpu_s": s.cpu}
-               for s in tracker.series.values()}
+    samples: dict[str, Any] = {s.label: {"pids": s.pids, "t_s": s.times, "rss": s.rss, "rss_anon": s.anon,
+                                         "cpu_s": s.cpu, "fds": s.fds, "threads": s.threads}
+                               for s in tracker.series.values()}
+    samples["run (/dev/shm, store)"] = {"t_s": tracker.run.times, "shm_files": tracker.run.shm_files,
+                                        "shm_bytes": tracker.run.shm_bytes, "store_bytes": tracker.run.store_bytes}
     (tmp / "samples.json").write_bytes(orjson.dumps(samples, option=orjson.OPT_SERIALIZE_NUMPY))
     return tracker, duration, outcome
 

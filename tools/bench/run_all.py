@@ -26,6 +26,18 @@ import orjson
 from common import ROOT, BenchResult  # isort: skip
 
 BENCHMARKS = ("client_cost", "zero_copy", "telemetry", "footprint")
+# The soak's section (tools/soak/real.py, `make soak`) lives between these lines: hours of load that
+# `make bench` does not rerun, so rewriting the file keeps it as it was.
+SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
+
+
+def soak_section(text: str) -> str | None:
+    """The soak's section of a BENCHMARKS.md, its marker lines included; None when it has none."""
+    begin = text.find(SOAK_BEGIN)
+    end = text.find(SOAK_END, begin + 1)
+    if begin < 0 or end < 0:
+        return None
+    return text[begin:end + len(SOAK_END)]
 
 
 def _machine() -> str:
@@ -78,7 +90,8 @@ def write_reports(results: list[BenchResult], failures: dict[str, str], out_dir:
                "    python tools/bench/client_cost.py --help       # each benchmark also runs alone", ""]
     body = [result.report() + f"\n\n({result.seconds:.0f} s)\n" for result in results]
     markdown = out_dir / "BENCHMARKS.md"
-    markdown.write_text("\n".join(header) + "\n" + "\n".join(body))
+    soak = soak_section(markdown.read_text()) if markdown.exists() else None
+    markdown.write_text("\n".join(header) + "\n" + "\n".join(body) + (f"\n{soak}\n" if soak else ""))
     document = {"measured": stamp, "commit": _commit(), "machine": _machine(), "command": command,
                 "results": [r.to_json() for r in results], "failures": failures}
     data = out_dir / "benchmarks.json"
