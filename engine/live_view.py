@@ -1,7 +1,7 @@
 """Progress while a run goes on, from the aggregator's live figures: elapsed and remaining time,
-requests/s, the worst recent p99, failed requests and verdicts. On a terminal one line is
-rewritten in place every second; in a log a plain line every 10 s. A new verdict is always
-printed on a line of its own, the moment it is seen."""
+requests/s, the p99 of the last closed windows and the worst of the last few, failed requests
+and verdicts. On a terminal one line is rewritten in place every second; in a log a plain line
+every 10 s. A new verdict is always printed on a line of its own, the moment it is seen."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ class LiveView:
             self.stream.write(f"[{hhmmss(elapsed_s)}] VERDICT {text}\n")
         self._shown_verdicts = max(self._shown_verdicts, len(verdicts))
         line = (f"[{hhmmss(elapsed_s)}] {status.get('requests', 0)} requests, {status.get('rate', 0.0):.0f}/s, "
-                f"p99 {status.get('p99_ms', 0.0):.1f} ms, {status.get('errors', 0)} failed, "
+                f"p99 {status.get('p99_ms', 0.0):.1f} ms (recent worst "
+                f"{status.get('p99_recent_ms', status.get('p99_ms', 0.0)):.1f} ms), {status.get('errors', 0)} failed, "
                 f"{status.get('wrong', 0)} wrong, {len(verdicts)} verdicts, {hhmmss(remaining_s)} left")
         if self.mode == "line":
             self.stream.write("\r" + line + "\033[K")

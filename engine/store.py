@@ -158,6 +158,13 @@ class RunStore:
              state))
         return int(cursor.lastrowid or 0)
 
+    def update_verdict(self, verdict_id: int, v: Verdict) -> None:
+        """Later evidence of the same fault: its subject, time, size and evidence, in place."""
+        self._db.execute("UPDATE verdicts SET subject = ?, since_s = ?, at_s = ?, size = ?, low = ?, high = ?, "
+                         "evidence = ? WHERE id = ?",
+                         (v.subject, v.since_s, v.at_s, v.size, v.low, v.high,
+                          orjson.dumps(v.evidence, option=orjson.OPT_SERIALIZE_NUMPY).decode(), verdict_id))
+
     def set_verdict_state(self, verdict_id: int, state: str) -> None:
         self._db.execute("UPDATE verdicts SET state = ? WHERE id = ?", (state, verdict_id))
 

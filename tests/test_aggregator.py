@@ -120,3 +120,80 @@ def test_a_malformed_message_is_recorded_and_the_aggregator_goes_on(tmp_path: Pa
         assert sum(w.requests for w in store.windows()) == 1 and store.status()["bad_messages"] == 1
     finally:
         store.close()
+
+
+class _Clock:
+    """A monotonic clock that moves only when told to (the aggregator's injected clock)."""
+
+    def __init__(self) -> None:
+        self.ns = 10**12
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+def test_the_live_p99_is_the_last_windows_not_the_runs_worst(tmp_path: Path) -> None:
+    """One slow window must not hold the live p99 for the rest of the run: the live figures say
+    the last closed windows' p99, and the worst of the last few beside it."""
+    import zmq
+
+    from engine.aggregator.service import RECENT_WINDOWS, Aggregator
+    from workers.telemetry import KIND_BATCH, pack, unpack
+
+    clock = _Clock()
+    settings = resolve_settings(DetectorsSection(profile="smoke", window=1.0))
+    spec = AggregatorSpec(run_id="r", endpoint="inproc://live-p99", store_path=str(tmp_path / "run.sqlite"),
+                          config_json="{}", started_wall="now", origin_ns=clock.ns, run_s=60.0, settings=settings)
+    context = zmq.Context()
+    aggregator = Aggregator(spec, context, clock=clock)
+    buffer = RecordBuffer(("m",), ("identity",), "grpc")
+    p99s = []
+    try:
+        for second in range(12):
+            latency_ms = 300.0 if second == 2 else 2.0  # one slow window, then fast ones
+            for k in range(50):
+                buffer.add(clock.ns + k * 10_000_000, int(latency_ms * 1e6), 0, 0, STATUS_OK)
+            aggregator.handle(unpack(pack(KIND_BATCH, "worker-0", second, buffer.take_body())))
+            clock.ns += 1_000_000_000
+            aggregator.tick()
+            p99s.append((aggregator.store.status()["p99_ms"], aggregator.store.status()["p99_recent_ms"]))
+    finally:
+        aggregator.close()
+        context.term()
+    slow = next(i for i, (last, _) in enumerate(p99s) if last > 200)
+    assert p99s[slow + 1][0] < 10  # the next window is fast again, and so is the live p99
+    assert p99s[slow + 1][1] > 200  # ...while the recent worst still shows the slow one
+    assert p99s[slow + RECENT_WINDOWS][1] < 10  # until it is older than the last few windows
+
+
+def test_a_stall_is_one_verdict_in_the_store_updated_as_it_lasts(tmp_path: Path) -> None:
+    """Issue 19, one fault = one verdict: a request that hangs for a minute gives one STALL row,
+    whose duration follows the stall, not a second row when the evidence changes."""
+    import zmq
+
+    from engine.aggregator.service import Aggregator
+    from workers.telemetry import KIND_HEARTBEAT, pack, unpack
+
+    clock = _Clock()
+    settings = resolve_settings(DetectorsSection(profile="smoke", window=1.0, stall_floor=2.0))
+    spec = AggregatorSpec(run_id="r", endpoint="inproc://one-stall", store_path=str(tmp_path / "run.sqlite"),
+                          config_json="{}", started_wall="now", origin_ns=clock.ns, run_s=120.0, settings=settings,
+                          timings={"m": ModelTiming(0.0, 2, 0)})
+    context = zmq.Context()
+    aggregator = Aggregator(spec, context, clock=clock)
+    hung_since = clock.ns
+    try:
+        for second in range(60):
+            clock.ns += 1_000_000_000
+            body = {"time_ns": clock.ns, "in_flight": 1, "oldest_in_flight_ns": hung_since, "open_sequences": {},
+                    "records_sent": 0, "records_dropped": 0, "plans": {}, "oldest_by_model": {"0": hung_since},
+                    "in_flight_by_model": {"0": 1}, "starts_by_model": {}, "models": ["m"]}
+            aggregator.handle(unpack(pack(KIND_HEARTBEAT, "worker-0", second, body)))
+            aggregator.tick()
+        stalls = [r.verdict for r in aggregator.store.verdicts() if r.verdict.kind == "STALL"]
+    finally:
+        aggregator.close()
+        context.term()
+    assert len(stalls) == 1, [v.describe() for v in stalls]
+    assert stalls[0].at_s < 10 and stalls[0].size >= 59  # said within seconds, and as long as it lasted
+    assert stalls[0].evidence["last_seen_s"] >= 59

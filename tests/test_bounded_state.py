@@ -154,3 +154,33 @@ def test_drift_from_kept_windows_names_the_drifting_model_and_the_common_mode() 
     assert not [s for s in subjects if s[0] in "bcd"], subjects
     assert all(len(points.columns()[0]) <= 60 for points in watch.points.values())
     assert raised[0].evidence["windows"] > 60  # the count of all windows, not of the kept ones
+
+
+def test_growth_alone_keeps_only_its_window_of_bins() -> None:
+    """With LEAK off (the smoke profile), only GROWTH reads the bins, and only its window's: a
+    day of 10 s bins is trimmed to at most two windows, whatever the run's length, and GROWTH
+    still sees a growth that starts late."""
+    from engine.detectors.leak import SMOKE, LeakDetector
+
+    detector = LeakDetector("stub/m_0_0 (pid 1)", SMOKE, run_s=2 * 86400.0)
+    window_bins = SMOKE.growth_window_s / SMOKE.bin_s
+    most = 0
+    for t in np.arange(0.0, 86400.0, 5.0):
+        rss = 100 * MIB + (0.0 if t < 72000 else (t - 72000) * 400 * MIB / 3600)  # 400 MiB/h from 20 h on
+        detector.add(float(t), rss, float(t * 10))
+        if t % 600 == 0 or t >= 72000 and t % 30 == 0:
+            detector.evaluate(float(t))
+            most = max(most, len(detector._bins) if detector._bins is not None else 0)
+    assert most <= 2 * window_bins + 2
+    assert [v.kind for v in detector.raised] == ["GROWTH"] and detector.raised[0].at_s > 72000
+
+
+def test_median_bins_forget_what_came_before_without_moving_later_bins() -> None:
+    bins = MedianBins(10.0)
+    for t in np.arange(0.0, 100.0, 1.0):
+        bins.add(float(t), float(t), 0.0)
+    bins.drop_before(45.0)
+    t, v, _ = bins.arrays()
+    assert t[0] == 54.5 and t[-1] == 94.5 and len(bins.floors()) == len(t) and bins.floors()[0] == 50.0
+    bins.add(100.0, 100.0, 0.0)  # a new bin starts on the original boundaries
+    assert bins.arrays()[0][-1] == 100.0 and bins.arrays()[0][-2] == 94.5

@@ -72,6 +72,9 @@ def test_a_big_leak_is_an_early_growth_alarm() -> None:
     growth = next(v for v in detector.raised if v.kind == "GROWTH")
     assert growth.at_s - LONG.warmup_s <= 45 * 60  # DETECTION.md: about 17 min after warm-up
     assert 256 <= growth.size <= 1024
+    # 512 MiB/h at 100 requests/s: about 1,490 bytes per request, said with the verdict.
+    assert 745 <= growth.evidence["bytes_per_request"] <= 2980
+    assert "bytes/request" in growth.describe()
 
 
 def test_a_series_flat_but_for_one_point_fits_without_a_warning() -> None:

@@ -244,3 +244,31 @@ def test_errors_and_wrong_answers_once_each_expected_errors_never() -> None:
     assert detector.evaluate([_window(wrong=5, start_s=20.0)], 30.0) == []
     only_errors = ErrorDetector(enabled=("errors",))
     assert [v.kind for v in only_errors.evaluate([_window(wrong=1, missing_errors=1)], 1.0)] == ["MISSING-ERROR"]
+
+
+def test_one_stall_is_one_verdict_updated_as_it_goes_on() -> None:
+    """Issue 19: a precise STALL, then later evidence that alone would read 'instance unknown':
+    no second verdict; the first is updated (longer), keeping the instances it named."""
+    detector = StallDetector(SMOKE, {"m": ModelTiming(0.0, 2, 8)})
+    idle = {"m_0_0": _cpu(False), "m_0_1": _cpu(False)}
+    [verdict] = detector.evaluate(_view(30.0, 20.0, 21.0, idle))
+    assert verdict.subject == "m instances m_0_0, m_0_1" and verdict.fault == "stall:m"
+    assert detector.take_updates() == []
+    busy = {"m_0_0": _cpu(True), "m_0_1": _cpu(True)}  # answers again now and then, one request still hangs
+    assert detector.evaluate(_view(75.0, 20.0, 74.9, busy)) == []
+    [update] = detector.take_updates()
+    assert update.fault == verdict.fault and update.subject == verdict.subject
+    assert update.since_s == 20.0 and update.size == 55.0 and update.evidence["deadlock"] == 1.0
+    assert update.at_s == 30.0 and update.evidence["last_seen_s"] == 75.0  # said at 30 s, still so at 75 s
+    assert detector.evaluate(_view(75.2, 20.0, 75.1, busy)) == [] and detector.take_updates() == []  # same
+
+
+def test_a_stall_said_vaguely_first_is_named_when_the_evidence_comes() -> None:
+    detector = StallDetector(SMOKE, {"m": ModelTiming(0.0, 2, 8)})
+    busy = {"m_0_0": _cpu(True), "m_0_1": _cpu(True)}
+    [verdict] = detector.evaluate(_view(30.0, 20.0, 29.9, busy))
+    assert verdict.subject == "m instance unknown"
+    idle = {"m_0_0": _cpu(False), "m_0_1": _cpu(False)}
+    assert detector.evaluate(_view(40.0, 20.0, 31.0, idle)) == []  # nothing answered for 9 s > T
+    [update] = detector.take_updates()
+    assert update.subject == "m instances m_0_0, m_0_1" and update.size == 20.0

@@ -83,3 +83,26 @@ def test_report_html_renders_in_a_browser(tmp_path: Path) -> None:
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
                           (tmp_path / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert "polyline" in dom and "stub/leak_fp32_0_0: RssAnon with the GROWTH trend" in dom
+
+
+def test_every_leak_has_its_picture_and_the_resource_table_says_units(tmp_path: Path) -> None:
+    """Issue 19: a leak of fds (4 -> 815) gets a chart of its series and floor, not only a table
+    row; the resource table shows MiB, fds and CPU seconds, not raw bytes like 1.73e+07."""
+    from engine.report import render_page
+    from engine.report.html_page import count_series
+
+    store = RunStore.create(tmp_path / "run.sqlite", tmp_path.name, '{"config": {}}', "2026-11-25T00:00:00+00:00")
+    for i in range(120):
+        store.add_resources(i * 5.0, {"proc/stub/fd_fp32_0_0/fds": 4.0 + i * 6.8,
+                                      "proc/stub/fd_fp32_0_0/rss_anon": 17.3e6, "proc/server/cpu_s": i * 0.5})
+    store.add_verdict(Verdict("leak", "LEAK", "stub/fd_fp32_0_0 (pid 9) fds", 100.0, 400.0, 4896.0, "fds/h",
+                              4896.0, 4896.0, {"floor_first": 140.0, "floor_last": 548.0}))
+    store.set_status({"time_s": 600.0, "requests": 0, "final": True})
+    store.commit()
+    store.close()
+    page = render_page(tmp_path)
+    assert "stub/fd_fp32_0_0 (pid 9) fds: 4.9e+03 fds/h (LEAK; dashed: its floor)" in page
+    assert "<td>fds</td><td class=\"n\">4</td><td class=\"n\">813</td>" in page
+    assert "<td>MiB</td><td class=\"n\">16.5</td>" in page and "1.73e+07" not in page
+    assert count_series("the run's /dev/shm files on a") == "target/a/shm/files"
+    assert count_series("stub/m_0_0 on b (pid 3) threads") == "target/b/proc/stub/m_0_0/threads"

@@ -50,6 +50,7 @@ from .windows import WindowFolder
 TICK_S = 1.0  # windows closed, detectors run, store committed, status written
 HEARTBEAT_MISSING_S = 3.0  # a worker silent this long is missing: its in-flight table is not evidence
 SAMPLE_TEXTS = 5
+RECENT_WINDOWS = 5  # the live figures' "worst recent p99" spans this many windows
 # The coordinator's event when it stops the load: memory and latency after it say nothing about
 # the load (a heap stops growing when requests stop), so leak and drift are not judged on them.
 LOAD_STOPPED = "load_stopped"
@@ -134,8 +135,10 @@ class Aggregator:
         self.wrong_answers = 0
         self.verdicts: list[tuple[int, Verdict]] = []
         self._growth_ids: dict[str, int] = {}
+        self._fault_ids: dict[str, int] = {}  # Verdict.fault -> id of the verdict that said it
         self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=11)
-        self._last_window: dict[str, float] = {}
+        # (window start, p99) of the windows closed within the last RECENT_WINDOWS window lengths
+        self._recent_p99: collections.deque[tuple[float, float]] = collections.deque()
         self._resume(self.store)
         self.prometheus = None
         if spec.prometheus_port:
@@ -277,17 +280,29 @@ class Aggregator:
             raised += self.drift.evaluate(loaded, now)
         if "stall" in enabled:
             raised += self.stall.evaluate(self._stall_view(now), self._p999())
+            self._update(self.stall.take_updates())
         if "leak" in enabled and self.load_stopped_s is None:
             raised += self.resources.evaluate(now)
         for verdict in raised:
             state = "info" if verdict.kind == "PLATEAU" else "open"
             verdict_id = self.store.add_verdict(verdict, state=state)
+            if verdict.fault:
+                self._fault_ids[verdict.fault] = verdict_id
             if verdict.kind == "GROWTH":
                 self._growth_ids[verdict.subject] = verdict_id
             elif verdict.kind == "PLATEAU" and verdict.subject in self._growth_ids:
                 self.store.set_verdict_state(self._growth_ids.pop(verdict.subject), "withdrawn")
             self.verdicts.append((verdict_id, verdict))
         return raised
+
+    def _update(self, updates: list[Verdict]) -> None:
+        """Later evidence of a fault already said: its verdict is updated, not repeated."""
+        for verdict in updates:
+            verdict_id = self._fault_ids.get(verdict.fault)
+            if verdict_id is None:
+                continue  # raised before a restart of the aggregator: kept as it was said
+            self.store.update_verdict(verdict_id, verdict)
+            self.verdicts = [(i, verdict if i == verdict_id else v) for i, v in self.verdicts]
 
     def _fold_latency(self, closed: list[WindowStats]) -> None:
         warm = self.spec.settings.leak.warmup_s
@@ -382,15 +397,14 @@ class Aggregator:
         return [(name, *row) for name, row in sorted(merged.items())]  # type: ignore[misc]
 
     def status(self, now: float, closed: list[WindowStats]) -> dict:
-        for w in closed:
-            self._last_window[w.model] = max(self._last_window.get(w.model, 0.0), w.p99_ms)
+        last_p99, recent_p99 = self._live_p99(closed)
         then, before = self._recent[0] if self._recent else (now, self.requests)
         workers = {name: round(self._now_s() - s.last_heartbeat, 1) for name, s in self.senders.items()
                    if name.startswith("worker") and s.last_heartbeat}
         return {
             "time_s": now, "requests": self.requests,
             "rate": (self.requests - before) / (now - then) if now > then else 0.0,
-            "p99_ms": max(self._last_window.values(), default=0.0),
+            "p99_ms": last_p99, "p99_recent_ms": recent_p99,
             "errors": self.failed_requests, "wrong": self.wrong_answers,
             "verdicts": [v.describe() for _, v in self.verdicts if v.kind != "PLATEAU"],
             "fatal": [v.describe() for _, v in self.verdicts if v.detector in self.spec.settings.fatal
@@ -401,6 +415,21 @@ class Aggregator:
             # what a restarted aggregator needs to go on counting (see _resume)
             "senders": {name: [s.next_seq, s.body.get("plans", {})] for name, s in self.senders.items()},
         }
+
+    def _live_p99(self, closed: list[WindowStats]) -> tuple[float, float]:
+        """The worst p99 among the windows that closed last, and among those of the last
+        RECENT_WINDOWS windows: what the latency is now, not the worst it ever was."""
+        for w in closed:
+            if w.ok + w.wrong:  # a window without answers has no latency
+                self._recent_p99.append((w.start_s, w.p99_ms))
+        if not self._recent_p99:
+            return 0.0, 0.0
+        newest = max(start for start, _ in self._recent_p99)
+        horizon = newest - (RECENT_WINDOWS - 1) * self.spec.settings.window_s
+        while self._recent_p99 and self._recent_p99[0][0] < horizon:
+            self._recent_p99.popleft()
+        last = max(p99 for start, p99 in self._recent_p99 if start == newest)
+        return last, max(p99 for _, p99 in self._recent_p99)
 
     def close(self) -> None:
         for socket in self._sockets:
@@ -422,6 +451,8 @@ def _gauges(status: dict) -> dict:
         "engine_requests_total": ("request records received", {(): float(status["requests"])}),
         "engine_request_rate": ("requests per second over the last 10 s", {(): float(status["rate"])}),
         "engine_window_p99_ms": ("worst p99 of the last closed windows, ms", {(): float(status["p99_ms"])}),
+        "engine_recent_p99_ms": (f"worst p99 of the last {RECENT_WINDOWS} windows, ms",
+                                 {(): float(status["p99_recent_ms"])}),
         "engine_failed_requests_total": ("failed requests and missing expected errors",
                                          {(): float(status["errors"])}),
         "engine_wrong_answers_total": ("answers that failed validation", {(): float(status["wrong"])}),

@@ -9,6 +9,7 @@ steps of `width` seconds, exactly as `trend.median_bins` lays them out over the 
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 from array import array
@@ -18,8 +19,9 @@ import numpy as np
 
 class MedianBins:
     """Medians of (t, value, completed requests) per bin: what the leak detector fits its trends
-    on. Completed bins are kept as 8-byte doubles; the samples of the bin still filling are held
-    until it closes (a bin's median needs all of them)."""
+    on, and each bin's minimum (its floor: what periodic frees do not take back). Completed bins
+    are kept as 8-byte doubles; the samples of the bin still filling are held until it closes (a
+    bin's median needs all of them)."""
 
     def __init__(self, width: float) -> None:
         self.width = width
@@ -27,6 +29,7 @@ class MedianBins:
         self._key = -1  # bin index of the samples held in _open
         self._open: tuple[list[float], list[float], list[float]] = ([], [], [])
         self._t, self._v, self._requests = array("d"), array("d"), array("d")
+        self._floor = array("d")
 
     def add(self, t: float, value: float, requests: float) -> None:
         if not self._t and not self._open[0]:
@@ -40,6 +43,7 @@ class MedianBins:
             column.append(x)
 
     def _close(self) -> None:
+        self._floor.append(min(self._open[1]))
         for kept, column in zip((self._t, self._v, self._requests), self._open):
             kept.append(float(np.median(column)))
             column.clear()
@@ -55,6 +59,20 @@ class MedianBins:
             closed = np.frombuffer(kept, dtype=np.float64).copy() if len(kept) else np.empty(0)
             columns.append(np.append(closed, np.median(column)) if column else closed)
         return columns[0], columns[1], columns[2]
+
+
+    def drop_before(self, t: float) -> None:
+        """Forget the closed bins whose median time is before `t` (what no fit will read again).
+        The origin of the bins stays, so later bins keep their boundaries."""
+        cut = bisect.bisect_left(self._t, t)
+        if cut:
+            for kept in (self._t, self._v, self._requests, self._floor):
+                del kept[:cut]
+
+    def floors(self) -> np.ndarray:
+        """The minimum of every bin, in the order of `arrays()`."""
+        closed = np.frombuffer(self._floor, dtype=np.float64).copy() if len(self._floor) else np.empty(0)
+        return np.append(closed, min(self._open[1])) if self._open[1] else closed
 
 
 class FloorBins:

@@ -5,7 +5,9 @@ autocorrelation, a minimum observation time, and persistence over consecutive ev
 
 - GROWTH (early alarm): over the latest hours (`growth_window_s`), the lower confidence bound of
   the slope exceeds a large gate and the growth is not decelerating. Withdrawn as PLATEAU when the
-  growth stops (a cache that filled).
+  growth stops and the floor (lowest values) of the latest data has stopped rising too (a cache
+  that filled; a ratchet that frees part of what it took keeps a rising floor and stays a GROWTH).
+  After a PLATEAU, only growth in the data that follows raises a GROWTH again.
 - LEAK: over a long window, the lower bound exceeds a small gate, the 24 h projection is large
   enough to matter, and the last third of the window grows at least half as fast as the first
   (a leak keeps its pace; a filling cache slows down).
@@ -76,6 +78,7 @@ class LeakDetector:
     _next_growth: float = 0.0
     _next_leak: float = 0.0
     growth_open: bool = False
+    _growth_from: float = -np.inf  # after a PLATEAU, GROWTH is judged on new data only
     raised: list[Verdict] = field(default_factory=list)
     _bins: MedianBins | None = None
 
@@ -99,10 +102,15 @@ class LeakDetector:
             return out
         t, rss, reqs = self._bins.arrays()
         span = self._bins.last_t - self._bins.first_t
-        if now >= self._next_growth and span >= p.growth_min_data_s:
+        fresh = self._bins.last_t - max(self._bins.first_t, self._growth_from)
+        if now >= self._next_growth and fresh >= p.growth_min_data_s:
             self._next_growth = now + p.growth_every_s
             recent = t >= t[-1] - p.growth_window_s
-            out += self._growth(t[recent], rss[recent], now, reqs[recent])
+            out += self._growth(t[recent], rss[recent], now, reqs[recent], self._bins.floors()[recent])
+        if not p.leak_enabled and t[0] < t[-1] - 2 * p.growth_window_s:
+            # Only GROWTH reads the bins, and only its window's: the rest would grow with the run
+            # (10 s bins of a smoke-profile run left on for days). Trimmed once per window length.
+            self._bins.drop_before(t[-1] - p.growth_window_s)
         after = self.started_s + (min(p.leak_after_s, p.leak_after_fraction * self.run_s) if self.run_s
                                   else p.leak_after_s)
         if p.leak_enabled and now >= self._next_leak and now >= after:
@@ -114,9 +122,13 @@ class LeakDetector:
         self.raised += out
         return out
 
-    def _growth(self, bx: np.ndarray, by: np.ndarray, now: float, reqs: np.ndarray) -> list[Verdict]:
-        """bx, by, reqs: the bins' medians of time, RssAnon and completed requests."""
+    def _growth(self, wx: np.ndarray, wy: np.ndarray, now: float, wreqs: np.ndarray,
+                floors: np.ndarray) -> list[Verdict]:
+        """wx, wy, wreqs: the window's bin medians of time, RssAnon and completed requests; floors:
+        their minima. Growth is judged on the data since the last PLATEAU; calm, on the window."""
         p = self.params
+        new = wx >= self._growth_from
+        bx, by, reqs = wx[new], wy[new], wreqs[new]
         if len(bx) < 6:
             return []
         trend = robust_trend(bx / HOUR, by / MIB, p.confidence)
@@ -126,19 +138,30 @@ class LeakDetector:
         # slows down per request as well.
         pace = reqs if reqs[-1] > reqs[0] else bx
         growing = trend.low > gate and not _decelerating(pace, by)
+        evidence = {"slope_mib_h": trend.slope, "gate_mib_h": gate, "phi": trend.phi, "points": trend.n}
         if growing:
             self._growth_hits += 1
             self._calm_hits = 0
         else:
             self._growth_hits = 0
-            self._calm_hits += 1
-        evidence = {"slope_mib_h": trend.slope, "gate_mib_h": gate, "phi": trend.phi, "points": trend.n}
+            # Calm needs evidence of an asymptote: the floor of the latest third of the window has
+            # stopped rising at the alarm's pace. A partial free makes the median look calm (the
+            # fit's lower bound drops, the last third looks slower); the floor of a ratchet whose
+            # frees come more often than that third keeps rising.
+            latest = wx >= wx[-1] - (wx[-1] - wx[0]) / 3
+            rise = _floor_rise_mib_h(wx[latest], floors[latest])
+            flat = rise is not None and rise <= gate
+            self._calm_hits = self._calm_hits + 1 if flat else 0
+            if rise is not None:
+                evidence["floor_rise_mib_h"] = rise
         if not self.growth_open and self._growth_hits >= p.persistence:
             self.growth_open = True
+            evidence.update(_per_request(reqs, by, len(bx), p.confidence))
             return [Verdict("leak", "GROWTH", self.subject, float(bx[0]), now, trend.slope, "MiB/h", trend.low,
                             trend.high, evidence)]
         if self.growth_open and self._calm_hits >= p.persistence:
             self.growth_open = False
+            self._growth_from = now  # a GROWTH again needs growth in what comes next
             level = float(np.median(by[-max(3, len(by) // 10):]) / MIB)
             return [Verdict("leak", "PLATEAU", self.subject, float(bx[0]), now, level, "MiB", level, level,
                             {**evidence, "asymptote_mib": level})]
@@ -175,12 +198,34 @@ class LeakDetector:
             return None
         evidence = {"slope_mib_h": trend.slope, "first_third_mib_h": first, "last_third_mib_h": last,
                     "gate_mib_h": p.leak_gate_mib_h, "phi": trend.phi, "window_h": (bx[-1] - bx[0]) / HOUR}
-        if reqs[-1] > reqs[0]:
-            rx, ry = median_bins(reqs, by, max(1.0, (reqs[-1] - reqs[0]) / max(len(bx), 1)))
-            per_request = robust_trend(rx, ry, p.confidence)
-            evidence.update(bytes_per_request=per_request.slope, bytes_per_request_low=per_request.low,
-                            bytes_per_request_high=per_request.high)
+        evidence.update(_per_request(reqs, by, len(bx), p.confidence))
         return bx, trend, evidence
+
+
+def _floor_rise_mib_h(bx: np.ndarray, floors: np.ndarray) -> float | None:
+    """How fast the floor rises over the bins given: cut in three, the lowest value of each part,
+    the last part's against the first's, per hour. What a process keeps for good lifts every
+    part's lowest value; what it frees again (a ratchet's partial frees, a cache's churn) does
+    not. None with too few bins to tell."""
+    if len(bx) < 9:
+        return None
+    parts = np.array_split(np.arange(len(bx)), 3)
+    first, last = parts[0], parts[-1]
+    hours = (np.mean(bx[last]) - np.mean(bx[first])) / HOUR
+    return float((floors[last].min() - floors[first].min()) / MIB / hours) if hours > 0 else None
+
+
+def _per_request(reqs: np.ndarray, by: np.ndarray, points: int, confidence: float) -> dict[str, float]:
+    """Bytes per completed request (with its interval) of the growth: the process's own model's
+    requests for a stub, all requests for the server. Empty when no request completed."""
+    if len(reqs) < 3 or reqs[-1] <= reqs[0]:
+        return {}
+    rx, ry = median_bins(reqs, by, max(1.0, (reqs[-1] - reqs[0]) / max(points, 1)))
+    if len(rx) < 3:
+        return {}
+    per_request = robust_trend(rx, ry, confidence)
+    return {"bytes_per_request": per_request.slope, "bytes_per_request_low": per_request.low,
+            "bytes_per_request_high": per_request.high}
 
 
 def _decelerating(x: np.ndarray, y: np.ndarray) -> bool:

@@ -24,6 +24,7 @@ Each model (and each sequence) is raised once; the verdict keeps the age at whic
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -130,6 +131,10 @@ class StallDetector:
     timings: Mapping[str, ModelTiming]
     raised: list[Verdict] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set)
+    # model -> its STALL verdict as last said: one fault, one verdict. Later evidence of the same
+    # stall (its duration, a more precise subject) comes back from `take_updates`, not as a new one.
+    _stalls: dict[str, Verdict] = field(default_factory=dict)
+    _updates: list[Verdict] = field(default_factory=list)
     # model -> (evaluation time, STARTs waiting), since its oldest waiting START was sent
     _backlog: dict[str, collections.deque[tuple[float, int]]] = field(default_factory=dict)
 
@@ -207,12 +212,43 @@ class StallDetector:
             evidence["waiting_starts_now"] = float(waiting_now)
         return evidence
 
+    def take_updates(self) -> list[Verdict]:
+        """The open stalls whose evidence changed since the last call (same `fault` as the verdict
+        they update): longer, or said more precisely. `at_s` stays the time it was first said;
+        `evidence["last_seen_s"]` is the latest evaluation that saw it."""
+        updates, self._updates = self._updates, []
+        return updates
+
     def _model_stall(self, view: StallView, model: str, oldest: float, age: float, quiet: float,
                      limit: float, backlog: Mapping[str, float] | None = None) -> list[Verdict]:
-        whole = quiet > limit
-        key = f"{model} {'whole' if whole else 'instance'}"  # one verdict per model and kind of stall
-        if key in self._seen:
+        found = self._model_stall_evidence(view, model, oldest, age, quiet, limit, backlog)
+        if found is None:
             return []
+        verdict, precision = found
+        said = self._stalls.get(model)
+        if said is None:
+            self._stalls[model] = verdict
+            return [verdict]
+        # The model's stall, seen again (a model that stalls once is watched as one fault for the
+        # rest of the run): its first subject unless this one names more, its first start, the
+        # longest time without progress seen, the latest evidence.
+        if precision <= _precision(said):
+            verdict = dataclasses.replace(verdict, subject=said.subject,
+                                          evidence={**verdict.evidence, **_named(said.evidence)})
+        longest = max(said.size, verdict.size)
+        verdict = dataclasses.replace(verdict, since_s=min(said.since_s, verdict.since_s), at_s=said.at_s,
+                                      size=longest, low=longest, high=longest,
+                                      evidence={**verdict.evidence, "last_seen_s": view.now_s})
+        if (verdict.subject, round(verdict.size)) != (said.subject, round(said.size)):
+            self._stalls[model] = verdict
+            self._updates.append(verdict)
+        return []
+
+    def _model_stall_evidence(self, view: StallView, model: str, oldest: float, age: float, quiet: float,
+                              limit: float, backlog: Mapping[str, float] | None) -> tuple[Verdict, int] | None:
+        """The STALL this evaluation supports, with how precisely it names the culprit (2: named
+        instances, 1: the whole model, 0: an instance not known), or None while evidence is awaited."""
+        whole = quiet > limit
         used = {name: _cpu_used(t, cpu, oldest, view.now_s) for name, (t, cpu) in view.stub_cpu.items()
                 if instance_model(name) == model}
         known = sorted(((u, name) for name, u in used.items() if u is not None))
@@ -222,6 +258,7 @@ class StallDetector:
         if whole:
             idle = [name for u, name in known if u < self.params.idle_cpu_s]
             subject = model + (f" instances {', '.join(sorted(idle))}" if idle else "")
+            precision = 2 if idle else 1
             if idle:
                 evidence["deadlock"] = 1.0
         else:
@@ -237,7 +274,21 @@ class StallDetector:
                     evidence["sibling_cpu_s"] = sibling
                     evidence["deadlock"] = 1.0 if least < self.params.idle_cpu_s else 0.0  # blocked, or spinning
             if named is None and age < 2 * limit:
-                return []
+                return None
             subject = f"{model} instance {named or 'unknown'}"
-        self._seen.add(key)
-        return [Verdict("stall", "STALL", subject, oldest, view.now_s, age, "s", age, age, evidence)]
+            precision = 2 if named else 0
+        return Verdict("stall", "STALL", subject, oldest, view.now_s, age, "s", age, age, evidence,
+                       fault=f"stall:{model}"), precision
+
+
+_NAMING = ("deadlock", "instance_cpu_s", "sibling_cpu_s")  # evidence that goes with a named subject
+
+
+def _named(evidence: Mapping[str, float]) -> dict[str, float]:
+    return {k: v for k, v in evidence.items() if k in _NAMING}
+
+
+def _precision(verdict: Verdict) -> int:
+    if verdict.subject.endswith(" instance unknown"):
+        return 0
+    return 2 if " instance" in verdict.subject else 1

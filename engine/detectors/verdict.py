@@ -19,10 +19,16 @@ class Verdict:
     high: float
     evidence: dict[str, float] = field(default_factory=dict)
     samples: tuple[str, ...] = ()  # first texts behind it (error messages), verbatim
+    # Names one fault across evaluations ("stall:m"): later evidence of the same fault updates the
+    # verdict it raised instead of raising a second one. "" = each verdict stands alone.
+    fault: str = ""
 
     def describe(self) -> str:
         bounds = f" [{self.low:.3g}, {self.high:.3g}]" if (self.low, self.high) != (self.size, self.size) else ""
-        text = f"{self.kind} {self.subject}: {self.size:.3g} {self.unit}{bounds} since {_clock(self.since_s)}"
+        text = f"{self.kind} {self.subject}: {self.size:.3g} {self.unit}{bounds}"
+        if "bytes_per_request" in self.evidence:  # a memory verdict of a process that serves requests
+            text += f" ({self.evidence['bytes_per_request']:,.0f} bytes/request)"
+        text += f" since {_clock(self.since_s)}"
         return text + (f" (first: {self.samples[0][:200]})" if self.samples else "")
 
 

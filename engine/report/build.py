@@ -17,6 +17,7 @@ import orjson
 
 from engine.aggregator.series import split_target
 from engine.aggregator.windows import merge_windows
+from engine.detectors.verdict import Verdict
 from engine.monitor.pressure import MEM_AVAILABLE, PSI_SOME_AVG10
 from engine.store import RunStore
 from engine.stress_report import DESCRIPTIONS
@@ -259,11 +260,18 @@ def _servers(store: RunStore, info_config: dict[str, Any], verdicts: list[Verdic
     return out
 
 
+def _stored_fields(verdict: Verdict) -> dict[str, Any]:
+    """A verdict's fields as the store keeps them (its `fault` key lives only while the run goes)."""
+    fields = dataclasses.asdict(verdict)
+    del fields["fault"]
+    return fields
+
+
 def build_report(store: RunStore) -> RunReport:
     info = store.run_info()
     figures = store.status()
     scenarios = [ScenarioRow(*row, DESCRIPTIONS.get(row[0], "")) for row in store.totals()]
-    verdicts = [VerdictEntry(row.id, row.state, row.state in FAILING_STATES, **dataclasses.asdict(row.verdict),
+    verdicts = [VerdictEntry(row.id, row.state, row.state in FAILING_STATES, **_stored_fields(row.verdict),
                              text=row.verdict.describe()) for row in store.verdicts()]
     incidents = store.incidents()
     events: collections.Counter[str] = collections.Counter()

@@ -15,7 +15,7 @@ from engine.monitor.pressure import MEM_AVAILABLE, MEM_TOTAL, PSI_FULL_AVG10, PS
 from engine.store import RunStore
 from engine.stress_report import hhmmss
 
-from .build import RunReport, hold_spans, host_series
+from .build import ResourceSummary, RunReport, hold_spans, host_series
 from .svg import Chart, Line, render_chart
 
 MIB = float(1 << 20)
@@ -108,6 +108,59 @@ def _memory_charts(store: RunStore, report: RunReport, markers: list[tuple[float
     return charts
 
 
+# A resource series' last name part -> (unit, divisor): the table says MiB, fds, threads, seconds.
+_UNITS = {"rss_anon": ("MiB", MIB), "rss_shmem": ("MiB", MIB), "rss_file": ("MiB", MIB), "pss": ("MiB", MIB),
+          "bytes": ("MiB", MIB), "gpu_bytes": ("MiB", MIB), "fds": ("fds", 1.0), "threads": ("threads", 1.0),
+          "files": ("files", 1.0), "cpu_s": ("CPU s", 1.0)}
+
+
+def _in_units(r: ResourceSummary) -> list[object]:
+    """[unit, first, last, min, max] of a resource row, in the unit a reader thinks in."""
+    unit, scale = _UNITS.get(r.series.rsplit("/", 1)[-1], ("", 1.0))
+    values = [v / scale for v in (r.first, r.last, r.min, r.max)]
+    if scale == 1.0 and unit != "CPU s":
+        return [unit, *(int(round(v)) for v in values)]  # counts are whole numbers
+    return [unit, *(round(v, 1) for v in values)]
+
+
+def _count_charts(store: RunStore, report: RunReport, markers: list[tuple[float, str]]) -> list[str]:
+    """A chart for each leak of a countable resource (fds, threads, /dev/shm files or bytes): the
+    series, and its floor from the first bin the verdict read to the last, dashed."""
+    charts = []
+    for v in report.verdicts:
+        if v.detector != "leak" or v.unit == "MiB/h" or v.kind != "LEAK":
+            continue
+        series = count_series(v.subject)
+        if series is None or series not in store.series_names():
+            continue
+        t, values = store.series(series)
+        if not len(t):
+            continue
+        unit, scale = _UNITS.get(series.rsplit("/", 1)[-1], ("", 1.0))
+        lines = [Line(series, t, values / scale)]
+        first, last = v.evidence.get("floor_first"), v.evidence.get("floor_last")
+        if first is not None and last is not None:
+            lines.append(Line("floor", np.array([v.since_s, v.at_s]), np.array([first, last]) / scale, dashed=True))
+        charts.append(render_chart(Chart(f"{v.subject}: {v.size:.3g} {v.unit} (LEAK; dashed: its floor)", unit,
+                                         lines, markers)))
+    return charts
+
+
+def count_series(subject: str) -> str | None:
+    """The stored series a countable-resource verdict is about: 'stub/m_0_0 (pid 7) fds' ->
+    'proc/stub/m_0_0/fds'; "the run's /dev/shm files" -> 'shm/files' (a fleet's: target/<server>/...)."""
+    if subject.startswith("the run's /dev/shm "):
+        rest = subject[len("the run's /dev/shm "):]
+        field, _, target = rest.partition(" on ")
+        return f"target/{target}/shm/{field}" if target else f"shm/{field}"
+    process, _, field = subject.rpartition(" ")
+    process = process.split(" (pid", 1)[0]
+    if not process or field not in _UNITS:
+        return None
+    name, _, target = process.partition(" on ")
+    return f"target/{target}/proc/{name}/{field}" if target else f"proc/{name}/{field}"
+
+
 def _host_memory(store: RunStore, report: RunReport, markers: list[tuple[float, str]]) -> list[str]:
     """MemAvailable, PSI and the large-request budget over the run, the pressure hold shaded."""
     memory = report.host_memory
@@ -197,8 +250,9 @@ def render_html(report: RunReport, store: RunStore) -> str:
     parts += _latency_charts(store, markers)
     parts.append("<h2>Resources</h2>")
     parts += _memory_charts(store, report, markers)
-    parts.append(_table(["series", "first", "last", "min", "max"],
-                        [[r.series, r.first, r.last, r.min, r.max] for r in report.resources]))
+    parts += _count_charts(store, report, markers)
+    parts.append(_table(["series", "unit", "first", "last", "min", "max"],
+                        [[r.series, *_in_units(r)] for r in report.resources]))
     if report.host_memory is not None:
         parts.append("<h2>Host memory</h2>")
         parts += _host_memory(store, report, markers)
