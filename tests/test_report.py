@@ -95,13 +95,19 @@ def test_every_leak_has_its_picture_and_the_resource_table_says_units(tmp_path: 
     for i in range(120):
         store.add_resources(i * 5.0, {"proc/stub/fd_fp32_0_0/fds": 4.0 + i * 6.8,
                                       "proc/stub/fd_fp32_0_0/rss_anon": 17.3e6, "proc/server/cpu_s": i * 0.5})
+        store.add_resources(i * 5.0, {"model/hang_fp32/pending": float(max(0, i - 40) * 30),
+                                      "proc/server/rss_anon": 20e6 + max(0, i - 40) * 30 * 28e3})
     store.add_verdict(Verdict("leak", "LEAK", "stub/fd_fp32_0_0 (pid 9) fds", 100.0, 400.0, 4896.0, "fds/h",
                               4896.0, 4896.0, {"floor_first": 140.0, "floor_last": 548.0}))
+    store.add_verdict(Verdict("leak", "BACKLOG", "server (pid 3): queue of hang_fp32", 200.0, 500.0, 600.0, "MiB/h",
+                              500.0, 700.0, {"bytes_per_queued_request": 28000.0}), state="info")
     store.set_status({"time_s": 600.0, "requests": 0, "final": True})
     store.commit()
     store.close()
     page = render_page(tmp_path)
     assert "stub/fd_fp32_0_0 (pid 9) fds: 4.9e+03 fds/h (LEAK; dashed: its floor)" in page
+    assert "server (pid 3): queue of hang_fp32: requests waiting in the server (BACKLOG: 28,000 bytes each)" in page
+    assert load_report(tmp_path).verdict == "FAIL"  # the fd leak; the BACKLOG alone explains, it fails nothing
     assert "<td>fds</td><td class=\"n\">4</td><td class=\"n\">813</td>" in page
     assert "<td>MiB</td><td class=\"n\">16.5</td>" in page and "1.73e+07" not in page
     assert count_series("the run's /dev/shm files on a") == "target/a/shm/files"

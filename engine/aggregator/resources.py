@@ -10,6 +10,7 @@ aggregator holds the same memory after 6.5 days as after an hour.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Mapping
 
 import numpy as np
@@ -42,6 +43,7 @@ class ResourceWatch:
         self.started: dict[str, float] = {}
         self._first_at: float | None = None
         self.pending: dict[str, float] = {}  # model -> the server's pending request count, last sample
+        self._pending_on: dict[str, dict[str, float]] = {}  # target ("" for one server) -> model -> pending
         self.leak: dict[str, LeakDetector] = {}  # series name -> its detector
         self.discrete: dict[str, DiscreteLeakDetector] = {}
         self.stub_cpu: dict[str, RecentSamples] = {}  # stub instance -> CPU seconds
@@ -61,13 +63,18 @@ class ResourceWatch:
                 elif process not in self.pids and at > self._first_at:
                     self.started[process] = at  # first seen after the run's first sample
                 self.pids[process] = value
+        for name, value in samples.items():  # queues before memory: a backlog explains growth
+            target, plain = split_target(name)
+            if plain.startswith("model/") and plain.endswith("/pending"):
+                model = plain[len("model/"):-len("/pending")]
+                self._pending_on.setdefault(target, {})[model] = float(value)
+                if not target:
+                    self.pending[model] = float(value)
         for name, value in samples.items():
             target, plain = split_target(name)
             if plain in SHM_SERIES:
                 self._discrete(name, SHM_SERIES[plain]).add(at, float(value))
                 continue
-            if not target and name.startswith("model/") and name.endswith("/pending"):
-                self.pending[name[len("model/"):-len("/pending")]] = float(value)
             process = process_of(name)
             if process is None:
                 continue
@@ -75,7 +82,9 @@ class ResourceWatch:
             if kind == LEAK_FIELD:
                 model = instance_model(process[len("stub/"):].split(" on ", 1)[0]) if process.startswith("stub/") \
                     else ""
-                self._leak(name, process).add(at, float(value), float(completed.get(model, 0) if model else requests))
+                queued = self._pending_on.get(target) if process.split(" on ", 1)[0] == "server" else None
+                self._leak(name, process).add(at, float(value), float(completed.get(model, 0) if model else requests),
+                                              sum(queued.values()) if queued else None)
             elif kind in DISCRETE_FIELDS:
                 self._discrete(name, kind).add(at, float(value))
             elif kind == STUB_CPU and not target and process.startswith("stub/"):
@@ -119,9 +128,17 @@ class ResourceWatch:
         out: list[Verdict] = []
         for detector in self.discrete.values():
             out += detector.evaluate(now)
-        for detector in self.leak.values():
-            out += detector.evaluate(now)
+        for name, detector in self.leak.items():
+            out += [self._name_queue(v, split_target(name)[0]) if v.kind == "BACKLOG" else v
+                    for v in detector.evaluate(now)]
         return out
+
+    def _name_queue(self, verdict: Verdict, target: str) -> Verdict:
+        """A BACKLOG names the model whose queue holds the most requests now."""
+        queues = self._pending_on.get(target, {})
+        model = max(queues, key=queues.__getitem__) if queues else "?"
+        return dataclasses.replace(verdict, subject=f"{verdict.subject}: queue of {model}",
+                                   evidence={**verdict.evidence, "model_queued": queues.get(model, math.nan)})
 
     def stub_cpu_since(self, since_s: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Each stub's CPU samples from the last one at or before `since_s` on."""

@@ -50,6 +50,9 @@ from .windows import WindowFolder
 TICK_S = 1.0  # windows closed, detectors run, store committed, status written
 HEARTBEAT_MISSING_S = 3.0  # a worker silent this long is missing: its in-flight table is not evidence
 SAMPLE_TEXTS = 5
+# Verdicts that explain rather than fail: a growth that stopped (PLATEAU), memory held by queued
+# requests (BACKLOG: the stuck model behind it has its own STALL).
+INFO_KINDS = ("PLATEAU", "BACKLOG")
 RECENT_WINDOWS = 5  # the live figures' "worst recent p99" spans this many windows
 # The coordinator's event when it stops the load: memory and latency after it say nothing about
 # the load (a heap stops growing when requests stop), so leak and drift are not judged on them.
@@ -284,7 +287,7 @@ class Aggregator:
         if "leak" in enabled and self.load_stopped_s is None:
             raised += self.resources.evaluate(now)
         for verdict in raised:
-            state = "info" if verdict.kind == "PLATEAU" else "open"
+            state = "info" if verdict.kind in INFO_KINDS else "open"
             verdict_id = self.store.add_verdict(verdict, state=state)
             if verdict.fault:
                 self._fault_ids[verdict.fault] = verdict_id
@@ -408,7 +411,7 @@ class Aggregator:
             "errors": self.failed_requests, "wrong": self.wrong_answers,
             "verdicts": [v.describe() for _, v in self.verdicts if v.kind != "PLATEAU"],
             "fatal": [v.describe() for _, v in self.verdicts if v.detector in self.spec.settings.fatal
-                      and v.kind != "PLATEAU"],
+                      and v.kind not in INFO_KINDS],
             "lost_messages": sum(s.lost for s in self.senders.values()), "bad_messages": self.bad_messages,
             "late_records": self.folder.late_records,
             "heartbeat_age_s": workers,

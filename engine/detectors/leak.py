@@ -8,6 +8,10 @@ autocorrelation, a minimum observation time, and persistence over consecutive ev
   growth stops and the floor (lowest values) of the latest data has stopped rising too (a cache
   that filled; a ratchet that frees part of what it took keeps a rising floor and stays a GROWTH).
   After a PLATEAU, only growth in the data that follows raises a GROWTH again.
+- BACKLOG (instead of GROWTH): the server's queued requests grew over the same window and
+  explain the growth (memory against queue: bytes per queued request; what is left over grows
+  slower than the gate). Requests waiting behind a stuck model hold memory; that is not a leak,
+  and a leak during a backlog still shows as the growth left over.
 - LEAK: over a long window, the lower bound exceeds a small gate, the 24 h projection is large
   enough to matter, and the last third of the window grows at least half as fast as the first
   (a leak keeps its pace; a filling cache slows down).
@@ -18,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
 
 from .bins import MedianBins
 from .trend import Trend, median_bins, robust_trend
@@ -81,18 +86,25 @@ class LeakDetector:
     _growth_from: float = -np.inf  # after a PLATEAU, GROWTH is judged on new data only
     raised: list[Verdict] = field(default_factory=list)
     _bins: MedianBins | None = None
+    _queue: MedianBins | None = None  # queued requests, in the same bins (the server's)
+    _backlog_said: bool = False
 
     def _warmup(self) -> float:
         """The run second its warm-up ends."""
         return self.started_s + max(self.params.warmup_s, self.params.warmup_fraction * self.run_s)
 
-    def add(self, t: float, rss: float, requests: float) -> None:
-        """One sample: t in run seconds, bytes, completed requests so far."""
+    def add(self, t: float, rss: float, requests: float, queued: float | None = None) -> None:
+        """One sample: t in run seconds, bytes, completed requests so far; `queued`: requests
+        waiting in the process's queues (the server's pending counts), where they are known."""
         if t < self._warmup():
             return
         if self._bins is None:
             self._bins = MedianBins(self.params.bin_s)
         self._bins.add(t, rss, requests)
+        if queued is not None:
+            if self._queue is None:
+                self._queue = MedianBins(self.params.bin_s)
+            self._queue.add(t, queued, 0.0)
 
     def evaluate(self, now: float) -> list[Verdict]:
         """Judge the samples added so far; returns the verdicts raised now."""
@@ -106,11 +118,15 @@ class LeakDetector:
         if now >= self._next_growth and fresh >= p.growth_min_data_s:
             self._next_growth = now + p.growth_every_s
             recent = t >= t[-1] - p.growth_window_s
-            out += self._growth(t[recent], rss[recent], now, reqs[recent], self._bins.floors()[recent])
+            queued = self._queued(len(t))
+            out += self._growth(t[recent], rss[recent], now, reqs[recent], self._bins.floors()[recent],
+                                queued[recent] if queued is not None else None)
         if not p.leak_enabled and t[0] < t[-1] - 2 * p.growth_window_s:
             # Only GROWTH reads the bins, and only its window's: the rest would grow with the run
             # (10 s bins of a smoke-profile run left on for days). Trimmed once per window length.
-            self._bins.drop_before(t[-1] - p.growth_window_s)
+            for bins in (self._bins, self._queue):
+                if bins is not None:
+                    bins.drop_before(t[-1] - p.growth_window_s)
         after = self.started_s + (min(p.leak_after_s, p.leak_after_fraction * self.run_s) if self.run_s
                                   else p.leak_after_s)
         if p.leak_enabled and now >= self._next_leak and now >= after:
@@ -122,10 +138,18 @@ class LeakDetector:
         self.raised += out
         return out
 
+    def _queued(self, bins: int) -> np.ndarray | None:
+        """Queued requests per bin, when every bin has them."""
+        if self._queue is None:
+            return None
+        queued = self._queue.arrays()[1]
+        return queued if len(queued) == bins else None
+
     def _growth(self, wx: np.ndarray, wy: np.ndarray, now: float, wreqs: np.ndarray,
-                floors: np.ndarray) -> list[Verdict]:
+                floors: np.ndarray, wqueued: np.ndarray | None = None) -> list[Verdict]:
         """wx, wy, wreqs: the window's bin medians of time, RssAnon and completed requests; floors:
-        their minima. Growth is judged on the data since the last PLATEAU; calm, on the window."""
+        their minima; wqueued: queued requests. Growth is judged on the data since the last
+        PLATEAU; calm, on the window."""
         p = self.params
         new = wx >= self._growth_from
         bx, by, reqs = wx[new], wy[new], wreqs[new]
@@ -155,8 +179,19 @@ class LeakDetector:
             if rise is not None:
                 evidence["floor_rise_mib_h"] = rise
         if not self.growth_open and self._growth_hits >= p.persistence:
+            backlog = _backlog(bx, by, wqueued[new], gate, p.confidence) if wqueued is not None else None
+            if backlog is not None and backlog["growth_beyond_backlog_low_mib_h"] <= gate:
+                # The queue explains the growth: requests waiting in the server hold memory. Said
+                # once, as what it is; a growth beyond it would still be a GROWTH.
+                self._growth_hits = 0
+                if self._backlog_said:
+                    return []
+                self._backlog_said = True
+                return [Verdict("leak", "BACKLOG", self.subject, float(bx[0]), now, trend.slope, "MiB/h", trend.low,
+                                trend.high, {**evidence, **backlog})]
             self.growth_open = True
             evidence.update(_per_request(reqs, by, len(bx), p.confidence))
+            evidence.update(backlog or {})
             return [Verdict("leak", "GROWTH", self.subject, float(bx[0]), now, trend.slope, "MiB/h", trend.low,
                             trend.high, evidence)]
         if self.growth_open and self._calm_hits >= p.persistence:
@@ -213,6 +248,36 @@ def _floor_rise_mib_h(bx: np.ndarray, floors: np.ndarray) -> float | None:
     first, last = parts[0], parts[-1]
     hours = (np.mean(bx[last]) - np.mean(bx[first])) / HOUR
     return float((floors[last].min() - floors[first].min()) / MIB / hours) if hours > 0 else None
+
+
+MIN_QUEUE_RISE = 20.0  # queued requests: a backlog smaller than this explains nothing
+
+
+def _backlog(bx: np.ndarray, by: np.ndarray, queued: np.ndarray, gate: float, confidence: float
+             ) -> dict[str, float] | None:
+    """When the queue grew over the window, how much of the memory's growth it explains. Memory
+    is fitted on the queue and on time together (least squares on the bins' medians): the queue's
+    coefficient is the bytes each queued request holds, time's is the growth left over, with an
+    interval widened for autocorrelation as in `robust_trend`. While queue and a leak grow in
+    lockstep the two cannot be told apart and the interval says so (it is wide); once the queue
+    stops or drains, a leak stands out. None when the queue did not grow."""
+    n = len(queued)
+    if n < 8 or float(np.max(queued) - queued[0]) < MIN_QUEUE_RISE:
+        return None
+    x = np.column_stack([np.ones(n), queued, (bx - bx[0]) / HOUR])
+    y = by / MIB
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    residuals = y - x @ coef
+    variance = float(residuals @ residuals) / (n - 3)
+    spread = np.sqrt(max(variance * float(np.linalg.pinv(x.T @ x)[2, 2]), 0.0))
+    phi = 0.0
+    if np.std(residuals[:-1]) > 0 and np.std(residuals[1:]) > 0:
+        phi = float(np.clip(np.corrcoef(residuals[:-1], residuals[1:])[0, 1], 0.0, 0.95))
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    low = float(coef[2]) - z * spread * np.sqrt((1 + phi) / (1 - phi))
+    return {"queued_first": float(queued[0]), "queued_last": float(queued[-1]),
+            "bytes_per_queued_request": float(coef[1]) * MIB, "growth_beyond_backlog_mib_h": float(coef[2]),
+            "growth_beyond_backlog_low_mib_h": low, "backlog_gate_mib_h": gate}
 
 
 def _per_request(reqs: np.ndarray, by: np.ndarray, points: int, confidence: float) -> dict[str, float]:

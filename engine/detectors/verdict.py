@@ -26,7 +26,9 @@ class Verdict:
     def describe(self) -> str:
         bounds = f" [{self.low:.3g}, {self.high:.3g}]" if (self.low, self.high) != (self.size, self.size) else ""
         text = f"{self.kind} {self.subject}: {self.size:.3g} {self.unit}{bounds}"
-        if "bytes_per_request" in self.evidence:  # a memory verdict of a process that serves requests
+        if "bytes_per_queued_request" in self.evidence and self.kind == "BACKLOG":
+            text += f" ({self.evidence['bytes_per_queued_request']:,.0f} bytes per queued request)"
+        elif "bytes_per_request" in self.evidence:  # a memory verdict of a process that serves requests
             text += f" ({self.evidence['bytes_per_request']:,.0f} bytes/request)"
         text += f" since {_clock(self.since_s)}"
         return text + (f" (first: {self.samples[0][:200]})" if self.samples else "")

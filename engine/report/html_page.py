@@ -103,6 +103,17 @@ def _memory_charts(store: RunStore, report: RunReport, markers: list[tuple[float
             charts.append(render_chart(Chart(f"{process}: RssAnon with the {verdict.kind} trend ({verdict.size:.3g} "
                                              "MiB/h)", "MiB", [Line(process, t, v / MIB),
                                                                Line("trend", span, trend, dashed=True)], markers)))
+    for v in report.verdicts:
+        if v.kind == "BACKLOG" and ": queue of " in v.subject:
+            # The queue beside the memory it holds: the model's pending requests over the run.
+            process, model = v.subject.split(": queue of ", 1)
+            target = process.split(" on ", 1)[1].split(" (pid", 1)[0] if " on " in process else ""
+            series = f"target/{target}/model/{model}/pending" if target else f"model/{model}/pending"
+            t, queued = store.series(series) if series in store.series_names() else (np.empty(0), np.empty(0))
+            if len(t):
+                charts.append(render_chart(Chart(f"{v.subject}: requests waiting in the server (BACKLOG: "
+                                                 f"{v.evidence.get('bytes_per_queued_request', 0):,.0f} bytes each)",
+                                                 "requests", [Line(model, t, queued)], markers)))
     charts.insert(0, render_chart(Chart("RssAnon per process (heap; registered shm is RssShmem, not a leak)", "MiB",
                                         lines, markers)))
     return charts
