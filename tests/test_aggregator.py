@@ -197,3 +197,44 @@ def test_a_stall_is_one_verdict_in_the_store_updated_as_it_lasts(tmp_path: Path)
     assert len(stalls) == 1, [v.describe() for v in stalls]
     assert stalls[0].at_s < 10 and stalls[0].size >= 59  # said within seconds, and as long as it lasted
     assert stalls[0].evidence["last_seen_s"] >= 59
+
+
+def test_errors_of_a_stalled_model_point_at_its_stall(tmp_path: Path) -> None:
+    """Issue 19, one fault = one verdict: the requests that time out inside a stall give an
+    ERRORS verdict that says it follows the STALL (and fails nothing by itself); another model's
+    errors stay a failing verdict of their own."""
+    import zmq
+
+    from engine.aggregator.service import Aggregator
+    from workers.telemetry import KIND_BATCH, KIND_HEARTBEAT, STATUS_ERROR, pack, unpack
+
+    clock = _Clock()
+    settings = resolve_settings(DetectorsSection(profile="smoke", window=1.0, stall_floor=2.0))
+    spec = AggregatorSpec(run_id="r", endpoint="inproc://stall-errors", store_path=str(tmp_path / "run.sqlite"),
+                          config_json="{}", started_wall="now", origin_ns=clock.ns, run_s=60.0, settings=settings,
+                          timings={"m": ModelTiming(0.0, 2, 0), "n": ModelTiming(0.0, 2, 0)})
+    context = zmq.Context()
+    aggregator = Aggregator(spec, context, clock=clock)
+    hung_since = clock.ns
+    buffer = RecordBuffer(("m", "n"), ("identity",), "grpc")
+    try:
+        for second in range(20):
+            clock.ns += 1_000_000_000
+            if second == 10:  # m's hung requests time out; n fails on its own
+                buffer.add(hung_since, clock.ns - hung_since - 500_000_000, 0, 0, STATUS_ERROR)
+                buffer.add(clock.ns - 600_000_000, 1_000_000, 1, 0, STATUS_ERROR)
+                aggregator.handle(unpack(pack(KIND_BATCH, "worker-0", 100 + second, buffer.take_body())))
+            body = {"time_ns": clock.ns, "in_flight": 1, "oldest_in_flight_ns": hung_since, "open_sequences": {},
+                    "records_sent": 0, "records_dropped": 0, "plans": {}, "oldest_by_model": {"0": hung_since},
+                    "in_flight_by_model": {"0": 1}, "starts_by_model": {}, "models": ["m", "n"]}
+            aggregator.handle(unpack(pack(KIND_HEARTBEAT, "worker-0", second, body)))
+            aggregator.tick()
+        rows = aggregator.store.verdicts()
+    finally:
+        aggregator.close()
+        context.term()
+    [stall] = [r for r in rows if r.verdict.kind == "STALL"]
+    errors = {r.verdict.subject.split(" ", 1)[0]: r for r in rows if r.verdict.kind == "ERRORS"}
+    assert errors["m"].state == "info" and errors["m"].verdict.evidence["stall_verdict_id"] == stall.id
+    assert f"follows the STALL of verdict #{stall.id}" in errors["m"].verdict.describe()
+    assert errors["n"].state == "open" and "stall_verdict_id" not in errors["n"].verdict.evidence

@@ -10,6 +10,7 @@ windows, evaluate once more, write the totals, exit.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import multiprocessing
 import signal
@@ -286,8 +287,10 @@ class Aggregator:
             self._update(self.stall.take_updates())
         if "leak" in enabled and self.load_stopped_s is None:
             raised += self.resources.evaluate(now)
-        for verdict in raised:
-            state = "info" if verdict.kind in INFO_KINDS else "open"
+        raised.sort(key=lambda v: v.detector != "stall")  # a stall first: the errors it causes point at it
+        for index, verdict in enumerate(raised):
+            verdict = raised[index] = self._after_stall(verdict)
+            state = "info" if _informational(verdict) else "open"
             verdict_id = self.store.add_verdict(verdict, state=state)
             if verdict.fault:
                 self._fault_ids[verdict.fault] = verdict_id
@@ -297,6 +300,17 @@ class Aggregator:
                 self.store.set_verdict_state(self._growth_ids.pop(verdict.subject), "withdrawn")
             self.verdicts.append((verdict_id, verdict))
         return raised
+
+    def _after_stall(self, verdict: Verdict) -> Verdict:
+        """Errors of a model that has a STALL are what the stall does to its requests (they time
+        out, or fail when the stuck instance is killed): one fault, one verdict. They are kept as
+        information pointing at the stall's verdict, which fails the run."""
+        if verdict.kind != "ERRORS":
+            return verdict
+        stall_id = self._fault_ids.get(f"stall:{verdict.subject.split(' in ', 1)[0]}")
+        if stall_id is None:
+            return verdict
+        return dataclasses.replace(verdict, evidence={**verdict.evidence, "stall_verdict_id": float(stall_id)})
 
     def _update(self, updates: list[Verdict]) -> None:
         """Later evidence of a fault already said: its verdict is updated, not repeated."""
@@ -411,7 +425,7 @@ class Aggregator:
             "errors": self.failed_requests, "wrong": self.wrong_answers,
             "verdicts": [v.describe() for _, v in self.verdicts if v.kind != "PLATEAU"],
             "fatal": [v.describe() for _, v in self.verdicts if v.detector in self.spec.settings.fatal
-                      and v.kind not in INFO_KINDS],
+                      and not _informational(v)],
             "lost_messages": sum(s.lost for s in self.senders.values()), "bad_messages": self.bad_messages,
             "late_records": self.folder.late_records,
             "heartbeat_age_s": workers,
@@ -442,6 +456,11 @@ class Aggregator:
         if self.prometheus is not None:
             self.prometheus.close()
         self.store.close()
+
+
+def _informational(verdict: Verdict) -> bool:
+    """A verdict that explains and fails nothing: its kind says so, or it follows a stall."""
+    return verdict.kind in INFO_KINDS or "stall_verdict_id" in verdict.evidence
 
 
 def _model_name(names: list[str], code: int | str) -> str:

@@ -31,6 +31,8 @@ class Verdict:
         elif "bytes_per_request" in self.evidence:  # a memory verdict of a process that serves requests
             text += f" ({self.evidence['bytes_per_request']:,.0f} bytes/request)"
         text += f" since {_clock(self.since_s)}"
+        if "stall_verdict_id" in self.evidence:
+            text += f" (follows the STALL of verdict #{self.evidence['stall_verdict_id']:.0f})"
         return text + (f" (first: {self.samples[0][:200]})" if self.samples else "")
 
 
