@@ -10,6 +10,7 @@ and each series net of it.
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from engine.detectors.drift import DriftDetector, DriftParams
 from engine.detectors.settings import DetectorSettings
 from engine.detectors.verdict import Verdict
 
+from .stages import StageWatch
 from .window_stats import WindowStats
 
 Key = tuple[str, str, str, str]  # model, scenario, protocol, target
@@ -48,12 +50,28 @@ class WindowPoints:
 class DriftWatch:
     def __init__(self, settings: DetectorSettings) -> None:
         self.params: DriftParams = settings.drift
+        self.window_s = settings.window_s
         self.min_requests = settings.drift_min_requests
         self.detectors: dict[Key, DriftDetector] = {}
         self.points: dict[Key, WindowPoints] = {}
         self.common: DriftDetector | None = None
 
-    def evaluate(self, closed: list[WindowStats], now: float) -> list[Verdict]:
+    def _attributed(self, verdict: Verdict, model: str, stages: StageWatch | None) -> Verdict:
+        """The drift's added time per request split over the server's queue, its compute and
+        what lies outside the server, from the model's stage metrics over the same spans."""
+        if stages is None:
+            return verdict
+        e = verdict.evidence
+        added_ms = e["baseline_median"] * verdict.size / 100
+        share = stages.share(model, (e["baseline_from_s"], e["baseline_last_s"] + self.window_s),
+                             (verdict.since_s, e["current_last_s"] + self.window_s), added_ms)
+        if share is None:
+            return verdict
+        return dataclasses.replace(verdict, evidence={**e, "added_ms": added_ms, "added_queue_ms": share.queue_ms,
+                                                      "added_compute_ms": share.compute_ms,
+                                                      "added_outside_ms": share.outside_ms})
+
+    def evaluate(self, closed: list[WindowStats], now: float, stages: StageWatch | None = None) -> list[Verdict]:
         """Each series with a fresh window against its own baseline, net of what moved all of them
         (the common mode: the median change of the others); then the common mode itself."""
         p = self.params
@@ -78,7 +96,8 @@ class DriftWatch:
             others = [c for k, c in changes.items() if k != key]
             reference = float(np.median(others)) if len(others) >= 2 else 1.0
             t, p50, p99, answered = columns[key]
-            out += self.detectors[key].evaluate(t, p50, p99, now, answered, reference, self.points[key].count)
+            out += [self._attributed(v, key[0], stages) for v in
+                    self.detectors[key].evaluate(t, p50, p99, now, answered, reference, self.points[key].count)]
         if len(changes) >= 3:
             out += self._common(columns, changes, now)
         return out

@@ -45,6 +45,7 @@ from workers.telemetry import (
 from .drift_watch import DriftWatch
 from .histogram import LatencyHistogram
 from .resources import ResourceWatch
+from .stages import StageWatch
 from .window_stats import WindowStats
 from .windows import WindowFolder
 
@@ -129,6 +130,11 @@ class Aggregator:
         self.texts: dict[str, list[str]] = collections.defaultdict(list)  # scenario -> first error texts
         self._missing: set[str] = set()  # workers whose heartbeats stopped (reported once)
         self.drift = DriftWatch(s)
+        # The model's stage metrics over a drift's spans: its baseline lies in the first windows
+        # after warm-up, its current windows are the latest.
+        d = s.drift
+        self.stages = StageWatch(head_s=(d.warmup_windows + d.baseline_windows + 2) * s.window_s
+                                 + s.leak.warmup_s, tail_s=(d.current_windows + 2) * s.window_s)
         self.stall = StallDetector(s.stall, spec.timings)
         self.errors = ErrorDetector(tuple(d for d in s.enabled if d in ("errors", "wrong_answers")))
         self.model_latency: dict[str, LatencyHistogram] = {}  # after warm-up, for the stall threshold
@@ -251,6 +257,7 @@ class Aggregator:
         samples: dict[str, float] = body.get("samples", {})
         self.store.add_resources(at, samples)
         self.resources.add(at, samples, self.requests, self.completed)
+        self.stages.add(at, samples)
 
     # -- ticks ------------------------------------------------------------------------------
     def tick(self, final: bool = False) -> list[Verdict]:
@@ -281,7 +288,7 @@ class Aggregator:
             self._fold_latency(closed)
         loaded = [w for w in closed if self.load_stopped_s is None or w.start_s + w.length_s <= self.load_stopped_s]
         if "drift" in enabled:
-            raised += self.drift.evaluate(loaded, now)
+            raised += self.drift.evaluate(loaded, now, self.stages)
         if "stall" in enabled:
             raised += self.stall.evaluate(self._stall_view(now), self._p999())
             self._update(self.stall.take_updates())

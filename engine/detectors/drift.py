@@ -95,6 +95,8 @@ class DriftDetector:
                           {"p_value": pvalue, "gate_pct": 100 * gate, "common_mode_pct": 100 * (reference - 1),
                            "baseline_median": float(np.median(
                               (p50 if name == "p50" else p99)[base])),
-                           "windows": float(len(t) if count is None else count)})
+                           "windows": float(len(t) if count is None else count),
+                           "baseline_from_s": float(t[base][0]), "baseline_last_s": float(t[base][-1]),
+                           "current_last_s": float(t[-1])})
         self.raised.append(verdict)
         return [verdict]

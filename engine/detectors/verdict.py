@@ -30,6 +30,10 @@ class Verdict:
             text += f" ({self.evidence['bytes_per_queued_request']:,.0f} bytes per queued request)"
         elif "bytes_per_request" in self.evidence:  # a memory verdict of a process that serves requests
             text += f" ({self.evidence['bytes_per_request']:,.0f} bytes/request)"
+        if "added_queue_ms" in self.evidence:  # a drift, split over where its added time went
+            e = self.evidence
+            text += (f" (added per request: server queue {e['added_queue_ms']:+.3g} ms, server compute "
+                     f"{e['added_compute_ms']:+.3g} ms, outside the server {e['added_outside_ms']:+.3g} ms)")
         text += f" since {_clock(self.since_s)}"
         if "stall_verdict_id" in self.evidence:
             text += f" (follows the STALL of verdict #{self.evidence['stall_verdict_id']:.0f})"

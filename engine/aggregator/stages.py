@@ -1,0 +1,110 @@
+"""Where a latency drift's added time went: the server's queue, its compute, or outside the server
+(DETECTION.md: "DRIFT(model, stage) names the stage that moved").
+
+Triton's metrics give, per model, cumulative request counts and cumulative microseconds spent
+queued and in compute (input, infer, output). Between two samples, Δµs / Δrequests is the mean
+time per request in each stage. A DRIFT compares the windows just after warm-up (its baseline)
+with the latest ones: the same spans of these series say how much of the added latency the
+server's queue and compute account for; the rest was spent outside the server (the network, the
+client). Of each model's series only the first samples (where baselines lie) and the latest are
+kept, so the state does not grow with the run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+from dataclasses import dataclass
+from typing import Mapping
+
+COUNT = "success"  # nv_inference_request_success: requests that completed
+STAGES = {"queue": ("queue_us",), "compute": ("compute_input_us", "compute_infer_us", "compute_output_us")}
+FIELDS = (COUNT, *(name for names in STAGES.values() for name in names))
+Sample = tuple[float, tuple[float, ...]]  # (run second, cumulative values in FIELDS order)
+
+
+@dataclass(frozen=True)
+class StageShare:
+    """Per-request milliseconds added between the baseline and the current span, by stage."""
+
+    queue_ms: float
+    compute_ms: float
+    outside_ms: float  # client latency added beyond what the server's stages account for
+
+    @property
+    def where(self) -> str:
+        added = {"the server's queue": self.queue_ms, "the server's compute": self.compute_ms,
+                 "outside the server (network or client)": self.outside_ms}
+        return max(added, key=added.__getitem__)
+
+
+class StageHistory:
+    """One model's cumulative stage samples: the first `head_s` seconds of them and the latest
+    `tail_s` seconds."""
+
+    def __init__(self, head_s: float, tail_s: float) -> None:
+        self.head_s, self.tail_s = head_s, tail_s
+        self.head: list[Sample] = []
+        self.tail: collections.deque[Sample] = collections.deque()
+
+    def add(self, at: float, values: tuple[float, ...]) -> None:
+        if not self.head or at - self.head[0][0] <= self.head_s:
+            self.head.append((at, values))
+            return
+        self.tail.append((at, values))
+        while self.tail and self.tail[0][0] < at - self.tail_s:
+            self.tail.popleft()
+
+    def mean_ms(self, start_s: float, end_s: float) -> dict[str, float] | None:
+        """Mean milliseconds per request in each stage over [start_s, end_s], between the last
+        sample at or before its start and the first at or after its end (the nearest ones where
+        the samples do not reach that far); None without requests between them."""
+        samples = self.head + list(self.tail)
+        times = [at for at, _ in samples]
+        first = samples[max(0, bisect.bisect_right(times, start_s) - 1)] if samples else None
+        last = samples[min(len(samples) - 1, bisect.bisect_left(times, end_s))] if samples else None
+        if first is None or last is None or last[0] <= first[0]:
+            return None
+        delta = [b - a for a, b in zip(first[1], last[1])]
+        if delta[0] <= 0:
+            return None
+        out, index = {}, 1
+        for stage, names in STAGES.items():
+            out[stage] = sum(delta[index:index + len(names)]) / delta[0] / 1000.0
+            index += len(names)
+        return out
+
+
+class StageWatch:
+    """The stage series of every model, from the monitor's samples (model/<m>/<field>)."""
+
+    def __init__(self, head_s: float, tail_s: float) -> None:
+        self.head_s, self.tail_s = head_s, tail_s
+        self.models: dict[str, StageHistory] = {}
+
+    def add(self, at: float, samples: Mapping[str, float]) -> None:
+        found: dict[str, dict[str, float]] = {}
+        for name, value in samples.items():
+            if not name.startswith("model/"):
+                continue  # a fleet's (target/...) servers are not attributed
+            model, _, field = name[len("model/"):].rpartition("/")
+            if field in FIELDS:
+                found.setdefault(model, {})[field] = float(value)
+        for model, values in found.items():
+            if len(values) == len(FIELDS):
+                history = self.models.get(model)
+                if history is None:
+                    history = self.models[model] = StageHistory(self.head_s, self.tail_s)
+                history.add(at, tuple(values[f] for f in FIELDS))
+
+    def share(self, model: str, baseline: tuple[float, float], current: tuple[float, float],
+              added_ms: float) -> StageShare | None:
+        """How `added_ms` of client latency between the two spans splits over the stages."""
+        history = self.models.get(model)
+        if history is None:
+            return None
+        before, now = history.mean_ms(*baseline), history.mean_ms(*current)
+        if before is None or now is None:
+            return None
+        queue, compute = now["queue"] - before["queue"], now["compute"] - before["compute"]
+        return StageShare(queue, compute, added_ms - queue - compute)
