@@ -101,10 +101,13 @@ def test_every_leak_has_its_picture_and_the_resource_table_says_units(tmp_path: 
                               4896.0, 4896.0, {"floor_first": 140.0, "floor_last": 548.0}))
     store.add_verdict(Verdict("leak", "BACKLOG", "server (pid 3): queue of hang_fp32", 200.0, 500.0, 600.0, "MiB/h",
                               500.0, 700.0, {"bytes_per_queued_request": 28000.0}), state="info")
+    store.add_event(50.0, "aggregator", "client_bound", "", "", 1, "worker-0: 97 % of a core")
+    store.add_event(80.0, "aggregator", "client_free", "", "", 1, "worker-0: no longer its own bottleneck")
     store.set_status({"time_s": 600.0, "requests": 0, "final": True})
     store.commit()
     store.close()
     page = render_page(tmp_path)
+    assert "1 spans (30 s) where a worker was its own bottleneck" in page
     assert "stub/fd_fp32_0_0 (pid 9) fds: 4.9e+03 fds/h (LEAK; dashed: its floor)" in page
     assert "server (pid 3): queue of hang_fp32: requests waiting in the server (BACKLOG: 28,000 bytes each)" in page
     assert load_report(tmp_path).verdict == "FAIL"  # the fd leak; the BACKLOG alone explains, it fails nothing

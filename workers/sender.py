@@ -90,6 +90,8 @@ class TelemetrySender:
             "in_flight_by_model": {str(k): v for k, v in heartbeat.in_flight_by_model.items()},
             "starts_by_model": {str(k): list(v) for k, v in heartbeat.starts_by_model.items()},
             "models": list(heartbeat.models),
+            "cpu_s": heartbeat.cpu_s,
+            "loop_lag_ns": heartbeat.loop_lag_ns,
         }
         self._send(KIND_HEARTBEAT, body)
 

@@ -125,6 +125,10 @@ class Heartbeat:
     starts_by_model: dict[int, tuple[int, int]] = field(default_factory=dict)
     # The name table that the model codes above (and in open_sequences) index.
     models: tuple[str, ...] = ()
+    # The worker's own health: its CPU seconds so far, and how late its event loop woke at most
+    # since the last heartbeat (a saturated load generator measures its own queueing).
+    cpu_s: float = 0.0
+    loop_lag_ns: int = 0
 
 
 class RecordBuffer:

@@ -195,6 +195,7 @@ class Worker:
                                            settings.steady_load_max_concurrency)
         self._stop = asyncio.Event()
         self._lateness_ns = 0
+        self._loop_lag_ns = 0  # how late the flush tick woke at most since the last heartbeat
         self._skipped = 0
 
     def stop(self) -> None:
@@ -345,7 +346,9 @@ class Worker:
         tick = 0
         heap = ReleaseTimer()
         while True:
+            due = time.monotonic_ns() + int(FLUSH_TICK_S * 1e9)
             await asyncio.sleep(FLUSH_TICK_S)
+            self._loop_lag_ns = max(self._loop_lag_ns, time.monotonic_ns() - due)
             tick += 1
             if tick % ticks_per_beat == 0:
                 self._heartbeat()
@@ -366,8 +369,10 @@ class Worker:
             plans={k: (v[0], v[1], v[2]) for k, v in self.totals.items()},
             schedule_lateness_ns=self._lateness_ns, schedule_skipped=self._skipped,
             oldest_by_model=oldest, in_flight_by_model=counts, starts_by_model=starts, models=tuple(self.models),
+            cpu_s=time.process_time(), loop_lag_ns=self._loop_lag_ns,
         ))
         self._lateness_ns = 0
+        self._loop_lag_ns = 0
 
 
 def worker_main(spec: WorkerSpec) -> None:

@@ -42,6 +42,7 @@ from workers.telemetry import (
     unpack,
 )
 
+from .client_health import ClientHealth
 from .drift_watch import DriftWatch
 from .histogram import LatencyHistogram
 from .resources import ResourceWatch
@@ -130,6 +131,7 @@ class Aggregator:
         self.texts: dict[str, list[str]] = collections.defaultdict(list)  # scenario -> first error texts
         self._missing: set[str] = set()  # workers whose heartbeats stopped (reported once)
         self.drift = DriftWatch(s)
+        self.health = ClientHealth()
         # The model's stage metrics over a drift's spans: its baseline lies in the first windows
         # after warm-up, its current windows are the latest.
         d = s.drift
@@ -212,6 +214,12 @@ class Aggregator:
             self._batch(message)
         elif message.kind == KIND_HEARTBEAT:
             sender.last_heartbeat = self._now_s()
+            if message.sender.startswith("worker"):
+                at = self.run_s(message.body.get("time_ns") or self._clock())
+                change = self.health.beat(message.sender, at, message.body)
+                if change is not None:  # a worker became its own bottleneck, or stopped being one
+                    what, text = change
+                    self.store.add_event(at, "aggregator", what, "", "", 1, text)
             before, sender.body = sender.body, message.body
             if "time_ns" in before:
                 seconds = (message.body.get("time_ns", 0) - before.get("time_ns", 0)) / 1e9
@@ -287,6 +295,10 @@ class Aggregator:
             raised += self.errors.evaluate(closed, now, self.texts)
             self._fold_latency(closed)
         loaded = [w for w in closed if self.load_stopped_s is None or w.start_s + w.length_s <= self.load_stopped_s]
+        # Windows where the engine was its own bottleneck say nothing of the server's latency.
+        fair = [w for w in loaded if not self.health.bound(w.start_s, w.start_s + w.length_s)]
+        self.health.held_windows += len(loaded) - len(fair)
+        loaded = fair
         if "drift" in enabled:
             raised += self.drift.evaluate(loaded, now, self.stages)
         if "stall" in enabled:
@@ -435,6 +447,7 @@ class Aggregator:
                       and not _informational(v)],
             "lost_messages": sum(s.lost for s in self.senders.values()), "bad_messages": self.bad_messages,
             "late_records": self.folder.late_records,
+            "client_bound_windows": self.health.held_windows,
             "heartbeat_age_s": workers,
             # what a restarted aggregator needs to go on counting (see _resume)
             "senders": {name: [s.next_seq, s.body.get("plans", {})] for name, s in self.senders.items()},

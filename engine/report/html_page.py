@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import collections
 import html
+from collections.abc import Sequence
 
 import numpy as np
 
+from engine.aggregator.client_health import BOUND, FREE
 from engine.aggregator.series import split_target
 from engine.monitor.pressure import MEM_AVAILABLE, MEM_TOTAL, PSI_FULL_AVG10, PSI_SOME_AVG10, GateSettings
 from engine.store import RunStore
@@ -51,7 +53,23 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _latency_charts(store: RunStore, markers: list[tuple[float, str]]) -> list[str]:
+def client_bound_spans(store: RunStore, end_s: float) -> list[tuple[float, float, str]]:
+    """The spans where a worker was its own bottleneck (its BOUND and FREE events, per worker; one
+    still open at the end runs to `end_s`), as shaded spans of a chart."""
+    spans, open_at = [], {}
+    for event in store.events():
+        worker = event.text.split(":", 1)[0]
+        if event.what == BOUND:
+            open_at.setdefault(worker, (event.time_s, event.text))
+        elif event.what == FREE and worker in open_at:
+            start, why = open_at.pop(worker)
+            spans.append((start, event.time_s, f"the engine was its own bottleneck: {why}"))
+    spans += [(start, end_s, f"the engine was its own bottleneck: {why}") for start, why in open_at.values()]
+    return sorted(spans)
+
+
+def _latency_charts(store: RunStore, markers: list[tuple[float, str]],
+                    spans: Sequence[tuple[float, float, str]] = ()) -> list[str]:
     by_key = collections.defaultdict(list)
     for w in store.windows():
         if w.ok + w.wrong:
@@ -68,7 +86,7 @@ def _latency_charts(store: RunStore, markers: list[tuple[float, str]]) -> list[s
         charts.append(render_chart(Chart(
             f"{model}: latency ({busiest[model][1]}, {busiest[model][2]})", "ms",
             [Line("p50", t, np.array([w.p50_ms for w in windows])), Line("p99", t, np.array([w.p99_ms for w in windows]))],
-            markers)))
+            markers, spans)))
     per_model = collections.defaultdict(lambda: collections.Counter())
     lengths = {}
     for key, windows in by_key.items():
@@ -258,7 +276,12 @@ def render_html(report: RunReport, store: RunStore) -> str:
                                 [[r.model, r.scenario, r.protocol, r.requests, r.errors + r.missing_errors, r.wrong,
                                   r.throughput, r.p50_ms, r.p99_ms, r.max_ms] for r in s.latency]))
     parts.append("<h2>Over time</h2>")
-    parts += _latency_charts(store, markers)
+    spans = client_bound_spans(store, report.duration_s)
+    if spans:
+        parts.append(f"<p>Shaded on the latency charts: {len(spans)} spans ({sum(b - a for a, b, _ in spans):.0f} s) "
+                     "where a worker was its own bottleneck (a core's worth of CPU, a late event loop or a late "
+                     "schedule); drift is not judged on windows that overlap them.</p>")
+    parts += _latency_charts(store, markers, spans)
     parts.append("<h2>Resources</h2>")
     parts += _memory_charts(store, report, markers)
     parts += _count_charts(store, report, markers)
