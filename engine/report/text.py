@@ -46,6 +46,10 @@ def render_summary(report: RunReport) -> str:
     lost = report.figures.get("lost_messages", 0)
     if lost:
         lines.append(f"telemetry: {lost} messages lost")
+    held = report.figures.get("client_bound_windows", 0)
+    if held:
+        lines.append(f"load generator: drift not judged on {held} windows where a worker was its own bottleneck "
+                     "(shaded in report.html)")
     budget = report.host_memory.budget if report.host_memory is not None else None
     if budget is not None and (budget.waits or budget.skipped):
         lines.append(f"large requests: {budget.waits} waited {budget.wait_s:.1f} s in total for the memory budget "
