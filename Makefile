@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/smoke.toml
 
-.PHONY: smoke test bench soak install-run install-test browser clean
+.PHONY: smoke test lint bench soak install-run install-test browser clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,14 @@ $(VENV)/bin/python:
 smoke: install-run
 	$(PY) -m engine --config $(CONFIG)
 
-# Everything the tests need (the optional ONNX, TorchScript and Ray paths included), then the suite.
+# Everything the tests need (the optional ONNX, TorchScript and Ray paths included), the lint (ruff), then the suite.
 test: install-test browser
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The lint alone (ruff; its settings are in pyproject.toml).
+lint: install-test
+	$(VENV)/bin/ruff check .
 
 # The engine's own benchmarks (tools/bench/): under 15 minutes on a quiet machine; writes
 # BENCHMARKS.md and benchmarks.json. FOOTPRINT_MINUTES=20 for the footprint's full-length figure.

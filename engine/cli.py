@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild a run's report from its store (also of a crashed run)",
                             description="Read RUN_DIR/run.sqlite (never written to), print the summary (the "
                                         "per-scenario table, latency per model, incidents, verdicts) and write "
-                                        "report.json, report.html and stress_report.txt into RUN_DIR. Exit status: 0 pass, "
+                                        "report.json, report.html and stress_report.txt into RUN_DIR. "
+                                        "Exit status: 0 pass, "
                                         "1 fail (or a run that did not end normally), 2 no readable store.")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run's directory (results/<run id>)")
     report.add_argument("--no-write", action="store_true", help="print only; write no file")

@@ -7,8 +7,8 @@ SIGINT stops at once. A worker that dies is an incident: it is replaced by a new
 fresh correlation-id block, and the run goes on. A server that dies is started again on its
 ports ([server] restarts), an attached one that stops answering is waited for with backoff
 ([server] reconnect_timeout); the load stops meanwhile and starts again with fresh workers. Either
-is an incident that fails the run: a server that goes away under load is a finding. A verdict of a detector listed as fatal ends
-the run.
+is an incident that fails the run: a server that goes away under load is a finding. A verdict of a
+detector listed as fatal ends the run.
 """
 
 from __future__ import annotations
@@ -167,7 +167,8 @@ class Coordinator:
             weights = {**dict(config.scenarios.weights), **{load.scenario: load.weight for load in self.user_loads}}
             scenario_table(weights, specs, config.scenarios, self.user_loads)
             for load in self.user_loads:
-                _say(f"  {load.scenario}: inputs {', '.join(f'{t.name} {t.datatype}{list(t.dims)}' for t in load.spec.inputs)}"
+                _say(f"  {load.scenario}: inputs "
+                     f"{', '.join(f'{t.name} {t.datatype}{list(t.dims)}' for t in load.spec.inputs)}"
                      f", data {load.data}" + (f", {len(load.expect)} validation rows" if load.expect else ""))
             self._oom = OomWatch.start()  # the kernel log's position and OOM counter as the load starts
             self._started = time.monotonic()
@@ -267,7 +268,8 @@ class Coordinator:
         assert self.backend is not None
         self._monitors[index] = self.backend.start_monitor(MonitorSpec(
             server_pid=server.pid, metrics_url=server.endpoints.metrics, http_url=server.endpoints.http,
-            run_id=self.paths.run_id, shm_prefixes=(f"tee_{self.paths.run_id}_", backend_region_prefix(self.paths.run_id)),
+            run_id=self.paths.run_id,
+            shm_prefixes=(f"tee_{self.paths.run_id}_", backend_region_prefix(self.paths.run_id)),
             interval_s=self.settings.sample_interval_s,
             telemetry_endpoint=self.backend.remote_endpoint if remote else self._telemetry,
             deadline_s=max(0.0, deadline - time.monotonic()) + AGGREGATOR_STOP_S + WORKER_START_S,

@@ -185,7 +185,8 @@ def plan_budget(inputs: BudgetInputs, host: HostMemory) -> BudgetPlan:
     if shm_fixed + shm_client > host.shm_free:
         raise BudgetError(
             f"the config cannot fit /dev/shm: one {_key_of(size, timeout_bytes)} = {size} input needs "
-            f"{(shm_fixed + shm_client) / GiB:.1f} GiB of shared memory, /dev/shm has {host.shm_free / GiB:.1f} GiB free")
+            f"{(shm_fixed + shm_client) / GiB:.1f} GiB of shared memory, "
+            f"/dev/shm has {host.shm_free / GiB:.1f} GiB free")
     limit = 1
     while limit < in_flight_max and cost(limit + 1) <= budget and shm_cost(limit + 1) <= host.shm_free:
         limit += 1

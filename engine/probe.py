@@ -41,7 +41,8 @@ def _sample(spec: ModelSpec, length: int = 16) -> np.ndarray:
     """A deterministic input for the model's first input; batched models get a batch of 1."""
     tensor = spec.inputs[0]
     if tensor.datatype == "BYTES":
-        data = np.array([b"\x00bin", "ünï".encode(), b"probe"] * (length // 3) + [b"x"] * (length % 3), dtype=np.object_)
+        data = np.array([b"\x00bin", "ünï".encode(), b"probe"] * (length // 3) + [b"x"] * (length % 3),
+                        dtype=np.object_)
     else:
         data = np.arange(1, length + 1).astype(_NUMPY_TYPES[tensor.datatype])
     return data.reshape((1, length)) if spec.max_batch_size > 0 else data

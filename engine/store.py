@@ -124,7 +124,8 @@ class RunStore:
         db = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=30.0)
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if version is None or int(version[0]) != SCHEMA_VERSION:
-            raise ValueError(f"{path}: store schema {version[0] if version else '?'}, this engine reads {SCHEMA_VERSION}")
+            raise ValueError(f"{path}: store schema {version[0] if version else '?'}, "
+                             f"this engine reads {SCHEMA_VERSION}")
         return cls(db, path)
 
     # -- writing (the aggregator) ----------------------------------------------------------
@@ -154,7 +155,8 @@ class RunStore:
             "INSERT INTO verdicts (detector, kind, subject, since_s, at_s, size, unit, low, high, evidence, samples, "
             "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (v.detector, v.kind, v.subject, v.since_s, v.at_s, v.size, v.unit, v.low, v.high,
-             orjson.dumps(v.evidence, option=orjson.OPT_SERIALIZE_NUMPY).decode(), orjson.dumps(list(v.samples)).decode(),
+             orjson.dumps(v.evidence, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+             orjson.dumps(list(v.samples)).decode(),
              state))
         return int(cursor.lastrowid or 0)
 

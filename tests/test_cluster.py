@@ -95,7 +95,8 @@ def test_only_endpoints_that_leave_the_host_need_curve() -> None:
     assert leaves_host("tcp://10.0.0.5:5555") and leaves_host("tcp://*:5555")
     keys = generate_run_keys()
     assert keys.client.server_public == keys.server.public and keys.server.allowed_client == keys.client.public
-    assert keys.server.secret.decode() not in repr(keys) and keys.client.secret.decode() not in repr(keys)  # never logged
+    assert (keys.server.secret.decode() not in repr(keys)
+            and keys.client.secret.decode() not in repr(keys))  # never logged
     assert generate_run_keys().server.public != keys.server.public  # per run
 
 

@@ -174,5 +174,6 @@ def test_resolved_config_is_json_ready(tmp_path: Path) -> None:
 
     plain = config_to_dict(_load(tmp_path, '[run]\nduration = "2m"\nseed = 9\n'))
     again = orjson.loads(orjson.dumps(plain))
-    assert again["run"] == {"duration": 120.0, "seed": 9, "results_dir": "results", "memory_budget": 0.8, "memory_budget_bytes": 0}
+    assert again["run"] == {"duration": 120.0, "seed": 9, "results_dir": "results", "memory_budget": 0.8,
+                            "memory_budget_bytes": 0}
     assert again["models"]["faults"]["leak_bytes_per_request"] == 65536

@@ -19,7 +19,8 @@ CASES = {
     "fp32": [TensorRef("INPUT0", array=RNG.standard_normal((1, 16)).astype(np.float32))],
     "large": [TensorRef("INPUT0", array=RNG.standard_normal((1, 300_000)).astype(np.float32))],
     "fortran order": [TensorRef("INPUT0", array=np.asfortranarray(np.arange(12, dtype=np.int32).reshape(3, 4)))],
-    "bytes and two inputs": [TensorRef("INPUT0", array=np.array([b"", "é".encode(), b"\x00z"], np.object_).reshape(1, 3)),
+    "bytes and two inputs": [TensorRef("INPUT0",
+                                       array=np.array([b"", "é".encode(), b"\x00z"], np.object_).reshape(1, 3)),
                              TensorRef("INPUT1", array=np.ones((1, 2), np.int32))],
 }
 SEQUENCES = [{}, {"sequence_id": 77, "sequence_start": True}, {"sequence_id": "w1-5", "sequence_end": True}]
@@ -28,7 +29,8 @@ SEQUENCES = [{}, {"sequence_id": 77, "sequence_start": True}, {"sequence_id": "w
 def _tritonclient_request(model: str, inputs: list[TensorRef], outputs: list[TensorRef], **sequence: object):
     tensors = []
     for ref in inputs:
-        datatype = "BYTES" if ref.array.dtype == np.object_ else {np.float32: "FP32", np.int32: "INT32"}[ref.array.dtype.type]
+        datatype = ("BYTES" if ref.array.dtype == np.object_
+                    else {np.float32: "FP32", np.int32: "INT32"}[ref.array.dtype.type])
         tensor = grpcclient.InferInput(ref.name, list(ref.array.shape), datatype)
         if ref.slot is not None:
             tensor.set_shared_memory(ref.slot.region, ref.slot.byte_size, ref.slot.offset)

@@ -44,7 +44,8 @@ def test_the_report_arrives_as_html_with_the_suites_subject(inbox) -> None:
     box, port = inbox
     section = EmailSection(smtp_host="127.0.0.1", smtp_port=port, starttls=False, sender="engine@example.org",
                            recipients=("a@example.org", "b@example.org"), subject_prefix="Long")
-    line = send_report(section, "TOTAL | 0 | 10 | 100 |\nverdict: PASS\n", "<html><body><h1>Run x PASS</h1></body></html>")
+    line = send_report(section, "TOTAL | 0 | 10 | 100 |\nverdict: PASS\n",
+                       "<html><body><h1>Run x PASS</h1></body></html>")
     [(sender, recipients, content)] = box.messages
     assert sender == "engine@example.org" and recipients == ["a@example.org", "b@example.org"]
     message = email.message_from_bytes(content, policy=email.policy.default)

@@ -140,7 +140,8 @@ def test_label_values_are_escaped(endpoint: PrometheusEndpoint) -> None:
 
 
 def test_special_values_and_help_escapes_follow_the_spec(endpoint: PrometheusEndpoint) -> None:
-    endpoint.update({"engine_odd": ("ratio of C:\\x to y", {(("k", "nan"),): float("nan"), (("k", "inf"),): float("inf"),
+    endpoint.update({"engine_odd": ("ratio of C:\\x to y", {(("k", "nan"),): float("nan"),
+                                                              (("k", "inf"),): float("inf"),
                                                               (("k", "-inf"),): float("-inf")})})
     text = _scrape(endpoint)[0]
     helps, _, samples = parse(text)
@@ -164,7 +165,8 @@ def test_scrapes_while_updates_go_on_always_parse(endpoint: PrometheusEndpoint) 
     updater.start()
     try:
         results: list[object] = []
-        scrapers = [threading.Thread(target=lambda: results.append(parse(_scrape(endpoint)[0]))) for _ in range(SCRAPERS)]
+        scrapers = [threading.Thread(target=lambda: results.append(parse(_scrape(endpoint)[0])))
+                    for _ in range(SCRAPERS)]
         for thread in scrapers:
             thread.start()
         for thread in scrapers:

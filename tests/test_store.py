@@ -42,7 +42,8 @@ def test_every_table_round_trips(tmp_path: Path) -> None:
         assert np.array_equal(t, [0.5, 1.5]) and np.array_equal(v, [1e6, 2e6])
         assert [(e.what, e.text) for e in reader.events()] == [("scenario_failed", "boom")]
         [row] = reader.verdicts()
-        assert row.state == "withdrawn" and row.verdict.samples == ("first",) and row.verdict.evidence["gate_mib_h"] == 64
+        assert (row.state == "withdrawn" and row.verdict.samples == ("first",)
+                and row.verdict.evidence["gate_mib_h"] == 64)
         assert reader.incidents() == [(3.0, "worker 1 exited")]
         assert reader.status() == {"requests": 10} and reader.totals() == [("identity", 3, 1, 10)]
     finally:

@@ -64,7 +64,8 @@ live = "plain"
 """
 
 
-def _start(tmp_path: Path, duration: str, server: str = 'extra_args = ["--exit-timeout-secs=2"]') -> subprocess.Popen[str]:
+def _start(tmp_path: Path, duration: str,
+           server: str = 'extra_args = ["--exit-timeout-secs=2"]') -> subprocess.Popen[str]:
     config = tmp_path / "run.toml"
     config.write_text(CONFIG.format(duration=duration, results=tmp_path / "results", server=server))
     return subprocess.Popen([sys.executable, "-m", "engine", "--config", str(config)], cwd=ROOT,
@@ -259,7 +260,8 @@ def test_an_attached_server_that_goes_away_is_waited_for_and_the_load_resumes(tm
     repo = tmp_path / "repo"
     generate_repository(repo, RepoOptions(models=(MODEL,), instance_count=1))
     server = LaunchedServer(LaunchOptions(repository=repo, work_dir=tmp_path / "server", stop_timeout=15.0,
-                                          shm_prefix=f"tee_srv_{tmp_path.name}_", extra_args=("--exit-timeout-secs=2",)))
+                                          shm_prefix=f"tee_srv_{tmp_path.name}_",
+                                          extra_args=("--exit-timeout-secs=2",)))
     server.start()
     try:
         e = server.endpoints

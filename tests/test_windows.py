@@ -28,7 +28,8 @@ MS = 1_000_000
 ORIGIN = 1_000 * S
 
 
-def _batch(models: tuple[str, ...], scenarios: tuple[str, ...], rows: list[tuple], protocol: str = "grpc") -> RecordBatch:
+def _batch(models: tuple[str, ...], scenarios: tuple[str, ...], rows: list[tuple],
+           protocol: str = "grpc") -> RecordBatch:
     """Rows (start_ns, latency_ns, model code, scenario code, status) through the real wire format."""
     buffer = RecordBuffer(models, scenarios, protocol, capacity=max(1, len(rows)))
     for row in rows:

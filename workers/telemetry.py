@@ -91,7 +91,8 @@ def decode_batch(message: Message) -> RecordBatch:
     for name, dtype in COLUMNS.items():
         column = np.frombuffer(body["columns"][name], dtype=dtype)
         if len(column) != count:
-            raise ValueError(f"batch {message.seq} from {message.sender}: column {name} has {len(column)} rows, not {count}")
+            raise ValueError(f"batch {message.seq} from {message.sender}: column {name} has {len(column)} rows, "
+                             f"not {count}")
         columns[name] = column
     return RecordBatch(body["protocol"], tuple(body["models"]), tuple(body["scenarios"]), columns,
                        body.get("target", ""))

@@ -186,7 +186,8 @@ class Worker:
         self.models = {m.name: m for m in (*spec.models, *(load.spec for load in spec.user_loads))}
         self.model_codes = {name: i for i, name in enumerate(self.models)}
         self.sender = TelemetrySender(spec.telemetry_endpoint, f"worker-{spec.worker_id}",
-                                      RecordBuffer(tuple(self.models), self.scenarios, spec.protocol, target=spec.target),
+                                      RecordBuffer(tuple(self.models), self.scenarios, spec.protocol,
+                                                   target=spec.target),
                                       keys=spec.telemetry_keys)
         self.ids = IdSource(spec.id_base, spec.id_block, spec.worker_id)
         self.totals: dict[str, list[int]] = {name: [0, 0, 0] for name in self.scenarios}

@@ -53,7 +53,8 @@ def _cpu_s() -> float:
 def measure(endpoint: str, keys: ClientKeys | None, server: ServerKeys | None, batches: int) -> float:
     """Sender CPU in ns per record for `batches` full batches."""
     ready = multiprocessing.get_context("spawn").Event()
-    receiver = multiprocessing.get_context("spawn").Process(target=_receiver, args=(endpoint, server, batches + 1, ready))
+    receiver = multiprocessing.get_context("spawn").Process(target=_receiver,
+                                                            args=(endpoint, server, batches + 1, ready))
     receiver.start()
     ready.wait(30)
     context = zmq.Context()

@@ -27,7 +27,8 @@ from workers.worker import Worker, WorkerSpec
 
 from .backend import ProcessHandle, clean_here
 from .keys import ClientKeys
-from .placement import PIN_AMOUNT, NodeInfo, Placement, PlacementError, server_node, uses_shared_memory, worker_placement
+from .placement import (PIN_AMOUNT, NodeInfo, Placement, PlacementError, server_node, uses_shared_memory,
+                        worker_placement)
 from .targets import TargetInfo
 
 

@@ -71,7 +71,8 @@ class Reader:
         close = suggest(name, known)
         hint = f"; did you mean '{close}'?" if close else f"; known keys: {', '.join(known)}"
         where = f"[{key}] " if key else ""
-        return ConfigError(f"{self.source}: unknown key {where}{name} = {_show(value) if not isinstance(value, dict) else '{...}'}{hint}")
+        return ConfigError(f"{self.source}: unknown key {where}{name} = "
+                           f"{_show(value) if not isinstance(value, dict) else '{...}'}{hint}")
 
     def convert(self, hint: Any, value: Any, key: str, meta: Any) -> Any:
         origin = typing.get_origin(hint)

@@ -63,7 +63,8 @@ class ServerSection:
     grpc_port: int = _port("gRPC port of a launched server; 0 = a free one")
     metrics_port: int = _port("metrics port of a launched server; 0 = a free one")
     startup_timeout: float = field(default=120.0, metadata={
-        "unit": "duration", "min_exclusive": 0, "help": "how long to wait for the server (and every model) to be ready"})
+        "unit": "duration", "min_exclusive": 0,
+        "help": "how long to wait for the server (and every model) to be ready"})
     stop_timeout: float = field(default=30.0, metadata={
         "unit": "duration", "min_exclusive": 0, "help": "how long a launched server gets to exit before SIGKILL"})
     extra_args: tuple[str, ...] = field(default=(), metadata={"help": "more tritonserver arguments"})
@@ -78,7 +79,8 @@ class ServerSection:
 @dataclass(frozen=True)
 class InputSection:
     name: str = field(metadata={"help": "input name, as the model's config has it"})
-    datatype: str = field(default="", metadata={"help": 'Triton datatype ("FP32", "INT64", "BYTES", ...); "" = from metadata'})
+    datatype: str = field(default="", metadata={
+        "help": 'Triton datatype ("FP32", "INT64", "BYTES", ...); "" = from metadata'})
     shape: tuple[int, ...] = field(default=(), metadata={
         "min": 1, "help": "shape without the batch dimension; () = from metadata (needs no -1 there)"})
 
@@ -119,7 +121,8 @@ class WorkersSection:
     max_outstanding: int = field(default=256, metadata={
         "min": 1, "help": "open loop: plans in flight before the schedule skips (skips are counted)"})
     silent_timeout: float = field(default=30.0, metadata={
-        "unit": "duration", "min_exclusive": 0, "help": "a worker without a heartbeat this long is killed and replaced"})
+        "unit": "duration", "min_exclusive": 0,
+        "help": "a worker without a heartbeat this long is killed and replaced"})
     event_loop: str = field(default="uvloop", metadata={
         "choices": EVENT_LOOPS, "help": "the workers' event loop: uvloop (less CPU per request) or asyncio's own"})
 
@@ -199,7 +202,8 @@ class ReportSection:
 
 @dataclass(frozen=True)
 class PerfSection:
-    models: tuple[str, ...] = field(default=("identity_fp32",), metadata={"choices": ALL_MODELS, "help": "models swept"})
+    models: tuple[str, ...] = field(default=("identity_fp32",), metadata={
+        "choices": ALL_MODELS, "help": "models swept"})
     protocols: tuple[str, ...] = field(default=("grpc", "http"), metadata={"choices": PROTOCOLS, "help": "protocols"})
     shm_modes: tuple[str, ...] = field(default=("none",), metadata={
         "choices": ("none", "system", "cuda"), "help": "tensor transports"})
@@ -217,7 +221,8 @@ class PerfSection:
         "min": 0, "help": "allowed throughput loss against the baseline"})
     baseline_p99_tolerance: float = field(default=0.10, metadata={"min": 0, "help": "allowed p99 growth"})
     request_distribution: str = field(default="constant", metadata={
-        "choices": ("constant", "poisson"), "help": "open loop: arrival times (perf_analyzer's --request-distribution)"})
+        "choices": ("constant", "poisson"),
+        "help": "open loop: arrival times (perf_analyzer's --request-distribution)"})
     max_outstanding: int = field(default=64, metadata={
         "min": 1, "max": 1024, "help": "open loop: requests in flight (a connection each) before the schedule skips"})
     request_timeout: float = field(default=30.0, metadata={

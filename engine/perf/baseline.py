@@ -229,7 +229,8 @@ def render_gate(result: GateResult, baseline: Baseline) -> str:
         verdict = "REGRESSED" if c.regressed else "ok"
         if c.unstable:
             verdict += " (unstable" + (", not gated)" if c.regressed and result.ignore_unstable else ")")
-        rows.append((c.key, c.metric, _figure(c.metric, c.baseline), _figure(c.metric, c.run), change, allowed, verdict))
+        rows.append((c.key, c.metric, _figure(c.metric, c.baseline), _figure(c.metric, c.run), change, allowed,
+                     verdict))
     if rows:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
         right = {2, 3, 4, 5}

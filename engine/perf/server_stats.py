@@ -108,7 +108,8 @@ class StatsReader:
                     self._connection.close()
                 self._connection = None
                 if attempt == 2:
-                    raise StatsError(f"statistics of {model!r} from http://{self._host}:{self._port}: {exc!r}") from None
+                    raise StatsError(f"statistics of {model!r} from http://{self._host}:{self._port}: "
+                                     f"{exc!r}") from None
                 continue
             if status != 200:
                 raise StatsError(f"statistics of {model!r}: HTTP {status}: {body[:300].decode(errors='replace')}")

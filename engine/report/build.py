@@ -185,7 +185,8 @@ def _resources(store: RunStore) -> list[ResourceSummary]:
     out = []
     for name in store.series_names():
         plain = split_target(name)[1]  # a fleet's series: target/<server>/proc/...
-        if not (plain.startswith("proc/") and plain.rsplit("/", 1)[-1] in SUMMARY_FIELDS) and not plain.startswith("shm/"):
+        if (not (plain.startswith("proc/") and plain.rsplit("/", 1)[-1] in SUMMARY_FIELDS)
+                and not plain.startswith("shm/")):
             continue
         _, values = store.series(name)
         if len(values):

@@ -85,7 +85,8 @@ def _latency_charts(store: RunStore, markers: list[tuple[float, str]],
         t = np.array([w.start_s for w in windows])
         charts.append(render_chart(Chart(
             f"{model}: latency ({busiest[model][1]}, {busiest[model][2]})", "ms",
-            [Line("p50", t, np.array([w.p50_ms for w in windows])), Line("p99", t, np.array([w.p99_ms for w in windows]))],
+            [Line("p50", t, np.array([w.p50_ms for w in windows])),
+             Line("p99", t, np.array([w.p99_ms for w in windows]))],
             markers, spans)))
     per_model = collections.defaultdict(lambda: collections.Counter())
     lengths = {}

@@ -178,7 +178,8 @@ def main() -> None:
     rows.append(("merged windows == one histogram of everything", f"{f['merged_equals_whole']!s:>8}"))
     rows.append(("folder traced memory held, at 1/10 -> at the end",
                  f"{f['memory_tenth_mb']:8.2f} -> {f['memory_end_mb']:.2f} MB"))
-    rows.append(("folder traced peak, first 1/10 -> last 9/10", f"{f['peak_tenth_mb']:8.2f} -> {f['peak_end_mb']:.2f} MB"))
+    rows.append(("folder traced peak, first 1/10 -> last 9/10",
+                 f"{f['peak_tenth_mb']:8.2f} -> {f['peak_end_mb']:.2f} MB"))
     rows.append(("histogram bytes per window (mean)", f"{f['histogram_bytes']:8.0f} B"))
     rows.append(("store: resource value insert, commit each second", f"{f['store_us_per_value']:8.2f} us"))
     width = max(len(name) for name, _ in rows) + 2

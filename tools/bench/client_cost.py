@@ -302,8 +302,10 @@ def _result(rows: list[dict[str, Any]], seconds: float) -> BenchResult:
             level = [r for r in rows if r["concurrency"] == concurrency and r["setting"] == setting]
             engine = next(r for r in level if r["variant"] == "engine worker")
             best = max((r for r in level if not r["variant"].startswith("engine")), key=lambda r: r["rps"])
-            targets.append(Target(f"throughput, concurrency {concurrency}, {setting}", "at least the best plain variant's",
-                                  f"{engine['rps'] / best['rps']:.2f}x ({engine['rps']:.0f} vs {best['rps']:.0f} req/s, "
+            targets.append(Target(f"throughput, concurrency {concurrency}, {setting}",
+                                  "at least the best plain variant's",
+                                  f"{engine['rps'] / best['rps']:.2f}x ({engine['rps']:.0f} vs "
+                                  f"{best['rps']:.0f} req/s, "
                                   f"{best['variant']})", engine["rps"] >= best["rps"]))
     return BenchResult("client_cost", "1. Client cost and throughput: identity model (1x16 FP32), gRPC",
                        ["server model", "variant", "concurrency", "requests", "req/s", "client CPU us/req",

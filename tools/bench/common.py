@@ -65,7 +65,8 @@ class BenchResult:
     def report(self) -> str:
         lines = [f"## {self.title}", "", self.table(), ""]
         for target in self.targets:
-            lines.append(f"- {'met' if target.met else 'MISSED'}: {target.name}: {target.goal}; measured {target.measured}")
+            lines.append(f"- {'met' if target.met else 'MISSED'}: {target.name}: {target.goal}; "
+                         f"measured {target.measured}")
         lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines)
 

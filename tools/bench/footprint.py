@@ -641,7 +641,8 @@ def _result(args: argparse.Namespace, tracker: Tracker, duration: float, outcome
                               slope < GOAL_MIB_PER_H))
     report = outcome.get("report") or {}
     figures = report.get("figures") or {}
-    load = (f"{figures['requests']:,} requests ({figures['requests'] / max(report.get('duration_s') or duration, 1):,.0f}/s)"
+    load = (f"{figures['requests']:,} requests "
+            f"({figures['requests'] / max(report.get('duration_s') or duration, 1):,.0f}/s)"
             if "requests" in figures else "request count unknown (no report.json)")
     measured, notes = notes, [
         f"the real engine on the embedded default: bundled tritonserver (CPU), the smoke config's healthy models "

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     print(f"  sender: {sender_ns:.0f} ns/record; worker: {worker_us:.1f} us/request; share {share:.2%}", flush=True)
     p99_error = ingest["percentile_error_pct"][99]
     rows = [
-        ["aggregator ingest (unpack + decode + fold + close), one core", f"{ingest['records_per_s'] / 1e6:.2f} M records/s"],
+        ["aggregator ingest (unpack + decode + fold + close), one core",
+         f"{ingest['records_per_s'] / 1e6:.2f} M records/s"],
         ["aggregator CPU per record", f"{ingest['ns_per_record']:.0f} ns"],
         ["whole-run p99 from merged windows vs exact", f"{p99_error:+.3f} %"],
         ["aggregator window state, at 1/10 -> at the end",

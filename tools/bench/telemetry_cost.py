@@ -1,4 +1,5 @@
-"""Telemetry cost, measured two ways in one run (the aggregator's ingest: tools/bench/aggregator_ingest.py) (numbers, not a test):
+"""Telemetry cost, measured two ways in one run (the aggregator's ingest: tools/bench/aggregator_ingest.py)
+(numbers, not a test):
 
 1. sender: CPU per record of RecordBuffer.add + batch encode + ZeroMQ send (a receiver process
    drains the socket), in ns/record;

@@ -440,7 +440,8 @@ def judge(truth: Truth, run_dir: Path, outcome: Outcome) -> None:
 
 def render(outcome: Outcome) -> str:
     lines = [f"compressed run: {outcome.days:g} virtual days, {outcome.records:,} records in {outcome.messages:,} "
-             f"messages, fed in {outcome.feed_s:.0f} s ({outcome.days * DAY / max(outcome.feed_s, 1e-9):,.0f}x real time)",
+             f"messages, fed in {outcome.feed_s:.0f} s "
+             f"({outcome.days * DAY / max(outcome.feed_s, 1e-9):,.0f}x real time)",
              f"store at the end: {outcome.store_bytes / 1e6:.1f} MB; engine report: {outcome.report_s:.1f} s, "
              f"report.html {outcome.html_bytes / 1e6:.2f} MB",
              "verdicts:"]
