@@ -42,7 +42,6 @@ class ResourceWatch:
         # samples: a process that started later (a restart) gets its own warm-up.
         self.started: dict[str, float] = {}
         self._first_at: float | None = None
-        self.pending: dict[str, float] = {}  # model -> the server's pending request count, last sample
         self._pending_on: dict[str, dict[str, float]] = {}  # target ("" for one server) -> model -> pending
         self.leak: dict[str, LeakDetector] = {}  # series name -> its detector
         self.discrete: dict[str, DiscreteLeakDetector] = {}
@@ -68,8 +67,6 @@ class ResourceWatch:
             if plain.startswith("model/") and plain.endswith("/pending"):
                 model = plain[len("model/"):-len("/pending")]
                 self._pending_on.setdefault(target, {})[model] = float(value)
-                if not target:
-                    self.pending[model] = float(value)
         for name, value in samples.items():
             target, plain = split_target(name)
             if plain in SHM_SERIES:
@@ -92,6 +89,11 @@ class ResourceWatch:
                 if recent is None:
                     recent = self.stub_cpu[process[len("stub/"):]] = RecentSamples(STUB_CPU_HORIZON_S)
                 recent.append(at, float(value))
+
+    @property
+    def pending(self) -> dict[str, float]:
+        """Model -> the (one) server's pending request count, as last sampled."""
+        return self._pending_on.get("", {})
 
     def _restart(self, process: str) -> None:
         """A new pid behind a process name: its old series and leak state do not continue."""

@@ -662,16 +662,7 @@ def _result(args: argparse.Namespace, tracker: Tracker, duration: float, outcome
         f"processes the workers start (crashing_client scenario, {tracker.worker_children} seen) are short-lived "
         "and not sampled",
     ]
-    part = min(120.0, duration / 5)
-    shares = []
-    for series in order:
-        if series.engine and series.times:
-            first = series.cpu_share(series.times[0], series.times[0] + part)
-            last = series.cpu_share(series.times[-1] - part, series.times[-1])
-            if first is not None and last is not None:
-                shares.append(f"{series.label} {100 * first:.0f} -> {100 * last:.0f}")
-    if shares:
-        notes.append(f"CPU, % of one core over the first and the last {part / 60:g} min of load: " + ", ".join(shares))
+    notes += cpu_note(order, min(120.0, duration / 5))
     notes += tracker.events or ["no engine process was replaced during the load"]
     for at, what in report.get("incidents") or []:
         notes.append(f"engine incident at {at:.0f} s: {what}")
@@ -684,6 +675,21 @@ def _result(args: argparse.Namespace, tracker: Tracker, duration: float, outcome
                         "95 % interval MiB/h", "2nd-half slope MiB/h", "floor slope MiB/h", "RssAnon slope MiB/h",
                         "samples"],
                        rows, targets, notes, seconds)
+
+
+def cpu_note(series_list: list[Series], part: float) -> list[str]:
+    """A note of each engine process's CPU (% of one core) over the first and the last `part`
+    seconds of load; none when no process has both."""
+    shares = []
+    for series in series_list:
+        if series.engine and series.times:
+            first = series.cpu_share(series.times[0], series.times[0] + part)
+            last = series.cpu_share(series.times[-1] - part, series.times[-1])
+            if first is not None and last is not None:
+                shares.append(f"{series.label} {100 * first:.0f} -> {100 * last:.0f}")
+    if not shares:
+        return []
+    return [f"CPU, % of one core over the first and the last {part / 60:g} min of load: " + ", ".join(shares)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -361,16 +361,7 @@ def method_notes(args: argparse.Namespace, tracker: Tracker, duration: float) ->
         f"not judged; the processes the workers start (crashing_client, {tracker.worker_children} seen) are "
         "short-lived and not sampled",
     ]
-    part = min(600.0, duration / 5)
-    shares = []
-    for series in tracker.series.values():
-        if series.engine and series.times:
-            first = series.cpu_share(series.times[0], series.times[0] + part)
-            last = series.cpu_share(series.times[-1] - part, series.times[-1])
-            if first is not None and last is not None:
-                shares.append(f"{series.label} {100 * first:.0f} -> {100 * last:.0f}")
-    if shares:
-        notes.append(f"CPU, % of one core over the first and the last {part / 60:g} min of load: " + ", ".join(shares))
+    notes += footprint.cpu_note(list(tracker.series.values()), min(600.0, duration / 5))
     return notes + (tracker.events or ["no engine process was replaced during the load"])
 
 
