@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import orjson
 
@@ -184,9 +184,7 @@ def _cmd_gen_repo(args: argparse.Namespace) -> int:
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     import tritonclient.grpc as grpcclient
 
-    from shm import cleanup, cleanup_all_runs
-
-    from .run_setup import backend_region_prefix
+    from shm import cleanup, cleanup_all_runs, is_server_region
 
     client = grpcclient.InferenceServerClient(args.url) if args.url else None
     try:
@@ -194,8 +192,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     finally:
         if client is not None:
             client.close()
-    prefix = backend_region_prefix(args.run_id) if args.run_id else "tee"
-    backend = [p for p in Path("/dev/shm").glob(f"{prefix}*") if not p.name.startswith("tee_")]
+    backend = [p for p in Path("/dev/shm").iterdir() if is_server_region(p.name, args.run_id or None)]
     for region in backend:  # the python-backend regions of a server the run launched
         region.unlink(missing_ok=True)
     print(f"unregistered {len(report.unregistered)} regions, unlinked {len(report.unlinked)} worker regions "

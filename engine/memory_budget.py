@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from model_repo_gen.spec import ModelSpec
 import tritonclient.grpc as grpcclient
 
+from model_repo_gen.spec import ModelSpec
 from shm import SystemRegion, host_region_name, resolve_mode, unregister
 from workers.host_budget import LARGE_REQUEST_BYTES, HostBudget
 from workers.plans import TIMEOUT_INPUT, large_tensor_targets, timeout_targets
@@ -51,10 +50,11 @@ STUB_POOL_COPIES = 2.0  # a python stub's shm pool, kept for its life: input + o
 QUEUED_STUB_POOL_COPIES = 4.0  # ...and twice that when large requests queue for its instance
 SERVER_TRANSIENT_COPIES = 2.0  # anonymous memory of the stub and server while the request executes
 INLINE_CLIENT_COPIES = 2.0  # without shm: the request message and the answer, in the worker
-WORKER_ALLOWANCE = 192 * MiB  # one worker process without large inputs (measured: ~90 MiB RSS, and its pools)
-ENGINE_ALLOWANCE = 512 * MiB  # coordinator, aggregator and monitor (measured: ~300 MiB together)
+# The allowances below are the measured RSS (BENCHMARKS.md, the footprint section) with room to spare.
+WORKER_ALLOWANCE = 192 * MiB  # one worker process without large inputs, and its pools
+ENGINE_ALLOWANCE = 512 * MiB  # coordinator, aggregator and monitor together
 SERVER_ALLOWANCE = 256 * MiB  # tritonserver itself, before any large input
-STUB_ALLOWANCE = 96 * MiB  # one python backend stub and its first shm pool (measured: ~40-60 MiB RSS)
+STUB_ALLOWANCE = 96 * MiB  # one python backend stub and its first shm pool
 
 
 class BudgetError(ConfigError):
@@ -68,7 +68,7 @@ class HostMemory:
     shm_free: int
 
     @classmethod
-    def read(cls, shm_dir: str = "/dev/shm") -> "HostMemory":
+    def read(cls, shm_dir: str = "/dev/shm") -> HostMemory:
         available = read_memory().available_bytes or 0  # the monitor's own reading of /proc/meminfo
         try:
             shm_free = shutil.disk_usage(shm_dir).free

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from model_repo_gen import ModelSpec, generate_repository
+from shm import server_region_prefix
 
 from .config import Config, config_to_dict
 from .server import (
@@ -29,12 +30,6 @@ class RunPaths:
     repository: Path  # generated model repository
     server_dir: Path  # backend directory links and the server log
     config_json: Path  # the resolved config, as the run used it
-
-
-def backend_region_prefix(run_id: str) -> str:
-    """Prefix of the python-backend regions of a server this run launches (never "tee_": that
-    prefix is the workers' regions)."""
-    return f"tee{run_id.replace('-', '')}_"
 
 
 def new_run_id() -> str:
@@ -79,7 +74,7 @@ def start_server(config: Config, paths: RunPaths, models: tuple[ModelSpec, ...])
         stop_timeout=server.stop_timeout,
         extra_args=tuple(server.extra_args),
         extra_repositories=(Path(server.model_repository).resolve(),) if server.model_repository else (),
-        shm_prefix=backend_region_prefix(paths.run_id),
+        shm_prefix=server_region_prefix(paths.run_id),
     )
     launched = LaunchedServer(options)
     launched.start()

@@ -8,6 +8,7 @@ everything up to its last commit; a reader of a killed run's file gets SQLite's 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from engine.aggregator.window_stats import WindowStats
 from engine.detectors.verdict import Verdict
+from engine.live_status import LiveStatus
+from engine.window_stats import WindowStats
 
 SCHEMA_VERSION = 1
 VERDICT_STATES = ("open", "cleared", "withdrawn", "info")
@@ -173,9 +175,8 @@ class RunStore:
     def add_incident(self, at_s: float, what: str) -> None:
         self._db.execute("INSERT INTO incidents VALUES (?, ?)", (at_s, what))
 
-    def set_status(self, figures: Mapping[str, Any]) -> None:
-        self._db.execute("INSERT OR REPLACE INTO status VALUES (1, ?)",
-                         (orjson.dumps(figures, option=orjson.OPT_SERIALIZE_NUMPY).decode(),))
+    def set_status(self, status: LiveStatus) -> None:
+        self._db.execute("INSERT OR REPLACE INTO status VALUES (1, ?)", (status.to_json().decode(),))
 
     def set_totals(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
         self._db.executemany("INSERT OR REPLACE INTO totals VALUES (?, ?, ?, ?)", rows)
@@ -223,9 +224,10 @@ class RunStore:
     def incidents(self) -> list[tuple[float, str]]:
         return [tuple(row) for row in self._db.execute("SELECT at_s, what FROM incidents ORDER BY at_s")]
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> LiveStatus | None:
+        """The live figures of the last commit; None before the first."""
         row = self._db.execute("SELECT figures FROM status WHERE id = 1").fetchone()
-        return orjson.loads(row[0]) if row else {}
+        return LiveStatus.from_json(row[0]) if row else None
 
     def totals(self) -> list[tuple[str, int, int, int]]:
         return [tuple(row) for row in self._db.execute("SELECT * FROM totals ORDER BY scenario")]
@@ -236,8 +238,6 @@ class RunStore:
             # A finished run leaves one plain file, so read-only readers find no -wal/-shm to
             # create. Only possible when no reader is attached: then it stays WAL, and fine.
             self._db.execute("PRAGMA busy_timeout = 0")
-            try:
+            with contextlib.suppress(sqlite3.OperationalError):
                 self._db.execute("PRAGMA journal_mode=DELETE")
-            except sqlite3.OperationalError:
-                pass
         self._db.close()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from typing import Any
 
-from .options import ALL_MODELS, RepoOptions
+from .options import ALL_MODELS, FaultOptions, RepoOptions
+from .pbtxt import FAULT_KINDS as PBTXT_FAULT_KINDS
 from .spec import (
     CONTROL_CORRID,
     CONTROL_END,
@@ -14,6 +16,7 @@ from .spec import (
     DECOUPLED_COUNT_INPUT,
     DECOUPLED_OUTPUT,
     DECOUPLED_VALUE_INPUT,
+    FAULT_KINDS,
     IDENTITY_INPUT,
     IDENTITY_OUTPUT,
     SEQUENCE_INPUT,
@@ -25,6 +28,7 @@ from .spec import (
 from .validate import check_options
 
 _DTYPES = {"fp32": "FP32", "int32": "INT32", "bytes": "BYTES"}
+COMPUTE_DRIFT_INSTANCES = 4  # compute_drift_fp32's instances at least
 
 
 def _identity_tensors(datatype: str) -> dict:
@@ -102,26 +106,50 @@ def _decoupled(name: str, o: RepoOptions) -> ModelSpec:
     )
 
 
+def _fault_knobs(kind: str, f: FaultOptions) -> dict[str, float | int]:
+    """What the faulty model of `kind` reads from its config, by parameter name."""
+    return {
+        "leak": {"leak_bytes_per_request": f.leak_bytes_per_request},
+        "hang": {"hang_after_requests": f.hang_after_requests, "hang_instance": f.hang_instance},
+        "drift": {"drift_ms_per_minute": f.drift_ms_per_minute, "drift_onset_s": f.drift_onset},
+        "wrong": {"wrong_every": f.wrong_every},
+        "crash": {"crash_after_requests": f.crash_after_requests},
+        "plateau": {"plateau_bytes": f.plateau_bytes, "plateau_time_constant_s": f.plateau_time_constant},
+        "ratchet": {"ratchet_bytes_per_request": f.ratchet_bytes_per_request, "ratchet_period_s": f.ratchet_period,
+                    "ratchet_free_fraction": f.ratchet_free_fraction},
+        "deadlock": {"deadlock_after_requests": f.deadlock_after_requests},
+        "queue_drift": {},
+        "fd_leak": {"fd_leak_every": f.fd_leak_every},
+        # The same growing sleep as drift_fp32, on top of a base execute time.
+        "compute_drift": {"drift_ms_per_minute": f.compute_drift_ms_per_minute,
+                          "drift_onset_s": f.compute_drift_onset},
+    }[kind]
+
+
 def _fault(kind: str) -> Callable[[str, RepoOptions], ModelSpec]:
     def build(name: str, o: RepoOptions) -> ModelSpec:
         f = o.faults
-        knobs = {
-            "leak": {"leak_bytes_per_request": f.leak_bytes_per_request},
-            "hang": {"hang_after_requests": f.hang_after_requests, "hang_instance": f.hang_instance},
-            "drift": {"drift_ms_per_minute": f.drift_ms_per_minute, "drift_onset_s": f.drift_onset},
-            "wrong": {"wrong_every": f.wrong_every},
-            "crash": {"crash_after_requests": f.crash_after_requests},
-            "plateau": {"plateau_bytes": f.plateau_bytes, "plateau_time_constant_s": f.plateau_time_constant},
-        }[kind]
-        # A hang on one instance of two is the case to catch: the other instance hides it from
-        # anyone who only looks at the model as a whole.
-        instances = _instances(o, at_least=max(2, f.hang_instance + 1) if kind == "hang" else 1)
-        return ModelSpec(
-            name=name, kind=kind, backend="python", max_batch_size=o.max_batch_size,
-            dynamic_batching=o.dynamic_batching, execute_delay_ms=o.execute_delay_ms,
-            parameters=tuple((k, f"{v:g}" if isinstance(v, float) else str(v)) for k, v in knobs.items()),
-            **_identity_tensors("FP32"), **instances,
-        )
+        parameters = tuple((k, f"{v:g}" if isinstance(v, float) else str(v)) for k, v in _fault_knobs(kind, f).items())
+        if kind not in PBTXT_FAULT_KINDS:  # the config says which fault the model has; pbtxt names the older ones
+            parameters = (("fault", kind), *parameters)
+        shape: dict[str, Any] = {"max_batch_size": o.max_batch_size, "dynamic_batching": o.dynamic_batching,
+                                 "execute_delay_ms": o.execute_delay_ms, **_instances(o)}
+        if kind == "hang":
+            # A hang on one instance of two is the case to catch: the other instance hides it from
+            # anyone who only looks at the model as a whole.
+            shape.update(_instances(o, at_least=max(2, f.hang_instance + 1)))
+        elif kind == "queue_drift":
+            # One instance serving one request at a time in a fixed time: a capacity that batching or a
+            # second instance cannot stretch. An open-loop load above it queues up, in the server's
+            # queue only, for as long as the load lasts; the time in compute stays what it was.
+            shape.update(max_batch_size=0, dynamic_batching=False, execute_delay_ms=f.queue_drift_service_ms,
+                         instance_count=1)
+        elif kind == "compute_drift":
+            # Instances to spare, so that the longer executions do not queue up at the load it is
+            # meant to be seen under: the time it adds is the model's compute, not its queue.
+            shape.update(execute_delay_ms=f.compute_drift_base_ms, **_instances(o, at_least=COMPUTE_DRIFT_INSTANCES))
+        return ModelSpec(name=name, kind=kind, backend="python", parameters=parameters,
+                         **_identity_tensors("FP32"), **shape)
     return build
 
 
@@ -146,7 +174,7 @@ BUILDERS: dict[str, Callable[[str, RepoOptions], ModelSpec]] = {
     "sequence_nobatch_fp32": _sequence("FP32", False),
     "sequence_string_int32": _sequence("INT32", True, string_ids=True),
     "decoupled_int32": _decoupled,
-    **{f"{k}_fp32": _fault(k) for k in ("leak", "hang", "drift", "wrong", "crash", "plateau")},
+    **{f"{k}_fp32": _fault(k) for k in FAULT_KINDS},
     "sequence_noexpire_int32": _sequence("INT32", True, expires=False),
     "sequence_hang_int32": _sequence("INT32", False, hang=True),
     "onnx_identity_fp32": _onnx_identity,

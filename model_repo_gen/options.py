@@ -34,7 +34,8 @@ STREAMING_MODELS: tuple[str, ...] = ("decoupled_int32",)
 HEALTHY_MODELS: tuple[str, ...] = IDENTITY_MODELS + ZERO_MODELS + SEQUENCE_MODELS + STREAMING_MODELS
 
 # Deliberately faulty models: positive controls for the detectors. `plateau_fp32` is the
-# negative control (memory that grows, then stops: must never be called a leak).
+# negative control (memory that grows, then stops: must never be called a leak), and the one
+# `ratchet_fp32` is judged against (memory that frees part of what it takes: still a leak).
 FAULTY_MODELS: tuple[str, ...] = (
     "leak_fp32",
     "hang_fp32",
@@ -44,6 +45,11 @@ FAULTY_MODELS: tuple[str, ...] = (
     "sequence_noexpire_int32",
     "sequence_hang_int32",
     "plateau_fp32",
+    "ratchet_fp32",
+    "deadlock_fp32",
+    "queue_drift_fp32",
+    "compute_drift_fp32",
+    "fd_leak_fp32",
 )
 
 # ONNX and TorchScript variants: written only when `onnx` / `torch` are importable. The server
@@ -100,6 +106,41 @@ class FaultOptions:
     plateau_time_constant: float = field(
         default=60.0,
         metadata={"min_exclusive": 0, "unit": "duration", "help": "time constant of plateau_fp32's cache filling"},
+    )
+    ratchet_bytes_per_request: int = field(
+        default=65536, metadata={"min": 1, "help": "bytes ratchet_fp32 takes per request"}
+    )
+    ratchet_period: float = field(
+        default=10.0, metadata={"min_exclusive": 0, "unit": "duration",
+                                "help": "how often ratchet_fp32 frees part of what it took since its last free"}
+    )
+    ratchet_free_fraction: float = field(
+        default=0.5, metadata={"min": 0, "max": 0.95, "help": "share of what ratchet_fp32 took in a period that "
+                                                              "it frees at the period's end"}
+    )
+    deadlock_after_requests: int = field(
+        default=200, metadata={"min": 1, "help": "requests each instance of deadlock_fp32 serves before it "
+                                                 "deadlocks (every instance does)"}
+    )
+    queue_drift_service_ms: float = field(
+        default=50.0, metadata={"min_exclusive": 0, "help": "time queue_drift_fp32 (one instance, one request at "
+                                                           "a time) takes per request: its capacity is "
+                                                           "1000 / this requests per second"}
+    )
+    compute_drift_base_ms: float = field(
+        default=20.0, metadata={"min": 0, "help": "execute time of compute_drift_fp32 before its onset"}
+    )
+    compute_drift_ms_per_minute: float = field(
+        default=10.0, metadata={"min_exclusive": 0, "help": "execute time compute_drift_fp32 adds per minute "
+                                                            "since its onset"}
+    )
+    fd_leak_every: int = field(
+        default=10, metadata={"min": 1, "help": "fd_leak_fp32 opens one file descriptor per this many requests "
+                                                "and never closes it"}
+    )
+    compute_drift_onset: float = field(
+        default=0.0, metadata={"min": 0, "unit": "duration", "help": "time after load before compute_drift_fp32 "
+                                                                     "drifts"}
     )
 
 

@@ -10,10 +10,12 @@ Semantics, by `ModelSpec.kind` (tensor names are fixed by the constants below):
   (the Direct batcher's filler) gets zeros and changes nothing.
 - ``decoupled``: one request (IN, N) gets N responses with OUT == IN + i for i = 0..N-1, in
   order, then a final empty response; N < 0 gets an error response.
-- faulty kinds (``leak``, ``hang``, ``drift``, ``wrong``, ``crash``, ``plateau``) answer as
-  ``identity`` except for their fault; ``sequence`` with ``expires_state=False`` is the
-  state-leaking sequence model, and ``sequence`` with the parameter ``fault = "hang"``
-  (sequence_hang_int32, no batching) answers as ``sequence`` until one instance blocks forever.
+- faulty kinds (``leak``, ``hang``, ``drift``, ``wrong``, ``crash``, ``plateau``, ``ratchet``,
+  ``deadlock``, ``queue_drift``, ``compute_drift``, ``fd_leak``) answer as ``identity`` except for
+  their fault (``queue_drift`` only in its configuration: one instance, one request at a time, a
+  fixed service time); ``sequence`` with ``expires_state=False`` is the state-leaking sequence
+  model, and ``sequence`` with the parameter ``fault = "hang"`` (sequence_hang_int32, no batching)
+  answers as ``sequence`` until one instance blocks forever.
 """
 
 from __future__ import annotations
@@ -37,16 +39,9 @@ CONTROL_CORRID = "CORRID"
 STATE_INPUT = "INPUT_STATE"
 STATE_OUTPUT = "OUTPUT_STATE"
 
-# Custom metrics (pb_utils.MetricFamily) that generated python models publish on the server's
-# metrics endpoint, labelled {model, instance}: the ground truth that detector tests compare with.
-METRIC_RETAINED_BYTES = "engine_model_retained_bytes"  # leak, plateau: bytes held on purpose
-METRIC_HUNG_REQUESTS = "engine_model_hung_requests"  # hang: requests blocked forever
-METRIC_ADDED_DELAY_MS = "engine_model_added_delay_ms"  # drift: delay added to the last request
-METRIC_WRONG_ANSWERS = "engine_model_wrong_answers"  # wrong: answers falsified so far
-METRIC_SEQUENCE_STATES = "engine_model_sequence_states"  # sequence: per-sequence states held now
-
 # Identity models with a deliberate fault: they answer like identity models (until the fault bites).
-FAULT_KINDS = ("leak", "hang", "drift", "wrong", "crash", "plateau")
+FAULT_KINDS = ("leak", "hang", "drift", "wrong", "crash", "plateau", "ratchet", "deadlock", "queue_drift",
+               "compute_drift", "fd_leak")
 KINDS = ("identity", "zero", "sequence", "decoupled", *FAULT_KINDS)
 BACKENDS = ("python", "onnxruntime", "pytorch")
 

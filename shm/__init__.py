@@ -11,8 +11,10 @@
                      outputs=[pool.requested_output("OUTPUT0", y)])
         answer = pool.read(y, data.dtype, data.shape)  # a zero-copy view (system memory)
 
-Regions are named `tee_<run id>_w<worker>_<n>`; `cleanup(run_id, client)` removes a crashed
-run's leftovers from the server and /dev/shm. Server errors about shared memory come back as
+Regions are named `tee_<run id>_w<worker>_<n>`: `worker_region_prefix`, `server_region_prefix` and
+their like build every name the project gives a shared-memory object, `is_worker_region` and
+`is_server_region` recognise them, and `cleanup(run_id, client)` removes a crashed run's leftovers
+from the server and /dev/shm. Server errors about shared memory come back as
 `ShmError` subclasses carrying the server's text (`classify_server_error` maps an infer error).
 """
 
@@ -30,7 +32,19 @@ from ._errors import (
     ShmError,
     classify_server_error,
 )
-from ._naming import RegionName, belongs_to_run, host_region_name, parse_region_name, region_name
+from ._naming import (
+    RegionName,
+    belongs_to_run,
+    host_region_name,
+    is_server_region,
+    is_worker_region,
+    parse_region_name,
+    region_name,
+    run_region_prefixes,
+    server_region_prefix,
+    standalone_server_region_prefix,
+    worker_region_prefix,
+)
 from ._pool import ShmPool, Slot, resolve_mode
 from ._registration import (
     SYSTEM,
@@ -68,11 +82,17 @@ __all__ = [
     "cleanup_all_runs",
     "gpu_count",
     "gpu_unavailable_reason",
+    "is_server_region",
+    "is_worker_region",
     "parse_region_name",
     "region_name",
     "register_cuda",
     "register_system",
     "registered_regions",
     "resolve_mode",
+    "run_region_prefixes",
+    "server_region_prefix",
+    "standalone_server_region_prefix",
     "unregister",
+    "worker_region_prefix",
 ]

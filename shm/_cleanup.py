@@ -10,11 +10,12 @@ removes the regions of live pools of that run.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ._errors import ShmError
-from ._naming import belongs_to_run, parse_region_name
+from ._naming import belongs_to_run, is_worker_region
 from ._registration import KINDS, SYSTEM, registered_regions, unregister
 from ._system import SHM_DIR
 
@@ -48,7 +49,7 @@ def cleanup(run_id: str, client: Any = None, *, worker_id: int | None = None,
 def cleanup_all_runs(client: Any = None, *, shm_dir: str = SHM_DIR) -> CleanupReport:
     """The same for every run's regions (every name of the form tee_<run>_w<n>_<n>). Only safe when
     no run is going on against this server or on this host."""
-    return _cleanup(lambda name: parse_region_name(name) is not None, client, shm_dir)
+    return _cleanup(is_worker_region, client, shm_dir)
 
 
 def _cleanup(matches: Callable[[str], bool], client: Any, shm_dir: str) -> CleanupReport:

@@ -164,7 +164,7 @@ class CudaRegion:
         pointer, self._ptr = self._ptr, None
         check(self._rt.cudaFree(pointer), f"cudaFree ({self.name})")
 
-    def __enter__(self) -> "CudaRegion":
+    def __enter__(self) -> CudaRegion:
         return self
 
     def __exit__(self, *exc: object) -> None:

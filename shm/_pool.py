@@ -175,7 +175,7 @@ class ShmPool:
         """Make a reused output slot fail any check until the server writes its answer there: the
         first and last `edge` bytes are set to 0xFF (NaN for floats, -1 for integers, an impossible
         length for BYTES). The same guarantee as clear() against a stale answer, for 128 bytes
-        instead of the whole slot (clearing a 16 MiB slot is a sixth of the shm path's cost)."""
+        instead of the whole slot (clearing a large slot is a sizeable share of the shm path's cost)."""
         region = self._region(slot)
         if slot.byte_size <= 2 * edge:
             region.fill(slot.offset, slot.byte_size, 0xFF)
@@ -344,7 +344,7 @@ class ShmPool:
         if errors and raise_errors:
             raise ShmError(f"closing the pool: {len(errors)} error(s), first: {errors[0]}") from errors[0]
 
-    def __enter__(self) -> "ShmPool":
+    def __enter__(self) -> ShmPool:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:

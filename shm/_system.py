@@ -7,6 +7,7 @@ resource tracker warns about, and unlinks, regions behind the owner's back when 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
@@ -182,17 +183,13 @@ class SystemRegion:
         if self._map is None:
             return  # closed already: never unlink again, the name may belong to a new object now
         self._mem = None
-        try:
+        with contextlib.suppress(BufferError):  # a caller's view pins the mapping; unmapped when the view goes
             self._map.close()
-        except BufferError:
-            pass  # a caller's view pins the mapping; it is unmapped when the view goes
         self._map = None
-        try:
+        with contextlib.suppress(FileNotFoundError):  # already removed, e.g. by a cleanup pass
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass  # already removed, e.g. by a cleanup pass
 
-    def __enter__(self) -> "SystemRegion":
+    def __enter__(self) -> SystemRegion:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -73,10 +74,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for pid in leftovers:
         if reporter:
             reporter.write_line(f"LEFTOVER process {pid}: {_command(pid)}", red=True)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     for name in regions:
         if reporter:
             reporter.write_line(f"LEFTOVER shared memory /dev/shm/{name}", red=True)

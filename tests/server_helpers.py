@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import zmq
 

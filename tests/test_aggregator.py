@@ -74,7 +74,7 @@ def test_records_heartbeats_and_events_reach_the_store(tmp_path: Path) -> None:
         error = next(r.verdict for r in store.verdicts() if r.verdict.kind == "ERRORS")
         assert error.samples == ("n step 0: StatusCode.INTERNAL: boom",)
         status = store.status()
-        assert status["requests"] == sent and status["lost_messages"] == 0
+        assert status.requests == sent and status.lost_messages == 0
     finally:
         store.close()
 
@@ -117,7 +117,7 @@ def test_a_malformed_message_is_recorded_and_the_aggregator_goes_on(tmp_path: Pa
     store = RunStore.open(tmp_path / "run.sqlite")
     try:
         assert [e.what for e in store.events()] == ["bad_message"]
-        assert sum(w.requests for w in store.windows()) == 1 and store.status()["bad_messages"] == 1
+        assert sum(w.requests for w in store.windows()) == 1 and store.status().bad_messages == 1
     finally:
         store.close()
 
@@ -156,7 +156,7 @@ def test_the_live_p99_is_the_last_windows_not_the_runs_worst(tmp_path: Path) -> 
             aggregator.handle(unpack(pack(KIND_BATCH, "worker-0", second, buffer.take_body())))
             clock.ns += 1_000_000_000
             aggregator.tick()
-            p99s.append((aggregator.store.status()["p99_ms"], aggregator.store.status()["p99_recent_ms"]))
+            p99s.append((aggregator.store.status().p99_ms, aggregator.store.status().p99_recent_ms))
     finally:
         aggregator.close()
         context.term()

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from engine.aggregator.drift_watch import DriftWatch, WindowPoints
-from engine.aggregator.service import Aggregator, AggregatorSpec
 from engine.aggregator.series import RecentSamples
-from engine.aggregator.window_stats import WindowStats
+from engine.aggregator.service import Aggregator, AggregatorSpec
 from engine.config._sections import DetectorsSection
 from engine.detectors.bins import FloorBins, MedianBins
 from engine.detectors.settings import resolve_settings
 from engine.detectors.trend import median_bins
+from engine.window_stats import WindowStats
 from workers.telemetry import KIND_RESOURCES, Message
 
 MIB = float(1 << 20)

@@ -12,18 +12,22 @@ from engine.aggregator.client_health import BOUND, FREE, ClientHealth
 from engine.aggregator.service import Aggregator, AggregatorSpec
 from engine.config._sections import DetectorsSection
 from engine.detectors.settings import resolve_settings
-from workers.telemetry import KIND_BATCH, KIND_HEARTBEAT, STATUS_OK, RecordBuffer, pack, unpack
+from workers.telemetry import KIND_BATCH, KIND_HEARTBEAT, STATUS_OK, Heartbeat, RecordBuffer, pack, unpack
+
+
+def _beat(body: dict) -> Heartbeat:
+    return Heartbeat.from_body(body)
 
 
 def test_a_worker_at_a_full_core_or_a_late_loop_is_client_bound_until_it_recovers() -> None:
     health = ClientHealth()
-    assert health.beat("worker-0", 10.0, {"cpu_s": 5.0}) is None  # the first beat: nothing to compare
-    assert health.beat("worker-0", 11.0, {"cpu_s": 5.5}) is None  # half a core
-    what, text = health.beat("worker-0", 12.0, {"cpu_s": 6.47})
+    assert health.beat("worker-0", 10.0, _beat({"cpu_s": 5.0})) is None  # the first beat: nothing to compare
+    assert health.beat("worker-0", 11.0, _beat({"cpu_s": 5.5})) is None  # half a core
+    what, text = health.beat("worker-0", 12.0, _beat({"cpu_s": 6.47}))
     assert what == BOUND and "97 % of a core" in text
     assert health.bound(11.5, 12.5) and not health.bound(5.0, 11.0)
-    assert health.beat("worker-0", 13.0, {"cpu_s": 6.9, "loop_lag_ns": 250_000_000}) is None  # still bound
-    what, _ = health.beat("worker-0", 14.0, {"cpu_s": 7.2})
+    assert health.beat("worker-0", 13.0, _beat({"cpu_s": 6.9, "loop_lag_ns": 250_000_000})) is None  # still bound
+    what, _ = health.beat("worker-0", 14.0, _beat({"cpu_s": 7.2}))
     assert what == FREE and health.spans[-1] == (11.0, 14.0)
     assert not health.bound(14.0, 20.0)
 
@@ -71,7 +75,7 @@ def _drift_run(tmp_path: Path, saturated: bool) -> tuple[list[str], dict]:
 def test_a_latency_rise_while_the_worker_is_saturated_is_not_the_servers_drift(tmp_path: Path) -> None:
     kinds, seen = _drift_run(tmp_path, saturated=True)
     assert "DRIFT" not in kinds
-    assert BOUND in seen["events"] and seen["status"]["client_bound_windows"] > 10
+    assert BOUND in seen["events"] and seen["status"].client_bound_windows > 10
 
 
 def test_the_same_rise_with_a_healthy_worker_is_a_drift(tmp_path: Path) -> None:

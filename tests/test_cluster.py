@@ -16,8 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import zmq
@@ -130,8 +130,8 @@ def _free_port(host: str) -> int:
 @pytest.mark.timeout(60)
 def test_a_sender_without_the_runs_keys_is_refused(tmp_path: Path) -> None:
     from engine.aggregator.service import Aggregator, AggregatorSpec
-    from engine.detectors.settings import resolve_settings
     from engine.config import DetectorsSection
+    from engine.detectors.settings import resolve_settings
     from workers.sender import TelemetrySender
     from workers.telemetry import RecordBuffer
 

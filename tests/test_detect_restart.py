@@ -9,8 +9,8 @@ import dataclasses
 import numpy as np
 
 from engine.aggregator.resources import ResourceWatch
-from engine.detectors.settings import DetectorSettings
 from engine.detectors import discrete, drift, leak, stall
+from engine.detectors.settings import DetectorSettings
 
 MIB = float(1 << 20)
 HOUR = 3600.0

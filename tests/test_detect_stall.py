@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.aggregator.window_stats import WindowStats
 from engine.detectors.errors import ErrorDetector
 from engine.detectors.stall import (
     LONG,
@@ -17,6 +16,7 @@ from engine.detectors.stall import (
     start_bound_s,
     threshold_s,
 )
+from engine.window_stats import WindowStats
 
 
 def _cpu(busy: bool, start: float = 0.0, end: float = 60.0) -> tuple[np.ndarray, np.ndarray]:

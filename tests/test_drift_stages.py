@@ -7,9 +7,9 @@ import numpy as np
 
 from engine.aggregator.drift_watch import DriftWatch
 from engine.aggregator.stages import FIELDS, StageHistory, StageWatch
-from engine.aggregator.window_stats import WindowStats
 from engine.config._sections import DetectorsSection
 from engine.detectors.settings import resolve_settings
+from engine.window_stats import WindowStats
 
 WINDOW_S = 10.0
 ONSET_S = 400.0

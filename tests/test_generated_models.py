@@ -3,8 +3,10 @@ each faulty model shows its fault and publishes its ground truth."""
 
 from __future__ import annotations
 
+import json
 import queue
 import re
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -182,12 +184,19 @@ def test_decoupled_model_streams_its_responses_in_order(grpc) -> None:
 
 
 # -- faulty models -----------------------------------------------------------------------------
+RATCHET_PERIOD_S = 2.0
+QUEUE_SERVICE_MS = 100.0
+COMPUTE_BASE_MS = 20.0
 FAULTS = RepoOptions(
-    models=("leak_fp32", "hang_fp32", "drift_fp32", "wrong_fp32", "crash_fp32", "plateau_fp32"),
+    models=("leak_fp32", "hang_fp32", "drift_fp32", "wrong_fp32", "crash_fp32", "plateau_fp32", "ratchet_fp32",
+            "deadlock_fp32", "queue_drift_fp32", "compute_drift_fp32", "fd_leak_fp32"),
     instance_count=1, dynamic_batching=False,
     faults=FaultOptions(leak_bytes_per_request=1 << 20, hang_after_requests=3, hang_instance=0,
                         drift_ms_per_minute=3000.0, wrong_every=3, crash_after_requests=3,
-                        plateau_bytes=8 << 20, plateau_time_constant=0.5),
+                        plateau_bytes=8 << 20, plateau_time_constant=0.5,
+                        ratchet_bytes_per_request=1 << 20, ratchet_period=RATCHET_PERIOD_S, ratchet_free_fraction=0.5,
+                        deadlock_after_requests=3, queue_drift_service_ms=QUEUE_SERVICE_MS,
+                        compute_drift_base_ms=COMPUTE_BASE_MS, compute_drift_onset=3600.0, fd_leak_every=2),
 )
 
 
@@ -256,15 +265,17 @@ def test_plateau_model_fills_its_cache_and_stops(faulty) -> None:
 
 def test_hang_model_blocks_one_instance_and_the_other_goes_on(faulty) -> None:
     server, client = faulty
-    outcomes = []
-    for _ in range(12):
+    outcomes: list[str] = []
+    # Which instance the server picks for each request is its own choice: instance 0 gets its 4th
+    # request (the one it hangs on) sooner or later, then 4 more requests must all be served.
+    while "timeout" not in outcomes[:-4] and len(outcomes) < 40:
         try:
             _ask(client, "hang_fp32", timeout=1.5)
             outcomes.append("ok")
         except InferenceServerException as exc:
             outcomes.append("timeout" if "Deadline" in str(exc) else str(exc))
     assert outcomes.count("timeout") == 1, outcomes  # the request that met the hung instance
-    assert outcomes[-4:] == ["ok"] * 4  # instance 1 serves on
+    assert outcomes[-4:] == ["ok"] * 4, outcomes  # instance 1 serves on
     assert _metric(server, "engine_model_hung_requests", "hang_fp32", "hang_fp32_0_0") == 1
     assert _metric(server, "engine_model_hung_requests", "hang_fp32", "hang_fp32_0_1") == 0
 
@@ -292,3 +303,115 @@ def test_crash_model_stub_dies_and_the_server_lives(faulty) -> None:
     assert client.is_server_live()
     # The dead stub's model is not unloaded, but the other models serve on.
     assert np.array_equal(_ask(client, "plateau_fp32", 5.0, timeout=10), np.full((1, 8), 5.0, np.float32))
+
+
+def test_ratchet_model_frees_part_of_what_it_takes(faulty) -> None:
+    server, client = faulty
+    stub = next(s for s in server.server.stub_processes() if s.instance.startswith("ratchet_fp32"))
+    _ask(client, "ratchet_fp32")  # its first period (since load) ends here, with nothing yet to free
+    before = _rss_anon_kib(stub.pid)  # after the first request, which also pays for the model's warm-up
+    for _ in range(7):
+        _ask(client, "ratchet_fp32")  # 8 MiB taken within the period (1 MiB each)
+    peak_mib = (_rss_anon_kib(stub.pid) - before) / 1024
+    time.sleep(RATCHET_PERIOD_S + 0.2)
+    _ask(client, "ratchet_fp32")  # 1 MiB more, then the period's end: half of the 8 MiB goes
+    assert _metric(server, "engine_model_retained_bytes", "ratchet_fp32") == 5 << 20
+    kept_mib = (_rss_anon_kib(stub.pid) - before) / 1024
+    assert 6 <= peak_mib <= 9, peak_mib  # 7 MiB more than after the first request
+    assert 3 <= kept_mib <= 6 and kept_mib <= peak_mib - 2.5, (peak_mib, kept_mib)  # the pages really went back
+
+
+def test_deadlock_model_stops_answering_and_requests_queue_in_the_server(faulty) -> None:
+    server, client = faulty
+    for _ in range(3):  # deadlock_after_requests: these are answered
+        assert np.array_equal(_ask(client, "deadlock_fp32", 3.0), np.full((1, 8), 3.0, np.float32))
+    outcomes: list[str] = []
+
+    def ask() -> None:
+        try:
+            _ask(client, "deadlock_fp32", timeout=4.0)
+            outcomes.append("ok")
+        except InferenceServerException as exc:
+            outcomes.append("timeout" if "Deadline" in str(exc) else str(exc))
+
+    askers = [threading.Thread(target=ask) for _ in range(5)]
+    for asker in askers:
+        asker.start()
+    # One request is in the deadlocked execution, the others wait in the server's queue.
+    deadline = time.monotonic() + 3.0
+    while _metric(server, "nv_inference_pending_request_count", "deadlock_fp32") < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _metric(server, "nv_inference_pending_request_count", "deadlock_fp32") == 4
+    for asker in askers:
+        asker.join()
+    assert outcomes == ["timeout"] * 5, outcomes
+    assert _metric(server, "engine_model_hung_requests", "deadlock_fp32") == 1
+    assert np.array_equal(_ask(client, "leak_fp32", 5.0, timeout=10), np.full((1, 8), 5.0, np.float32))
+
+
+def _stats(server: RunningServer, model: str) -> dict[str, tuple[int, int]]:
+    """The server's cumulative (requests, ns) of each stage of the model's successful requests."""
+    url = f"http://{server.http_url}/v2/models/{model}/stats"
+    inference = json.loads(urllib.request.urlopen(url, timeout=5).read())["model_stats"][0]["inference_stats"]
+    return {stage: (inference[stage]["count"], inference[stage]["ns"]) for stage in ("queue", "compute_infer")}
+
+
+def _stage_ms(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Mean milliseconds per request in each stage between two _stats readings."""
+    return {stage: (after[stage][1] - before[stage][1]) / (after[stage][0] - before[stage][0]) / 1e6
+            for stage in after}
+
+
+def test_queue_drift_model_serves_one_request_at_a_time(faulty) -> None:
+    server, client = faulty
+    latencies: list[float] = []
+
+    data = np.ones(8, np.float32)  # no batching: the tensor is the whole request
+
+    def ask() -> None:
+        started = time.monotonic()
+        client.infer("queue_drift_fp32", [_input(grpcclient, "INPUT0", data, "FP32")], client_timeout=10)
+        latencies.append(time.monotonic() - started)
+
+    ask()  # the first request pays for the model's warm-up
+    before = _stats(server, "queue_drift_fp32")
+    latencies.clear()
+    askers = [threading.Thread(target=ask) for _ in range(5)]
+    for asker in askers:
+        asker.start()
+    for asker in askers:
+        asker.join()
+    service = QUEUE_SERVICE_MS / 1000
+    assert max(latencies) >= 5 * service * 0.95, latencies  # served one after another, not in a batch
+    stages = _stage_ms(before, _stats(server, "queue_drift_fp32"))
+    # Its compute is the service time, whatever the queue; the wait is in the queue.
+    assert QUEUE_SERVICE_MS <= stages["compute_infer"] < QUEUE_SERVICE_MS * 1.5, stages
+    assert stages["queue"] >= QUEUE_SERVICE_MS, stages  # 0, 1, 2, 3, 4 services of waiting: 2 on average
+
+
+def test_compute_drift_model_takes_its_base_time_before_its_onset(faulty) -> None:
+    server, client = faulty
+    # Each instance's first request pays for its warm-up: one for each, at once.
+    warming = [threading.Thread(target=_ask, args=(client, "compute_drift_fp32"), kwargs={"timeout": 10})
+               for _ in range(4)]
+    for thread in warming:
+        thread.start()
+    for thread in warming:
+        thread.join()
+    before = _stats(server, "compute_drift_fp32")
+    for _ in range(3):
+        _ask(client, "compute_drift_fp32", timeout=10)
+    stages = _stage_ms(before, _stats(server, "compute_drift_fp32"))
+    assert COMPUTE_BASE_MS <= stages["compute_infer"] < COMPUTE_BASE_MS + 30, stages
+    assert _metric(server, "engine_model_added_delay_ms", "compute_drift_fp32") == 0
+
+
+def test_fd_leak_model_keeps_a_descriptor_per_n_requests(faulty) -> None:
+    server, client = faulty
+    stub = next(s for s in server.server.stub_processes() if s.instance.startswith("fd_leak_fp32"))
+    _ask(client, "fd_leak_fp32")  # the first request pays for the model's warm-up (and is the first of a pair)
+    before = len(list(Path(f"/proc/{stub.pid}/fd").iterdir()))
+    for _ in range(7):
+        _ask(client, "fd_leak_fp32")
+    assert _metric(server, "engine_model_leaked_fds", "fd_leak_fp32") == 4  # 8 requests, one fd per 2
+    assert len(list(Path(f"/proc/{stub.pid}/fd").iterdir())) - before == 4

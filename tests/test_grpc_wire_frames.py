@@ -12,10 +12,32 @@ from typing import Any
 
 import pytest
 
-from tests.h2_fake_server import (ACK, CANCEL, COMPRESSION_ERROR, DATA, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM,
-                                  FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, GOAWAY, HEADERS, NO_ERROR, PADDED, PING,
-                                  PROTOCOL_ERROR, REFUSED_STREAM, RST_STREAM, SETTINGS, FakeConnection, FakeServer,
-                                  Handler, frame, grpc_message, manual)
+from tests.h2_fake_server import (
+    ACK,
+    CANCEL,
+    COMPRESSION_ERROR,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    FakeConnection,
+    FakeServer,
+    Handler,
+    frame,
+    grpc_message,
+    manual,
+)
 from workers import event_loop
 from workers.grpc_wire import GrpcError, GrpcWireClient
 

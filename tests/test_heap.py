@@ -1,8 +1,10 @@
 """The engine's processes give freed heap back to the system: after a burst of allocations that
-is freed again, releasing brings RssAnon back down (glibc keeps it otherwise)."""
+is freed again, releasing brings RssAnon back down (glibc keeps it otherwise). The watch processes
+also keep large blocks out of the heap for good; the workers do not."""
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import platform
 
@@ -21,7 +23,7 @@ def _rss_anon_kib() -> int:
     raise RuntimeError("no RssAnon in /proc/self/status")
 
 
-def _burst_then_release(results: "multiprocessing.Queue[tuple[int, int, int, bool]]") -> None:
+def _burst_then_release(results: multiprocessing.Queue[tuple[int, int, int, bool]]) -> None:
     from workers.heap import limit_arenas, release_free_memory
 
     limited = limit_arenas()
@@ -52,6 +54,46 @@ def test_freed_heap_goes_back_to_the_system() -> None:
     assert held - before > 150 * 1024  # ~200 MiB allocated: the freed part stayed resident
     # What is still held (1,000 blocks) is about 1 MiB; the rest went back.
     assert after - before < 0.2 * (held - before), (before, held, after)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mapped_blocks_after_a_large_free(role: str, watch: bool, results: multiprocessing.Queue[int]) -> None:
+    """Set up as a process of the run, free one large mapped block, then count how many of four
+    512 KiB blocks get a mapping of their own."""
+    from workers.process_setup import enter_process
+
+    enter_process("heap-test", role, watch=watch)
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallinfo2.restype = _MallInfo2
+    libc.free(libc.malloc(4 * MIB))  # glibc now raises its mmap threshold past 4 MiB, unless it is fixed
+    before = libc.mallinfo2().hblks
+    blocks = [libc.malloc(MIB // 2) for _ in range(4)]
+    results.put(libc.mallinfo2().hblks - before)
+    for block in blocks:
+        libc.free(block)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
+def test_only_the_watch_processes_fix_the_mmap_threshold() -> None:
+    """The aggregator and the monitor serve large blocks by mmap for good (their telemetry
+    batches); a worker keeps glibc's sliding threshold (its per-request payloads)."""
+    ctx = multiprocessing.get_context("spawn")
+    mapped = {}
+    for role, watch in (("aggregator", True), ("worker 0", False)):
+        results = ctx.Queue()
+        process = ctx.Process(target=_mapped_blocks_after_a_large_free, args=(role, watch, results))
+        process.start()
+        try:
+            mapped[role] = results.get(timeout=60)
+        finally:
+            process.join(30)
+    assert mapped == {"aggregator": 4, "worker 0": 0}
 
 
 def test_release_timer_releases_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -114,6 +114,36 @@ def test_fault_knobs_and_hang_gets_two_instances() -> None:
     assert spec.instance_count == 4
 
 
+def test_ratchet_deadlock_drift_and_fd_leak_models_carry_their_knobs_and_shapes() -> None:
+    faults = FaultOptions(ratchet_bytes_per_request=8192, ratchet_period=4.0, ratchet_free_fraction=0.25,
+                          deadlock_after_requests=9, queue_drift_service_ms=40.0, compute_drift_base_ms=5.0,
+                          compute_drift_ms_per_minute=30.0, compute_drift_onset=65.0, fd_leak_every=3)
+    specs = build_specs(RepoOptions(models=("ratchet_fp32", "deadlock_fp32", "queue_drift_fp32", "compute_drift_fp32",
+                                            "fd_leak_fp32"), instance_count=2, faults=faults))
+    texts = {s.name: render_config(s) for s in specs}
+    configs = {name: _parse(text) for name, text in texts.items()}
+    for name, text in texts.items():
+        assert text.count('key: "fault"') == 1, name  # said once, whoever writes it
+        assert configs[name].parameters["fault"].string_value == name.rsplit("_", 1)[0]
+    ratchet = configs["ratchet_fp32"].parameters
+    assert (ratchet["ratchet_bytes_per_request"].string_value, ratchet["ratchet_period_s"].string_value,
+            ratchet["ratchet_free_fraction"].string_value) == ("8192", "4", "0.25")
+    deadlock = configs["deadlock_fp32"]
+    assert deadlock.parameters["deadlock_after_requests"].string_value == "9"
+    assert deadlock.instance_group[0].count == 2  # every instance deadlocks: as many as asked for
+    # One instance, one request at a time, the service time as its delay: no batching or second
+    # instance can absorb a load above 1000 / 40 = 25 requests/s.
+    queue = configs["queue_drift_fp32"]
+    assert (queue.max_batch_size, queue.HasField("dynamic_batching"), queue.instance_group[0].count) == (0, False, 1)
+    assert queue.parameters["execute_delay_ms"].string_value == "40"
+    compute = configs["compute_drift_fp32"]
+    assert compute.instance_group[0].count == 4  # instances to spare: its queue stays flat
+    assert compute.parameters["execute_delay_ms"].string_value == "5"
+    assert (compute.parameters["drift_ms_per_minute"].string_value,
+            compute.parameters["drift_onset_s"].string_value) == ("30", "65")
+    assert configs["fd_leak_fp32"].parameters["fd_leak_every"].string_value == "3"
+
+
 def test_implicit_state_configs_for_onnx_and_torch() -> None:
     for spec in build_specs(RepoOptions(models=ONNX_MODELS + TORCH_MODELS)):
         config = _parse(render_config(spec))
@@ -173,7 +203,9 @@ def test_cli_writes_lists_and_refuses_bad_input(tmp_path: Path) -> None:
     assert helped.returncode == 0 and "usage:" in helped.stdout
     for flag in ("--instance-count", "--max-batch-size", "--sequence-max-batch-size", "--sequence-strategy",
                  "--sequence-idle-timeout", "--execute-delay-ms", "--zero-delay-ms", "--slow-zero-delay-ms",
-                 "--list", "--models", "--wrong-every", "--plateau-time-constant"):
+                 "--list", "--models", "--wrong-every", "--plateau-time-constant", "--ratchet-period",
+                 "--ratchet-free-fraction", "--deadlock-after-requests", "--queue-drift-service-ms",
+                 "--compute-drift-onset", "--fd-leak-every"):
         assert flag in helped.stdout, flag
     listing = run("--list").stdout
     assert all(name in listing for name in HEALTHY_MODELS + FAULTY_MODELS)

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from engine.aggregator import LatencyHistogram
-from engine.aggregator.window_stats import WindowStats
+from engine.live_status import LiveStatus
 from engine.monitor import Monitor, MonitorSpec
 from engine.monitor.pressure import (
     GIB,
@@ -28,6 +28,7 @@ from engine.monitor.pressure import (
 from engine.monitor.sampler import run_monitor
 from engine.report import load_report, render_summary, write_reports
 from engine.store import RunStore
+from engine.window_stats import WindowStats
 from workers.host_budget import HostBudget
 from workers.telemetry import KIND_EVENT, KIND_RESOURCES, unpack
 
@@ -237,7 +238,7 @@ def _store_with_host_memory(run_dir: Path, psi: bool = True, budget: bool = True
                             "budget/pressure": 1.0 if held else 0.0})
         store.add_resources(i * 5.0, samples)
     store.set_totals([("large_input", 60, 0, 6000)])
-    store.set_status({"time_s": 300.0, "requests": 6000, "final": True, "lost_messages": 0})
+    store.set_status(LiveStatus(time_s=300.0, requests=6000, final=True, lost_messages=0))
     store.commit()
     store.close()
 
@@ -289,7 +290,7 @@ def test_the_report_without_psi_or_budget_or_host_series(tmp_path: Path) -> None
     old.mkdir()
     store = RunStore.create(old / "run.sqlite", "old", '{"config": {}}', "2026-11-25T00:00:00+00:00")
     store.add_resources(0.0, {"proc/server/rss_anon": 1e8})
-    store.set_status({"time_s": 5.0, "final": True})
+    store.set_status(LiveStatus(time_s=5.0, final=True))
     store.commit()
     store.close()
     report = load_report(old)

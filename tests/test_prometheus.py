@@ -1,5 +1,7 @@
-"""The optional Prometheus endpoint, scraped over real HTTP and read back with a strict parser of
-the text exposition format 0.0.4 (prometheus_client is not a dependency, so the parser is here)."""
+"""The optional Prometheus endpoint, scraped over real HTTP and read back twice: with a strict
+parser of the text exposition format 0.0.4 written here from the spec (it rejects what the spec
+forbids, where prometheus_client's parser is lenient), and with prometheus_client's own parsers,
+as a scraper reads it."""
 
 from __future__ import annotations
 
@@ -12,8 +14,12 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.aggregator.prometheus import PrometheusEndpoint
+from engine.aggregator.service import RECENT_WINDOWS, _gauges
+from engine.live_status import LiveStatus
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 # Go float syntax as Prometheus writes it: the special values are spelt NaN, +Inf, -Inf.
@@ -76,9 +82,18 @@ def parse(text: str) -> tuple[dict[str, str], dict[str, str], dict[Sample, float
     return helps, types, samples
 
 
-def _scrape(endpoint: PrometheusEndpoint, path: str = "/metrics") -> tuple[str, str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}{path}", timeout=5) as answer:
+def _scrape(endpoint: PrometheusEndpoint, path: str = "/metrics", accept: str = "") -> tuple[str, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{endpoint.port}{path}",
+                                     headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=5) as answer:
         return answer.read().decode("utf-8"), answer.headers["Content-Type"]
+
+
+def _families(text: str, read=text_string_to_metric_families) -> dict[str, tuple[str, str, dict[Sample, float]]]:
+    """name -> (help, type, value by (sample name, sorted labels)), as prometheus_client reads the page."""
+    return {family.name: (family.documentation, family.type,
+                          {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples})
+            for family in read(text)}
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +232,66 @@ def test_close_releases_the_port() -> None:
         assert parse(_scrape(again)[0])[2] == {("engine_a", ()): 1.0}
     finally:
         again.close()
+
+
+# What the aggregator exposes: every name, help text and value of its figures (service._gauges).
+STATUS = LiveStatus(requests=1234, rate=56.5, p99_ms=12.25, p99_recent_ms=30.0, errors=3, wrong=1,
+                    verdicts=["LEAK of server rss", "STALL of m"], lost_messages=2)
+EXPOSED = {
+    "engine_requests_total": ("request records received", 1234.0),
+    "engine_request_rate": ("requests per second over the last 10 s", 56.5),
+    "engine_window_p99_ms": ("worst p99 of the last closed windows, ms", 12.25),
+    "engine_recent_p99_ms": (f"worst p99 of the last {RECENT_WINDOWS} windows, ms", 30.0),
+    "engine_failed_requests_total": ("failed requests and missing expected errors", 3.0),
+    "engine_wrong_answers_total": ("answers that failed validation", 1.0),
+    "engine_verdicts": ("verdicts raised", 2.0),
+    "engine_telemetry_lost_messages": ("telemetry messages lost", 2.0),
+}
+
+
+def test_the_aggregators_figures_read_back_through_prometheus_client(endpoint: PrometheusEndpoint) -> None:
+    endpoint.update(_gauges(STATUS))
+    text, content_type = _scrape(endpoint)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert _families(text) == {name: (help_text, "gauge", {(name, ()): value})
+                               for name, (help_text, value) in EXPOSED.items()}
+    assert parse(text)[2] == {(name, ()): value for name, (_, value) in EXPOSED.items()}  # and by the spec
+
+
+def test_labels_and_special_values_read_back_through_prometheus_client(endpoint: PrometheusEndpoint) -> None:
+    awkward = ['back\\slash', 'a "quoted" name', "two\nlines", "ünïcode ✓", ""]
+    endpoint.update({"engine_x": ("x of C:\\y\nper model", {(("model", v), ("protocol", "grpc")): float(i)
+                                                              for i, v in enumerate(awkward)}),
+                     "engine_odd": ("odd", {(("k", "inf"),): float("inf"), (("k", "-inf"),): float("-inf")})})
+    families = _families(_scrape(endpoint)[0])
+    assert families["engine_x"][:2] == ("x of C:\\y\nper model", "gauge")
+    assert families["engine_x"][2] == {("engine_x", (("model", v), ("protocol", "grpc"))): float(i)
+                                       for i, v in enumerate(awkward)}
+    assert families["engine_odd"][2] == {("engine_odd", (("k", "inf"),)): float("inf"),
+                                         ("engine_odd", (("k", "-inf"),)): float("-inf")}
+
+
+def test_a_scraper_that_asks_for_openmetrics_gets_it(endpoint: PrometheusEndpoint) -> None:
+    endpoint.update(_gauges(STATUS))
+    text, content_type = _scrape(endpoint, accept="application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text") and text.endswith("# EOF\n")
+    assert {name: (family[0], family[2]) for name, family in _families(text, openmetrics_families).items()} == {
+        name: (help_text, {(name, ()): value}) for name, (help_text, value) in EXPOSED.items()}
+
+
+def test_two_endpoints_in_one_process_serve_their_own_figures(endpoint: PrometheusEndpoint) -> None:
+    endpoint.update({"engine_requests_total": ("request records received", {(): 1.0})})
+    other = PrometheusEndpoint(0)  # the same names in a second registry: no clash, no sharing
+    try:
+        other.update({"engine_requests_total": ("request records received", {(): 2.0})})
+        assert parse(_scrape(endpoint)[0])[2] == {("engine_requests_total", ()): 1.0}
+        assert parse(_scrape(other)[0])[2] == {("engine_requests_total", ()): 2.0}
+    finally:
+        other.close()
+
+
+def test_the_samples_of_one_figure_may_carry_different_labels(endpoint: PrometheusEndpoint) -> None:
+    endpoint.update({"engine_b": ("b", {(): 0.5, (("model", "m"),): 1.0, (("target", "t"), ("model", "m")): 2.0})})
+    assert _families(_scrape(endpoint)[0])["engine_b"][2] == {
+        ("engine_b", ()): 0.5, ("engine_b", (("model", "m"),)): 1.0,
+        ("engine_b", (("model", "m"), ("target", "t"))): 2.0}

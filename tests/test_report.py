@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from engine.aggregator import LatencyHistogram
-from engine.aggregator.window_stats import WindowStats
 from engine.detectors.verdict import Verdict
+from engine.live_status import LiveStatus
 from engine.report import load_report, render_summary, write_reports
 from engine.store import RunStore
+from engine.window_stats import WindowStats
 
 
 def _store(run_dir: Path, final: bool) -> None:
@@ -37,7 +38,7 @@ def _store(run_dir: Path, final: bool) -> None:
                               1.0, 1.0, {}, ("OUTPUT0 [1] != expected [0]",)))
     store.add_incident(100.0, "worker 1 exited with status -9; replaced")
     store.set_totals([("identity", 12000, 60, 12000)])
-    store.set_status({"time_s": 300.0, "requests": 12000, "final": final, "lost_messages": 0})
+    store.set_status(LiveStatus(time_s=300.0, requests=12000, final=final, lost_messages=0))
     store.commit()
     store.close()
 
@@ -103,7 +104,7 @@ def test_every_leak_has_its_picture_and_the_resource_table_says_units(tmp_path: 
                               500.0, 700.0, {"bytes_per_queued_request": 28000.0}), state="info")
     store.add_event(50.0, "aggregator", "client_bound", "", "", 1, "worker-0: 97 % of a core")
     store.add_event(80.0, "aggregator", "client_free", "", "", 1, "worker-0: no longer its own bottleneck")
-    store.set_status({"time_s": 600.0, "requests": 0, "final": True})
+    store.set_status(LiveStatus(time_s=600.0, requests=0, final=True))
     store.commit()
     store.close()
     page = render_page(tmp_path)

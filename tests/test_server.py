@@ -68,10 +68,9 @@ def test_launch_serves_and_stop_leaves_nothing(repo: Path, tmp_path: Path) -> No
 
 def test_failure_inside_the_block_still_stops_the_server(repo: Path, tmp_path: Path) -> None:
     pids: list[int] = []
-    with pytest.raises(RuntimeError, match="test body failed"):
-        with LaunchedServer(_options(repo, tmp_path)) as server:
-            pids = [server.pid, *(s.pid for s in server.stub_processes())]
-            raise RuntimeError("test body failed")
+    with pytest.raises(RuntimeError, match="test body failed"), LaunchedServer(_options(repo, tmp_path)) as server:
+        pids = [server.pid, *(s.pid for s in server.stub_processes())]
+        raise RuntimeError("test body failed")
     assert len(pids) == 3
     assert _wait_gone(pids, 1.0) == []
 

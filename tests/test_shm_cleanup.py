@@ -8,8 +8,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,17 +19,23 @@ import tritonclient.http as httpclient
 
 from model_repo_gen import RepoOptions, generate_repository
 from shm import (
+    RegionName,
     ShmPool,
     SystemRegion,
     belongs_to_run,
     cleanup,
     cleanup_all_runs,
+    is_server_region,
+    is_worker_region,
     parse_region_name,
     region_name,
     register_system,
     registered_regions,
+    run_region_prefixes,
+    server_region_prefix,
+    standalone_server_region_prefix,
+    worker_region_prefix,
 )
-from shm._naming import RegionName
 from tests.server_helpers import serve_repository
 
 pytestmark = pytest.mark.timeout(180)
@@ -171,7 +178,7 @@ def test_cleanup_without_a_client_only_unlinks() -> None:
 def test_cleanup_all_runs_matches_region_names_only(tmp_path: Path, client: Any) -> None:
     # A stand-in directory: on the real /dev/shm this would also take concurrent runs' regions.
     names = [region_name("r-1", 0, 0), region_name("20261124-223501-ab12", 12, 3)]
-    kept = ["tee_srv1234abcdef_3f9c0e1a-2b4d-4c6e-8f00-0123456789ab",  # a server's python-backend region
+    kept = [standalone_server_region_prefix(1234, "abcdef") + "3f9c0e1a-2b4d-4c6e-8f00-0123456789ab",  # a server's
             "tee20261124223501ab12_3f9c0e1a", "triton_python_backend_shm_region_1", "tee_r-1_w0_x"]
     for name in names + kept:
         (tmp_path / name).write_bytes(b"")
@@ -196,3 +203,20 @@ def test_region_names_parse_back_and_match_one_run_only() -> None:
     for bad in ("with_underscore", "a/b", "", "-leading"):
         with pytest.raises(ValueError, match="run id"):
             region_name(bad, 0, 0)
+
+
+def test_every_shm_name_of_a_run_starts_with_one_of_its_prefixes_and_is_told_apart() -> None:
+    run = "20261124-223501-ab12"
+    workers, server = run_region_prefixes(run)
+    assert (workers, server) == (worker_region_prefix(run), server_region_prefix(run))
+    assert region_name(run, 3, 17).startswith(workers) and is_worker_region(region_name(run, 3, 17))
+    backend = server + "3f9c0e1a-2b4d"  # the python backend appends its own suffix to the prefix
+    assert not backend.startswith(workers) and not is_worker_region(backend)
+    assert is_server_region(backend, run) and is_server_region(backend)
+    assert not is_server_region(backend, "20261124-223501-ab1")  # a prefix of a run id is another run
+    standalone = standalone_server_region_prefix(1234, "abcdef") + "3f9c0e1a-2b4d"
+    assert standalone.startswith(standalone_server_region_prefix(1234))
+    assert not standalone.startswith(standalone_server_region_prefix(123))  # another process
+    for other in (standalone, region_name(run, 0, 0), "triton_python_backend_shm_region_1"):
+        assert not is_server_region(other) and not is_server_region(other, run)
+    assert not is_worker_region(standalone)

@@ -5,8 +5,9 @@ nothing is left registered, mapped by the server, or in /dev/shm."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest

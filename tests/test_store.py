@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.aggregator.window_stats import WindowStats
 from engine.detectors.verdict import Verdict
+from engine.live_status import LiveStatus
 from engine.store import RunStore
+from engine.window_stats import WindowStats
 
 
 def _window(start: float, model: str = "m") -> WindowStats:
@@ -27,7 +28,7 @@ def test_every_table_round_trips(tmp_path: Path) -> None:
                                        {"gate_mib_h": 64.0}, ("first",)))
     store.set_verdict_state(growth, "withdrawn")
     store.add_incident(3.0, "worker 1 exited")
-    store.set_status({"requests": 10})
+    store.set_status(LiveStatus(requests=10, heartbeat_age_s={"worker-0": 0.5}))
     store.set_totals([("identity", 3, 1, 10)])
     store.commit()
     store.close()
@@ -45,7 +46,8 @@ def test_every_table_round_trips(tmp_path: Path) -> None:
         assert (row.state == "withdrawn" and row.verdict.samples == ("first",)
                 and row.verdict.evidence["gate_mib_h"] == 64)
         assert reader.incidents() == [(3.0, "worker 1 exited")]
-        assert reader.status() == {"requests": 10} and reader.totals() == [("identity", 3, 1, 10)]
+        assert reader.status() == LiveStatus(requests=10, heartbeat_age_s={"worker-0": 0.5})
+        assert reader.totals() == [("identity", 3, 1, 10)]
     finally:
         reader.close()
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.aggregator.window_stats import WindowStats
 from engine.detectors.verdict import Verdict
+from engine.live_status import LiveStatus
 from engine.store import RunStore
+from engine.window_stats import WindowStats
 
 SPAWN = multiprocessing.get_context("spawn")  # as the engine starts its aggregator
 BATCH = 7  # windows per commit: a reader must only ever see whole batches
@@ -42,7 +43,7 @@ def _write_step(store: RunStore, i: int) -> int:
     store.add_event(float(i), "worker-0", "scenario_failed", "m", "identity", 1, f"event {i}")
     verdict_id = store.add_verdict(_verdict(i))
     store.add_incident(float(i), f"incident {i}")
-    store.set_status({"tick": i, "requests": i * 10})
+    store.set_status(LiveStatus(time_s=float(i), requests=i * 10))
     store.set_totals([("identity", i, 0, i * 10), ("sequence", i, 1, i)])
     return verdict_id
 
@@ -71,7 +72,7 @@ def test_a_reader_beside_a_writing_process_sees_whole_commits_only(tmp_path: Pat
             count = len(reader.windows())  # never "database is locked": WAL readers do not wait
             assert count % BATCH == 0, f"a reader saw {count} windows, part of a transaction"
             status = reader.status()
-            assert not status or status["requests"] == status["tick"] * 10
+            assert status is None or status.requests == status.time_s * 10
             return count
 
         try:
@@ -133,7 +134,7 @@ def test_a_killed_writer_keeps_every_commit_and_nothing_after(tmp_path: Path) ->
         assert [r.verdict for r in rows] == [_verdict(i) for i in range(committed)]
         assert [r.state for r in rows] == ["cleared"] + ["open"] * (committed - 1)
         assert [what for _, what in reader.incidents()] == [f"incident {i}" for i in range(committed)]
-        assert reader.status() == {"tick": committed - 1, "requests": (committed - 1) * 10}
+        assert reader.status() == LiveStatus(time_s=committed - 1, requests=(committed - 1) * 10)
         assert reader.totals() == [("identity", committed - 1, 0, (committed - 1) * 10),
                                    ("sequence", committed - 1, 1, committed - 1)]
     finally:
@@ -168,7 +169,7 @@ def test_a_readonly_reader_cannot_write_and_leaves_the_database_file_alone(tmp_p
     digest, mtime = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
     reader = RunStore.open(path)
     try:
-        assert len(reader.windows()) == BATCH and reader.status()["tick"] == 0
+        assert len(reader.windows()) == BATCH and reader.status().time_s == 0
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             reader.add_incident(1.0, "must not land")
             reader.commit()

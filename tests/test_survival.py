@@ -133,7 +133,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_request_is_accounted_for(
         # A worker: a spawned child of the coordinator that maps the run's shm regions (the
         # aggregator and the monitor map none; the server is not spawned).
         victim = next(pid for pid in _child_pids(process.pid)
-                      if "spawn_main" in _cmdline(pid) and _mapped_shm(pid))
+                      if ": worker " in _cmdline(pid) and _mapped_shm(pid))
         os.kill(victim, signal.SIGKILL)
         out = _finish(process, seen)
     finally:
@@ -223,7 +223,7 @@ def test_a_killed_aggregator_is_started_again_and_the_store_keeps_what_was_writt
         _read_until(process, r" requests, ", seen)
         store_path = _run_dir(tmp_path) / "run.sqlite"
         [aggregator] = [pid for pid in _child_pids(process.pid)
-                        if "spawn_main" in _cmdline(pid) and _holds_open(pid, store_path)]
+                        if ": aggregator" in _cmdline(pid) and _holds_open(pid, store_path)]
         before = RunStore.open(store_path)
         try:
             written = len(before.windows(model=MODEL))
@@ -250,7 +250,7 @@ def test_a_killed_aggregator_is_started_again_and_the_store_keeps_what_was_writt
     assert written > 0 and len(windows) > written  # what was written stays; the new one writes on
     assert sum(w.ok for w in windows if w.start_s > back_at + 2) > 0
     # Counting went on from the last commit: the run's request figure covers windows before the kill.
-    assert status["requests"] >= sum(w.requests for w in windows) * 0.9, (status["requests"], len(windows))
+    assert status.requests >= sum(w.requests for w in windows) * 0.9, (status.requests, len(windows))
     assert totals["identity"][3] >= sum(w.requests for w in windows)  # the workers' own totals are whole
     _nothing_left(run_dir)
 
@@ -297,7 +297,7 @@ def test_a_worker_that_stops_reporting_is_killed_and_replaced(tmp_path: Path) ->
     seen: list[str] = []
     try:
         _read_until(process, r" requests, ", seen)
-        victim = next(pid for pid in _child_pids(process.pid) if "spawn_main" in _cmdline(pid) and _mapped_shm(pid))
+        victim = next(pid for pid in _child_pids(process.pid) if ": worker " in _cmdline(pid) and _mapped_shm(pid))
         os.kill(victim, signal.SIGSTOP)  # alive, holding its regions, silent: a deadlocked worker
         found = _read_until(process, r"incident: worker (\d+) sent no heartbeat for (\d+) s; killed", seen)
         out = _finish(process, seen)

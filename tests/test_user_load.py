@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from engine.config import ScenariosSection
 from model_repo_gen import RepoOptions, generate_repository
+from model_repo_gen.spec import ModelSpec, TensorSpec
+from workers.plans import IdSource, PlanContext
+from workers.user_load import ResolvedLoad, plan_user
 
 pytestmark = pytest.mark.timeout(200)
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +101,53 @@ def test_an_entry_brings_its_own_protocol_shared_memory_and_schedule(tmp_path: P
     # 20/s on its own schedule for the 6 s run, which counts from the workers' first heartbeats (the
     # load starts up to about 2 s before the coordinator has heard from every worker)
     assert failures == 0 and 100 <= tests <= 180, tests
+
+
+@pytest.mark.parametrize("expected_first,status", [([1, 2, 3, 4], 0), ([1, 2, 3, 5], 1)])
+def test_answers_land_in_output_slots_and_are_checked_there(tmp_path: Path, expected_first: list[int],
+                                                            status: int) -> None:
+    """output_bytes (perf_analyzer's --output-shared-memory-size): the server writes each answer into
+    a slot of the worker's; the validation rows are checked against it (a wrong one still fails)."""
+    done = _run(_setup(tmp_path, expected_first, 'shm = "system"\noutput_bytes = 32'))  # 2 x 4 INT32
+    assert done.returncode == status, done.stdout + done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("load:identity_int32"))
+    failures, tests = (int(x) for x in row.split("|")[1:3])
+    assert tests > 20 and (failures == 0) == (status == 0), (failures, tests)
+
+
+# -- input pools: made once, sent again and again -------------------------------------------------
+def _pool_context(**settings: int) -> PlanContext:
+    return PlanContext(np.random.default_rng(7), ScenariosSection(**settings), IdSource(1, 1000, 0), ())
+
+
+def _user_load(data: str, elements: int, rows: tuple = ()) -> ResolvedLoad:
+    spec = ModelSpec("mine", "user", "python", 0, (TensorSpec("IN", "FP32", (elements,)),),
+                     (TensorSpec("OUT", "FP32", (elements,)),), 1, "cpu")
+    return ResolvedLoad("load:mine", spec, data, rows, (), False)
+
+
+def _sent(ctx: PlanContext, load: ResolvedLoad, plans: int = 200) -> list:
+    return [step for _ in range(plans) for step in plan_user(ctx, load).steps]
+
+
+def test_a_random_load_draws_from_a_pool_made_once_and_marks_it_constant() -> None:
+    steps = _sent(_pool_context(input_pool=8), _user_load("random", 16))
+    arrays = {id(step.values): step.values for step in steps}
+    assert len(arrays) == 8 and all(step.constant_input for step in steps)  # shm writes each one once
+    distinct = {array.tobytes() for array in arrays.values()}
+    assert len(distinct) == 8  # eight different inputs, not one sent eight times
+
+
+def test_a_pool_is_bounded_by_its_bytes_and_zeros_need_one() -> None:
+    big = _user_load("random", 1 << 20)  # 4 MiB a request
+    assert len({id(s.values) for s in _sent(_pool_context(input_pool_bytes=9 << 20), big, 50)}) == 2
+    assert len({id(s.values) for s in _sent(_pool_context(input_pool_bytes=1), big, 10)}) == 1
+    zero = {id(s.values) for s in _sent(_pool_context(), _user_load("zero", 16), 50)}
+    assert len(zero) == 1
+
+
+def test_file_rows_are_constant_only_when_they_all_fit_the_pool_bytes() -> None:
+    rows = tuple(((("IN", np.full(1024, i, np.float32)),)) for i in range(4))  # 4 KiB each
+    load = _user_load("file", 1024, rows)
+    assert all(s.constant_input for s in _sent(_pool_context(input_pool_bytes=16 << 10), load, 20))
+    assert not any(s.constant_input for s in _sent(_pool_context(input_pool_bytes=8 << 10), load, 20))

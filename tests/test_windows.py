@@ -9,7 +9,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from engine.aggregator import LatencyHistogram, WindowFolder, WindowStats, merge_windows
+from engine.aggregator import LatencyHistogram, WindowFolder, merge_windows
+from engine.window_stats import WindowStats
 from workers.telemetry import (
     STATUS_ERROR,
     STATUS_EXPECTED_ERROR,

@@ -1,8 +1,8 @@
 """Plan deadlines kept by one watchdog, instead of a timer per plan.
 
 asyncio.timeout() (or wait_for) arms a loop timer for every plan and cancels it after: a heap
-push, a heap pop of a cancelled handle and a reschedule, measured at about a tenth of the
-worker's CPU per request on the identity scenario. Plan deadlines are seconds long, so one
+push, a heap pop of a cancelled handle and a reschedule, a visible share of a worker's CPU per
+request on a fast model. Plan deadlines are seconds long, so one
 watchdog that looks every 100 ms is exact enough; it cancels the task running a plan past its
 deadline, and the plan's `expired()` check turns that cancellation into a failed plan.
 """
@@ -10,6 +10,7 @@ deadline, and the plan's `expired()` check turns that cancellation into a failed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 
@@ -62,7 +63,5 @@ class PlanDeadlines:
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
-            except asyncio.CancelledError:
-                pass

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ from .telemetry import (
 )
 
 # aiohttp asks for gzip by default and Triton obliges: random tensors do not compress, and the
-# server spent 16x the CPU per 1 MiB answer deflating it (then the client inflating it).
+# server spent many times the CPU per answer deflating it (then the client inflating it).
 _NO_COMPRESSION = {"Accept-Encoding": "identity"}
 SMALL_TENSOR_BYTES = 64 << 10  # below this, copying a tensor costs less than numpy's per-call overhead
 FAILURE_TEXT_LIMIT = 400  # characters of an error or a mismatch kept in an event
@@ -136,13 +137,13 @@ def _same(got: np.ndarray | None, want: np.ndarray) -> bool:
         return False
     if got.dtype == want.dtype and want.dtype.kind in "fiub" and want.dtype.itemsize in (1, 2, 4, 8):
         # Bit for bit first (NaN equal to itself; exact for an echo), what differs then by value
-        # below (0.0 == -0.0). Small tensors as bytes (0.3 us, against 7 us for array_equal);
-        # large ones through unsigned views, which copy nothing.
+        # below (0.0 == -0.0). Small tensors as bytes (far cheaper than array_equal's per-call
+        # overhead); large ones through unsigned views, which copy nothing.
         if want.nbytes <= SMALL_TENSOR_BYTES:
             if got.tobytes() == want.tobytes():
                 return True
         elif got.flags.c_contiguous and want.flags.c_contiguous:
-            # memcmp over both buffers: 0.7x the time of array_equal on 4 MiB, and no boolean temporary
+            # memcmp over both buffers: quicker than array_equal, and no boolean temporary
             if _memcmp(got.ctypes.data, want.ctypes.data, want.nbytes) == 0:
                 return True
         elif np.array_equal(got.view(f"u{want.dtype.itemsize}"), want.view(f"u{want.dtype.itemsize}")):
@@ -214,7 +215,7 @@ class Executor:
         self._deadlines = PlanDeadlines()
         self._http: httpaio.InferenceServerClient | None = None
 
-    async def __aenter__(self) -> "Executor":
+    async def __aenter__(self) -> Executor:
         return self
 
     def _grpc_client(self) -> grpcaio.InferenceServerClient:
@@ -324,7 +325,7 @@ class Executor:
         return True
 
     async def _step(self, step: Step, index: int, scenario: int, outcome: PlanOutcome,
-                    stream: "_SequenceStream | None", intended_ns: int = 0, lease: int | None = None) -> bool:
+                    stream: _SequenceStream | None, intended_ns: int = 0, lease: int | None = None) -> bool:
         spec = self.models[step.model]
         model = self.model_codes[step.model]
         seq_code = step.sequence_id if isinstance(step.sequence_id, int) else 0
@@ -476,12 +477,13 @@ class Executor:
                 first_size = first_size or slot.byte_size
         for name in names:
             # The answer's size is known where the model echoes its first input (every generated
-            # model but the user's). An expected error needs no output room, except a large one:
-            # an answer the server returns inline after the client gave up is kept by its gRPC front
-            # end (1x its size per request state, engine/memory_budget.py); in a slot nothing is kept.
-            if pool is not None and first_size and spec.kind != "user" and name == spec.outputs[0].name \
-                    and (not step.expect_error or first_size >= LARGE_REQUEST_BYTES):
-                slot = pool.output_slot(first_size)
+            # model but the user's) or where a user's load says it. An expected error needs no output
+            # room, except a large one: an answer the server returns inline after the client gave up
+            # is kept by its gRPC front end (1x its size per request state, engine/memory_budget.py);
+            # in a slot nothing is kept.
+            room = step.output_bytes if spec.kind == "user" else first_size if name == spec.outputs[0].name else 0
+            if pool is not None and room and (not step.expect_error or room >= LARGE_REQUEST_BYTES):
+                slot = pool.output_slot(room)
                 pool.poison(slot)  # a stale answer in a reused slot must not pass the check
                 held.append((pool, slot, True))
                 slots[name] = (pool, slot)
@@ -497,10 +499,8 @@ class Executor:
         if region is None or pool.mode != SYSTEM:
             return None
         if (id(pool), region) not in self._host_registered:
-            try:
+            with contextlib.suppress(RegionAlreadyRegistered):  # another worker of the run registered it first
                 register_system(pool.client, region, "/" + region, data.nbytes)
-            except RegionAlreadyRegistered:
-                pass  # another worker of the run registered it first
             self._host_registered.add((id(pool), region))
         return Slot(region, 0, data.nbytes, SYSTEM, np_to_triton_dtype(data.dtype), tuple(data.shape))
 

@@ -1,8 +1,8 @@
 """A lean gRPC client for unary calls: HTTP/2 frames over one asyncio connection per worker.
 
-Why not grpc.aio: on this class of host (2 cores shared with the server) its client cost per call,
-about 200 us of CPU, is most of what a worker may spend per request (tools/bench/client_cost.py
-measures it beside this client). Here every call of a worker shares one HTTP/2 connection; a
+Why not grpc.aio: on a small host shared with the server its client CPU per call is most of what a
+worker may spend per request (tools/bench/client_cost.py measures it beside this client; BENCHMARKS.md
+has the figures). Here every call of a worker shares one HTTP/2 connection; a
 request leaves as one write (HEADERS + DATA, its header block encoded once per method), and an
 answer costs one parse of its frames. The server's header blocks are decoded with `hpack`
 (python-hyper's HPACK implementation, the one h2 uses): the HPACK dynamic table is the part of
@@ -45,14 +45,52 @@ from urllib.parse import unquote
 
 import hpack
 
-from .grpc_frames import (CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, DEFAULT_FRAME, DEFAULT_WINDOW,
-                          ENHANCE_YOUR_CALM, FLAG_ACK, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY,
-                          FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, GOAWAY, HEAD, HEADERS, HTTP_STATUS, INTERNAL_ERROR,
-                          LARGEST_STREAM_ID, MAX_WINDOW, NO_ERROR, OUR_MAX_FRAME, PING, PREFACE, PROTOCOL_ERROR,
-                          PUSH_PROMISE, REFUSED_STREAM, RESET_STATUS, RST_STREAM, SETTINGS, SETTING_ENABLE_PUSH,
-                          SETTING_INITIAL_WINDOW_SIZE, SETTING_MAX_CONCURRENT_STREAMS, SETTING_MAX_FRAME_SIZE,
-                          STATUS_NAMES, WINDOW_UPDATE, error_name, frame, goaway, head, request_headers, reset,
-                          timeout_header)
+from .grpc_frames import (
+    CANCEL,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_FRAME,
+    DEFAULT_WINDOW,
+    ENHANCE_YOUR_CALM,
+    FLAG_ACK,
+    FLAG_END_HEADERS,
+    FLAG_END_STREAM,
+    FLAG_PADDED,
+    FLAG_PRIORITY,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEAD,
+    HEADERS,
+    HTTP_STATUS,
+    INTERNAL_ERROR,
+    LARGEST_STREAM_ID,
+    MAX_WINDOW,
+    NO_ERROR,
+    OUR_MAX_FRAME,
+    PING,
+    PREFACE,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RESET_STATUS,
+    RST_STREAM,
+    SETTING_ENABLE_PUSH,
+    SETTING_INITIAL_WINDOW_SIZE,
+    SETTING_MAX_CONCURRENT_STREAMS,
+    SETTING_MAX_FRAME_SIZE,
+    SETTINGS,
+    STATUS_NAMES,
+    WINDOW_UPDATE,
+    error_name,
+    frame,
+    goaway,
+    head,
+    request_headers,
+    reset,
+    timeout_header,
+)
 
 RECEIVE_REFILL = 1 << 30  # the connection window is topped up after this many bytes received
 _HEADER_CACHE_LIMIT = 256
@@ -561,10 +599,10 @@ class _Connection(asyncio.Protocol):
     # -- sending --------------------------------------------------------------------------------
     async def call(self, headers: bytes, message: bytes | memoryview, timeout: float | None,
                    reroutes: int = 0) -> memoryview:
-        if self.closing or len(self.calls) >= self._max_streams:
-            if not await self._slot():  # never sent: another connection may take it
-                return await self._owner._reroute(headers, message, timeout, reroutes,
-                                                  f"connection to {self.authority} is closing")
+        if (self.closing or len(self.calls) >= self._max_streams) and not await self._slot():
+            # never sent: another connection may take it
+            return await self._owner._reroute(headers, message, timeout, reroutes,
+                                              f"connection to {self.authority} is closing")
         stream_id = self._next_id
         self._next_id += 2
         if self._next_id > self._max_stream_id:
@@ -702,7 +740,7 @@ class GrpcWireClient:
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(lambda: _Connection(self), self.host, self.port), self._connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise GrpcError("UNAVAILABLE", f"failed to connect to {self.authority}: {exc!r}") from None
         old, self._connection = self._connection, protocol
         self._connections.add(protocol)

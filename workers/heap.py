@@ -7,7 +7,7 @@ may get an arena of its own, up to 8 per core, each keeping its freed memory; an
 inside an arena goes back to the system only when it sits at the arena's top. The engine judges
 the server's memory by its growth, and is judged by its own (tools/bench/footprint.py), so its
 processes limit the arenas at start (`limit_arenas`) and hand freed pages back every minute or so
-(`ReleaseTimer`): malloc_trim(0) costs about a millisecond on these heaps.
+(`ReleaseTimer`): malloc_trim(0) walks the whole heap, so once a minute, not after every batch.
 
 Elsewhere than glibc both are no-ops.
 """
@@ -18,7 +18,8 @@ import ctypes
 import ctypes.util
 import time
 
-_M_ARENA_MAX = -8  # glibc's mallopt parameter
+_M_ARENA_MAX = -8  # glibc's mallopt parameters
+_M_MMAP_THRESHOLD = -3
 ARENAS = 2  # the main arena and one for every other thread: they allocate little
 RELEASE_INTERVAL_S = 60.0
 
@@ -38,6 +39,19 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     """Call first thing in a process, before it starts threads: later threads share `arenas`
     arenas. False where the C library is not glibc."""
     return bool(_LIBC is not None and _LIBC.mallopt(_M_ARENA_MAX, arenas))
+
+
+def fix_mmap_threshold(threshold: int = 128 * 1024) -> bool:
+    """Serve every block of `threshold` bytes or more by its own mmap, for the whole process.
+
+    glibc raises its mmap threshold each time a mapped block is freed (up to 32 MiB), after which
+    blocks of that size come from the heap instead. A watch process receives telemetry batches of
+    varying sizes all run long; from the heap they leave holes that later small blocks fill, and
+    the heap's resident size creeps up by a few MiB an hour with nothing kept (BENCHMARKS.md,
+    soak). A fixed threshold keeps large, short-lived blocks out of the heap. Not for the workers:
+    their large blocks are per-request payloads, which a mapping per request would slow down.
+    False where the C library is not glibc."""
+    return bool(_LIBC is not None and _LIBC.mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def release_free_memory() -> bool:

@@ -58,7 +58,7 @@ class HostBudget:
         self.last_wait_s = 0.0  # how long this process's last `acquire` waited
 
     @classmethod
-    def create(cls, path: str, limit_bytes: int) -> "HostBudget":
+    def create(cls, path: str, limit_bytes: int) -> HostBudget:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         os.ftruncate(fd, _SIZE)
         budget = cls(path, fd)
@@ -67,7 +67,7 @@ class HostBudget:
         return budget
 
     @classmethod
-    def open(cls, path: str) -> "HostBudget":
+    def open(cls, path: str) -> HostBudget:
         return cls(path, os.open(path, os.O_RDWR))
 
     def close(self) -> None:
@@ -158,7 +158,7 @@ class HostBudget:
             change(fields)
             _HEADER.pack_into(self._map, 0, *fields)
 
-    def _locked(self) -> "_FileLock":
+    def _locked(self) -> _FileLock:
         return _FileLock(self._fd)
 
 

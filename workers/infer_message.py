@@ -74,7 +74,7 @@ def infer_request(model: str, inputs: list[TensorRef], outputs: list[TensorRef],
     merge when concatenated, and this way a tensor is copied once (into the message) instead of
     three times (tobytes, into the protobuf field, out again when serialized). A stateless
     request with inline tensors only is described by its model, names, types and shapes: that
-    description is serialized once and kept (4 us a request saved)."""
+    description is serialized once and kept (a protobuf build saved per request)."""
     key = None
     if not sequence_id and all(ref.slot is None for ref in inputs) and all(ref.slot is None for ref in outputs):
         key = (model, *[(ref.name, ref.array.dtype, ref.array.shape) for ref in inputs],  # type: ignore[union-attr]

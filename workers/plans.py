@@ -9,8 +9,9 @@ Every random choice comes from the generator passed in, which the worker seeds f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -27,7 +28,7 @@ SEQUENCE_VALUE_LIMIT = 1 << 20  # sequence inputs are drawn from [0, 2^20), as i
 
 # Step, Plan (and TensorRef) are made for every request: plain slotted dataclasses, read-only by
 # convention, because a frozen dataclass's __init__ sets each field through object.__setattr__
-# (2.4 us for a Step instead of 0.55).
+# (several times the cost of a plain one, on every request).
 @dataclass(slots=True)
 class Step:
     model: str
@@ -49,6 +50,9 @@ class Step:
     # A constant input that one host-wide region holds for every worker (its key in the worker's
     # host inputs): the timeout scenario's 1 GiB of ones, written once per host instead of per worker.
     host_input: str = ""
+    # Users' models: room in shared memory for each output of the answer (0: answers inline, unless
+    # the model's own outputs say their size).
+    output_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -59,21 +63,44 @@ class Plan:
     # Sequences left open on purpose (no END): the server must time them out.
     left_open: tuple[int | str, ...] = field(default=())
 
-    def with_scenario(self, scenario: str) -> "Plan":
+    def with_scenario(self, scenario: str) -> Plan:
         """The same steps, counted under another scenario (one that reuses this plan)."""
         return dataclasses.replace(self, scenario=scenario)
 
 
 class ScenarioSettings(Protocol):
-    """The `[scenarios]` knobs a plan reads (the engine config's section satisfies this)."""
+    """The `[scenarios]` knobs a worker reads (the engine config's frozen section satisfies this:
+    read-only members)."""
 
-    sequence_length_mean: float
-    sequence_length_stddev: float
-    sequence_deadline: float
-    timeout_client_deadline: float
-    timeout_input_bytes: int
-    large_tensor_bytes: int
-    streaming_responses: int
+    @property
+    def weights(self) -> dict[str, int]: ...  # scenario -> its share of the plans
+
+    @property
+    def sequence_length_mean(self) -> float: ...
+
+    @property
+    def sequence_length_stddev(self) -> float: ...
+
+    @property
+    def sequence_deadline(self) -> float: ...
+
+    @property
+    def timeout_client_deadline(self) -> float: ...
+
+    @property
+    def timeout_input_bytes(self) -> int: ...
+
+    @property
+    def large_tensor_bytes(self) -> int: ...
+
+    @property
+    def streaming_responses(self) -> int: ...
+
+    @property
+    def input_pool(self) -> int: ...  # distinct random inputs per user load, made once per worker
+
+    @property
+    def input_pool_bytes(self) -> int: ...  # their bytes per load, at most (one input at least)
 
 
 class IdSource:
@@ -248,7 +275,7 @@ def _identity_step(rng: np.random.Generator, spec: ModelSpec, elements: int) -> 
     if datatype == "BYTES":
         values = np.array([rng.bytes(int(rng.integers(0, 24))) for _ in range(elements)], dtype=np.object_)
     elif datatype == "FP32":
-        values = rng.random(elements, dtype=np.float32)  # a quarter of standard_normal's cost: 1 MiB in 6 ms
+        values = rng.random(elements, dtype=np.float32)  # a fraction of standard_normal's cost
     else:
         values = rng.integers(-(1 << 30), 1 << 30, size=elements).astype(_NUMPY[datatype])
     shape = (1, elements) if spec.max_batch_size > 0 else (elements,)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -18,6 +19,7 @@ from .telemetry import (
     KIND_BATCH,
     KIND_EVENT,
     KIND_HEARTBEAT,
+    Event,
     Heartbeat,
     RecordBuffer,
     pack,
@@ -28,10 +30,24 @@ BACKLOG_LIMIT = 10_000  # messages held while the aggregator is not reading
 EVENT_TEXTS = 5  # events per (what, model, scenario) sent with their text; the rest are counted
 
 
+
+@dataclass(frozen=True)
+class ClientKeys:
+    """What a sender needs to reach an aggregator beyond this host: the aggregator's public key and
+    the run's client keypair (z85 bytes)."""
+
+    server_public: bytes
+    public: bytes
+    secret: bytes
+
+    def __repr__(self) -> str:  # a spec printed in a log must not show the secret
+        return f"ClientKeys(server_public={self.server_public!r}, public={self.public!r}, secret=...)"
+
+
 class TelemetrySender:
     def __init__(self, endpoint: str, sender: str, buffer: RecordBuffer, *, context: zmq.Context | None = None,
-                 sndhwm: int = 1000, keys: Any = None) -> None:
-        """`keys`: the run's CURVE client keys (engine.cluster.keys.ClientKeys) when the endpoint
+                 sndhwm: int = 1000, keys: ClientKeys | None = None) -> None:
+        """`keys`: the run's CURVE client keys (made by engine.cluster.keys) when the endpoint
         leaves the host; None on ipc and loopback."""
         self.sender = sender
         self.buffer = buffer
@@ -76,24 +92,7 @@ class TelemetrySender:
             self.records_dropped += count
 
     def heartbeat(self, heartbeat: Heartbeat) -> None:
-        body = {
-            "time_ns": heartbeat.time_ns,
-            "in_flight": heartbeat.in_flight,
-            "oldest_in_flight_ns": heartbeat.oldest_in_flight_ns,
-            "open_sequences": {str(k): list(v) for k, v in heartbeat.open_sequences.items()},
-            "records_sent": heartbeat.records_sent,
-            "records_dropped": heartbeat.records_dropped,
-            "plans": {k: list(v) for k, v in heartbeat.plans.items()},
-            "schedule_lateness_ns": heartbeat.schedule_lateness_ns,
-            "schedule_skipped": heartbeat.schedule_skipped,
-            "oldest_by_model": {str(k): v for k, v in heartbeat.oldest_by_model.items()},
-            "in_flight_by_model": {str(k): v for k, v in heartbeat.in_flight_by_model.items()},
-            "starts_by_model": {str(k): list(v) for k, v in heartbeat.starts_by_model.items()},
-            "models": list(heartbeat.models),
-            "cpu_s": heartbeat.cpu_s,
-            "loop_lag_ns": heartbeat.loop_lag_ns,
-        }
-        self._send(KIND_HEARTBEAT, body)
+        self._send(KIND_HEARTBEAT, heartbeat.to_body())
 
     def event(self, what: str, model: str, scenario: str, text: str, count: int = 1, *,
               always_text: bool = False) -> None:
@@ -104,15 +103,13 @@ class TelemetrySender:
         sent = self._event_texts.get(key, 0)
         if sent < EVENT_TEXTS or always_text:
             self._event_texts[key] = sent + 1
-            self._send(KIND_EVENT, {"what": what, "model": model, "scenario": scenario, "text": text,
-                                    "count": count, "time_ns": time.monotonic_ns()})
+            self._send(KIND_EVENT, Event(what, model, scenario, text, count, time.monotonic_ns()).to_body())
         else:
             self._event_counts[key] = self._event_counts.get(key, 0) + count
 
     def flush_events(self) -> None:
         for (what, model, scenario), count in self._event_counts.items():
-            self._send(KIND_EVENT, {"what": what, "model": model, "scenario": scenario, "text": "",
-                                    "count": count, "time_ns": time.monotonic_ns()})
+            self._send(KIND_EVENT, Event(what, model, scenario, "", count, time.monotonic_ns()).to_body())
         self._event_counts.clear()
 
     def send(self, kind: str, body: dict[str, Any]) -> bool:

@@ -131,6 +131,94 @@ class Heartbeat:
     cpu_s: float = 0.0
     loop_lag_ns: int = 0
 
+    def to_body(self) -> dict[str, Any]:
+        """The message body: msgpack map keys as text, tuples as lists."""
+        return {
+            "time_ns": self.time_ns,
+            "in_flight": self.in_flight,
+            "oldest_in_flight_ns": self.oldest_in_flight_ns,
+            "open_sequences": {str(k): list(v) for k, v in self.open_sequences.items()},
+            "records_sent": self.records_sent,
+            "records_dropped": self.records_dropped,
+            "plans": {k: list(v) for k, v in self.plans.items()},
+            "schedule_lateness_ns": self.schedule_lateness_ns,
+            "schedule_skipped": self.schedule_skipped,
+            "oldest_by_model": {str(k): v for k, v in self.oldest_by_model.items()},
+            "in_flight_by_model": {str(k): v for k, v in self.in_flight_by_model.items()},
+            "starts_by_model": {str(k): list(v) for k, v in self.starts_by_model.items()},
+            "models": list(self.models),
+            "cpu_s": self.cpu_s,
+            "loop_lag_ns": self.loop_lag_ns,
+        }
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Heartbeat:
+        """A received body, decoded once (model codes back to ints; a correlation id stays the
+        text it was sent as). A field the sender left out takes its default; one without a
+        per-model count of requests in flight gets its total for each model it has in flight.
+        KeyError, TypeError or ValueError for a body that is not a heartbeat."""
+        oldest = {int(k): int(v) for k, v in body.get("oldest_by_model", {}).items()}
+        in_flight = int(body.get("in_flight", 0))
+        by_model = body.get("in_flight_by_model")
+        return cls(
+            time_ns=int(body.get("time_ns", 0)),
+            in_flight=in_flight,
+            oldest_in_flight_ns=int(body.get("oldest_in_flight_ns", 0)),
+            open_sequences={k: (int(c), int(t), int(s)) for k, (c, t, s) in body.get("open_sequences", {}).items()},
+            records_sent=int(body.get("records_sent", 0)),
+            records_dropped=int(body.get("records_dropped", 0)),
+            plans={k: (int(r), int(f), int(q)) for k, (r, f, q) in body.get("plans", {}).items()},
+            schedule_lateness_ns=int(body.get("schedule_lateness_ns", 0)),
+            schedule_skipped=int(body.get("schedule_skipped", 0)),
+            oldest_by_model=oldest,
+            in_flight_by_model=({int(k): int(v) for k, v in by_model.items()} if by_model is not None
+                                else dict.fromkeys(oldest, in_flight)),
+            starts_by_model={int(k): (int(n), int(t)) for k, (n, t) in body.get("starts_by_model", {}).items()},
+            models=tuple(body.get("models", ())),
+            cpu_s=float(body.get("cpu_s", 0.0)),
+            loop_lag_ns=int(body.get("loop_lag_ns", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened, said by a worker, a monitor or the coordinator: a failed plan, an
+    incident, the load stopping. `count` events of the same kind when the text was left out."""
+
+    what: str
+    model: str = ""
+    scenario: str = ""
+    text: str = ""
+    count: int = 1
+    time_ns: int = 0  # the sender's monotonic clock; 0: when it arrived
+
+    def to_body(self) -> dict[str, Any]:
+        return {"what": self.what, "model": self.model, "scenario": self.scenario, "text": self.text,
+                "count": self.count, "time_ns": self.time_ns}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Event:
+        return cls(str(body.get("what", "")), str(body.get("model", "")), str(body.get("scenario", "")),
+                   str(body.get("text", "")), int(body.get("count", 1)), int(body.get("time_ns", 0)))
+
+
+@dataclass(frozen=True)
+class ResourceSample:
+    """A monitor's sample: every series' value at one moment (names from engine.series_names)."""
+
+    time_ns: int
+    samples: dict[str, float]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"time_ns": self.time_ns, "samples": self.samples}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ResourceSample:
+        samples = body.get("samples", {})
+        if not isinstance(samples, dict):
+            raise TypeError(f"resource samples are a {type(samples).__name__}, not a map")
+        return cls(int(body.get("time_ns", 0)), samples)
+
 
 class RecordBuffer:
     """Preallocated columns that a worker appends one request to at a time, then flushes whole.

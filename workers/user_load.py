@@ -8,9 +8,10 @@ answers. Anything that does not exist on the server is a start-up error that nam
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -18,7 +19,7 @@ from tritonclient.utils import triton_to_np_dtype
 
 from model_repo_gen.spec import ModelSpec, TensorSpec
 
-from .plans import Plan, PlanContext, Step
+from .plans import Plan, PlanContext, Step, below
 
 
 class LoadError(ValueError):
@@ -38,6 +39,7 @@ class ResolvedLoad:
     shm: str = ""  # "" = the worker's; "none" = inline
     load: str = ""  # "" or closed: drawn by the worker's lanes; constant or poisson: its own schedule
     rate: float = 0.0  # its own schedule's plans/s (0 = the worker's rate)
+    output_bytes: int = 0  # shared memory for each output of a request; 0 = answers inline
 
 
 def _array(values: Any, datatype: str, shape: Sequence[int] | None, what: str) -> np.ndarray:
@@ -126,6 +128,7 @@ def _resolve(client: grpcclient.InferenceServerClient, entry: Any, index: int, e
         raise LoadError(f"[[load]] {model}: batch_size {entry.batch_size} exceeds its max_batch_size {max_batch}")
     outputs = {t["name"]: t["datatype"] for t in metadata.get("outputs", [])}
     batch = entry.batch_size if max_batch else 0
+    output_bytes = entry.output_bytes or _fixed_output_bytes(metadata.get("outputs", []), batch, max_batch)
     rows: tuple = ()
     expect: tuple = ()
     if entry.data not in ("random", "zero"):
@@ -138,7 +141,21 @@ def _resolve(client: grpcclient.InferenceServerClient, entry: Any, index: int, e
                      outputs=tuple(TensorSpec(n, d, ()) for n, d in outputs.items()),
                      instance_count=0, instance_kind="")
     return ResolvedLoad(scenario, spec, entry.data, rows, expect, bool(entry.sequence), entry.weight, entry.protocol,
-                        entry.shm, entry.load, entry.rate)
+                        entry.shm, entry.load, entry.rate, output_bytes)
+
+
+def _fixed_output_bytes(outputs: list[dict[str, Any]], batch: int, max_batch: int) -> int:
+    """The largest output's bytes where the metadata fixes every output's shape and none is BYTES
+    (the room each output gets in shared memory); 0 where one is variable: answers come inline."""
+    sizes = []
+    for output in outputs:
+        shape = [int(d) for d in output["shape"]]
+        dims = shape[1:] if max_batch > 0 else shape
+        if output["datatype"] == "BYTES" or any(d < 0 for d in dims):
+            return 0
+        itemsize = np.dtype(triton_to_np_dtype(output["datatype"])).itemsize
+        sizes.append(max(batch, 1) * int(np.prod(dims, dtype=np.int64)) * itemsize)
+    return max(sizes, default=0)
 
 
 @dataclass(frozen=True)
@@ -162,8 +179,39 @@ def _random(rng: np.random.Generator, tensor: TensorSpec, zero: bool) -> np.ndar
     return rng.integers(0, 100, tensor.dims).astype(dtype)
 
 
+Tensors = tuple[tuple[str, np.ndarray], ...]  # (input name, data) for every input of a request
+
+
+def input_pool(ctx: PlanContext, load: ResolvedLoad) -> tuple[Tensors, ...]:
+    """The distinct inputs a random or zero load draws from, made once per worker: drawing a
+    fresh random megabyte costs milliseconds, far more than sending it, and in shared memory each
+    pooled input is written into its slot once and then only named by the requests that send it.
+    `input_pool` of them (enough that a cache in the server or the model does not see one input
+    over and over), as many as fit in `input_pool_bytes`, one at least; zeros need only one."""
+    def make() -> tuple[Tensors, ...]:
+        size = max(1, sum(_nbytes(t) for t in load.spec.inputs))
+        fit = ctx.settings.input_pool_bytes // size
+        count = 1 if load.data == "zero" else max(1, min(ctx.settings.input_pool, fit))
+        return tuple(tuple((t.name, _random(ctx.rng, t, load.data == "zero")) for t in load.spec.inputs)
+                     for _ in range(count))
+    return ctx.constant(("input_pool", load.scenario), make)
+
+
+def _nbytes(tensor: TensorSpec) -> int:
+    """A tensor's bytes in a request (BYTES elements as the 8 random bytes made for each, plus their length)."""
+    count = int(np.prod(tensor.dims))
+    return count * (12 if tensor.datatype == "BYTES" else np.dtype(triton_to_np_dtype(tensor.datatype)).itemsize)
+
+
+def _rows_nbytes(load: ResolvedLoad) -> int:
+    return sum(data.nbytes for row in load.rows for _, data in row)
+
+
 def plan_user(ctx: PlanContext, load: ResolvedLoad) -> Plan:
-    """One request (or one sequence, START ... END) of a user's model."""
+    """One request (or one sequence, START ... END) of a user's model. Its inputs come from a
+    pool (the random or zero pool, or a file's rows): the same arrays again and again, so shared
+    memory writes each one once (`constant_input`); a file's rows only where they all fit in
+    `input_pool_bytes`, else each request's row is copied into a slot of its own, as it is sent."""
     steps_count = max(1, int(round(ctx.rng.normal(ctx.settings.sequence_length_mean,
                                                  ctx.settings.sequence_length_stddev)))) if load.sequence else 1
     seq_id = ctx.ids.take(load.spec) if load.sequence else 0
@@ -173,10 +221,15 @@ def plan_user(ctx: PlanContext, load: ResolvedLoad) -> Plan:
             row = int(ctx.rng.integers(len(load.rows)))
             tensors = load.rows[row]
             checks = load.expect[row] if load.expect else ()
+            constant = ctx.constant(("rows_fit", load.scenario),
+                                    lambda: _rows_nbytes(load) <= ctx.settings.input_pool_bytes)
         else:
-            tensors = tuple((t.name, _random(ctx.rng, t, load.data == "zero")) for t in load.spec.inputs)
+            pool = input_pool(ctx, load)
+            tensors = pool[below(ctx.rng, len(pool))]
             checks = ()
+            constant = True
         steps.append(Step(model=load.spec.name, values=tensors[0][1], extra_inputs=tuple(tensors[1:]),
                           extra_expect=tuple(checks), sequence_id=seq_id, start=load.sequence and index == 0,
-                          end=load.sequence and index == steps_count - 1, protocol=load.protocol, shm=load.shm))
+                          end=load.sequence and index == steps_count - 1, protocol=load.protocol, shm=load.shm,
+                          constant_input=constant, output_bytes=load.output_bytes))
     return Plan(load.scenario, tuple(steps), ctx.settings.sequence_deadline if load.sequence else 60.0)

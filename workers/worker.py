@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import functools
 import multiprocessing
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -21,8 +23,8 @@ from shm import ShmPool
 
 from . import event_loop
 from .executor import Executor, PlanOutcome
-from .heap import ReleaseTimer, limit_arenas
-from .lifeline import stop_with_parent
+from .heap import ReleaseTimer
+from .host_budget import HostBudget
 from .plans import (
     PLANNERS,
     PROCESS_SCENARIOS,
@@ -34,8 +36,8 @@ from .plans import (
     plan_identity,
 )
 from .process_scenarios import SteadyLoadController, run_crashing_client, run_steady_load
-from .sender import TelemetrySender
-from .host_budget import HostBudget
+from .process_setup import enter_process, spawn
+from .sender import ClientKeys, TelemetrySender
 from .telemetry import Heartbeat, RecordBuffer
 from .user_load import ResolvedLoad, plan_user
 
@@ -67,7 +69,7 @@ class WorkerSpec:
     protocol: str
     concurrency: int
     models: tuple[ModelSpec, ...]
-    scenarios: Any  # the [scenarios] section (weights and knobs); ScenarioSettings
+    scenarios: ScenarioSettings  # the [scenarios] section: weights and knobs
     telemetry_endpoint: str
     deadline_s: float  # seconds from the worker's start until it stops on its own
     shm_mode: str = "none"  # none, system, cuda or auto: where request tensors travel
@@ -76,7 +78,7 @@ class WorkerSpec:
     rate: float = 10.0  # open loop: plans started per second
     max_outstanding: int = 256  # open loop: in flight before the schedule skips
     target: str = ""  # the server this worker drives, by name, in a fleet ("" with one server)
-    telemetry_keys: Any = None  # CURVE client keys when the telemetry endpoint leaves the host
+    telemetry_keys: ClientKeys | None = None  # CURVE client keys when the telemetry endpoint leaves the host
     event_loop: str = "uvloop"  # uvloop or asyncio (workers/event_loop.py)
     budget_path: str = ""  # the host-wide budget of large requests (workers/host_budget.py); "" = none
     host_inputs: tuple[tuple[str, str], ...] = ()  # (key, region name): constant inputs shared by the host
@@ -157,7 +159,7 @@ _OWN_RUNNERS = frozenset({"crashing_client", "steady_load"})
 class ScenarioDraw:
     """Draws a scenario index as `rng.choice(len(p), p=p)` does, from the same single uniform
     number (so runs replay exactly as before), without choice()'s per-call checks and cumulative
-    sum: 1 us a draw instead of 60 (bisect on a list of the same doubles is searchsorted(side=
+    sum, most of its cost per draw (bisect on a list of the same doubles is searchsorted(side=
     "right") without numpy's call overhead)."""
 
     def __init__(self, probabilities: np.ndarray) -> None:
@@ -269,10 +271,8 @@ class Worker:
                 # Nobody listens (the server died or restarts): a closed loop would spin through
                 # thousands of instant refusals. Each is still recorded; the lane only slows down.
                 pause = min(max(2 * pause, UNREACHABLE_FIRST_PAUSE_S), UNREACHABLE_LONGEST_PAUSE_S)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=pause)
-                except asyncio.TimeoutError:
-                    pass
             else:
                 pause = 0.0
 
@@ -306,7 +306,7 @@ class Worker:
                 try:
                     await asyncio.wait_for(self._stop.wait(), timeout=wait)
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             name = names[draw(rng)]
             if len(running) >= self.spec.max_outstanding:
@@ -380,9 +380,8 @@ def worker_main(spec: WorkerSpec) -> None:
     """Process entry point (spawn context). SIGTERM and SIGINT stop it gracefully: in-flight plans
     finish (each is bounded by its deadline), the last records and heartbeat are sent. The same
     happens when the coordinator dies."""
-    parent = multiprocessing.parent_process()
-    stop_with_parent(parent.pid if parent else None)
-    limit_arenas()  # before ZeroMQ's and gRPC's threads start
+    # The signals are the event loop's (below); the heap timer is the heartbeat loop's, which a Ray actor runs too.
+    enter_process(spec.run_id, f"worker {spec.worker_id}")
     worker = Worker(spec)
 
     async def main() -> None:
@@ -395,10 +394,7 @@ def worker_main(spec: WorkerSpec) -> None:
 
 
 def start_worker(spec: WorkerSpec) -> multiprocessing.process.BaseProcess:
-    process = multiprocessing.get_context("spawn").Process(target=worker_main, args=(spec,),
-                                                           name=f"worker-{spec.worker_id}", daemon=False)
-    process.start()
-    return process
+    return spawn(worker_main, spec, f"worker-{spec.worker_id}")
 
 
 __all__ = ["PROCESS_SCENARIOS", "PlanError", "Worker", "WorkerSpec", "replay_scenarios", "scenario_table",

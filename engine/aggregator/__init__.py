@@ -2,7 +2,6 @@
 the detectors and writes the run's store."""
 
 from .histogram import LatencyHistogram
-from .window_stats import WindowStats
 from .windows import WindowFolder, merge_windows
 
-__all__ = ["LatencyHistogram", "WindowFolder", "WindowStats", "merge_windows"]
+__all__ = ["LatencyHistogram", "WindowFolder", "merge_windows"]

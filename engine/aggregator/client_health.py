@@ -15,6 +15,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
+from workers.telemetry import Heartbeat
+
 CPU_SHARE = 0.9  # of one core: a Python worker at this is its own bottleneck
 LOOP_LAG_S = 0.1  # its event loop woke this late: everything it timed waited as long
 SCHEDULE_LATE_S = 0.1  # open loop: plans started this late
@@ -36,20 +38,20 @@ class ClientHealth:
     workers: dict[str, _Worker] = field(default_factory=dict)
     held_windows: int = 0  # windows kept away from drift
 
-    def beat(self, name: str, at_s: float, body: dict) -> tuple[str, str] | None:
+    def beat(self, name: str, at_s: float, heartbeat: Heartbeat) -> tuple[str, str] | None:
         """One heartbeat of worker `name` at run second `at_s`; an event (what, text) when the
         worker becomes client-bound or stops being so."""
         worker = self.workers.setdefault(name, _Worker())
-        cpu = float(body.get("cpu_s", 0.0))
+        cpu = heartbeat.cpu_s
         reasons = []
         if worker.last_s is not None and at_s > worker.last_s and cpu:
             share = (cpu - worker.cpu_s) / (at_s - worker.last_s)
             if share >= CPU_SHARE:
                 reasons.append(f"{100 * share:.0f} % of a core")
-        lag = body.get("loop_lag_ns", 0) / 1e9
+        lag = heartbeat.loop_lag_ns / 1e9
         if lag >= LOOP_LAG_S:
             reasons.append(f"its event loop {1000 * lag:.0f} ms late")
-        late = body.get("schedule_lateness_ns", 0) / 1e9
+        late = heartbeat.schedule_lateness_ns / 1e9
         if late >= SCHEDULE_LATE_S:
             reasons.append(f"plans started {1000 * late:.0f} ms late")
         since, worker.last_s, worker.cpu_s = worker.last_s, at_s, cpu

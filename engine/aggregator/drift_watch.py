@@ -18,8 +18,8 @@ from engine.detectors.drift import DriftDetector, DriftParams
 from engine.detectors.settings import DetectorSettings
 from engine.detectors.verdict import Verdict
 
+from ..window_stats import WindowStats
 from .stages import StageWatch
-from .window_stats import WindowStats
 
 Key = tuple[str, str, str, str]  # model, scenario, protocol, target
 Point = tuple[float, float, float, int]  # window start, p50, p99, answered requests

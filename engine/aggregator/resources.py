@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -20,13 +20,23 @@ from engine.detectors.leak import LeakDetector
 from engine.detectors.settings import DetectorSettings
 from engine.detectors.stall import instance_model
 from engine.detectors.verdict import Verdict
+from engine.series_names import (
+    PENDING,
+    SERVER,
+    field_of,
+    is_shm_series,
+    model_metric,
+    process_of,
+    split_process,
+    split_target,
+    stub_instance,
+)
 
-from .series import RecentSamples, field_of, process_of, split_target
+from .series import RecentSamples
 
 LEAK_FIELD = "rss_anon"  # heap growth; RssShmem grows with registered regions and is not a leak
 # Countable resources judged by their floors: per process, and the run's /dev/shm footprint.
 DISCRETE_FIELDS = ("fds", "threads")
-SHM_SERIES = {"shm/files": "files", "shm/bytes": "bytes"}
 STUB_CPU = "cpu_s"
 # A stall is judged within 2 T of its request's start, T being 5-10 s unless a model is slow by
 # configuration: 15 minutes of CPU samples name the instance of any stall up to T = 7.5 min.
@@ -64,30 +74,30 @@ class ResourceWatch:
                 self.pids[process] = value
         for name, value in samples.items():  # queues before memory: a backlog explains growth
             target, plain = split_target(name)
-            if plain.startswith("model/") and plain.endswith("/pending"):
-                model = plain[len("model/"):-len("/pending")]
-                self._pending_on.setdefault(target, {})[model] = float(value)
+            parsed = model_metric(plain)
+            if parsed is not None and parsed[1] == PENDING:
+                self._pending_on.setdefault(target, {})[parsed[0]] = float(value)
         for name, value in samples.items():
             target, plain = split_target(name)
-            if plain in SHM_SERIES:
-                self._discrete(name, SHM_SERIES[plain]).add(at, float(value))
+            if is_shm_series(plain):
+                self._discrete(name, field_of(plain)).add(at, float(value))
                 continue
             process = process_of(name)
             if process is None:
                 continue
             kind = field_of(name)
+            instance = stub_instance(process)
             if kind == LEAK_FIELD:
-                model = instance_model(process[len("stub/"):].split(" on ", 1)[0]) if process.startswith("stub/") \
-                    else ""
-                queued = self._pending_on.get(target) if process.split(" on ", 1)[0] == "server" else None
+                model = instance_model(instance) if instance is not None else ""
+                queued = self._pending_on.get(target) if split_process(process)[0] == SERVER else None
                 self._leak(name, process).add(at, float(value), float(completed.get(model, 0) if model else requests),
                                               sum(queued.values()) if queued else None)
             elif kind in DISCRETE_FIELDS:
                 self._discrete(name, kind).add(at, float(value))
-            elif kind == STUB_CPU and not target and process.startswith("stub/"):
-                recent = self.stub_cpu.get(process[len("stub/"):])
+            elif kind == STUB_CPU and not target and instance is not None:
+                recent = self.stub_cpu.get(instance)
                 if recent is None:
-                    recent = self.stub_cpu[process[len("stub/"):]] = RecentSamples(STUB_CPU_HORIZON_S)
+                    recent = self.stub_cpu[instance] = RecentSamples(STUB_CPU_HORIZON_S)
                 recent.append(at, float(value))
 
     @property
@@ -100,8 +110,9 @@ class ResourceWatch:
         for detectors in (self.leak, self.discrete):
             for name in [n for n in detectors if process_of(n) == process]:
                 del detectors[name]
-        if process.startswith("stub/"):
-            self.stub_cpu.pop(process[len("stub/"):], None)
+        instance = stub_instance(process)
+        if instance is not None and not split_process(process)[1]:  # only one server's stubs are kept
+            self.stub_cpu.pop(instance, None)
 
     def _leak(self, name: str, process: str) -> LeakDetector:
         detector = self.leak.get(name)

@@ -1,4 +1,4 @@
-"""Names of the monitor's resource series, and the recent samples the stall detector reads.
+"""The recent samples of a resource series that the stall detector reads.
 
 What the leak detectors read is kept by the detectors themselves, in bins (engine.detectors.bins);
 series no detector reads are only stored. The aggregator's memory thus stays flat over a long run.
@@ -35,27 +35,3 @@ class RecentSamples:
         first = max(0, bisect.bisect_right(self.t, since_s) - 1)
         return np.array(self.t[first:], dtype=float), np.array(self.v[first:], dtype=float)
 
-
-TARGET_PREFIX = "target/"  # a fleet's monitors name their series target/<server name>/<series>
-
-
-def split_target(series_name: str) -> tuple[str, str]:
-    """'target/a/proc/server/fds' -> ('a', 'proc/server/fds'); a one-server name -> ('', name)."""
-    if series_name.startswith(TARGET_PREFIX):
-        target, _, rest = series_name[len(TARGET_PREFIX):].partition("/")
-        return target, rest
-    return "", series_name
-
-
-def process_of(series_name: str) -> str | None:
-    """'proc/stub/m_0_1/rss_anon' -> 'stub/m_0_1'; 'proc/server/fds' -> 'server';
-    'target/a/proc/server/fds' -> 'server on a'; else None."""
-    target, rest = split_target(series_name)
-    if not rest.startswith("proc/"):
-        return None
-    process = rest[len("proc/"):].rsplit("/", 1)[0]
-    return f"{process} on {target}" if target else process
-
-
-def field_of(series_name: str) -> str:
-    return series_name.rsplit("/", 1)[-1]

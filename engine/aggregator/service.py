@@ -15,39 +15,42 @@ import math
 import multiprocessing
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import zmq
 
+from engine.cluster.keys import ServerKeys, leaves_host, secure_server
 from engine.detectors.errors import ErrorDetector
 from engine.detectors.settings import DetectorSettings
 from engine.detectors.stall import ModelTiming, StallDetector, StallView
 from engine.detectors.verdict import Verdict
-from engine.cluster.keys import ServerKeys, leaves_host, secure_server
+from engine.live_status import LiveStatus
 from engine.store import RunStore
-from workers.heap import ReleaseTimer, limit_arenas
 from workers.heap_probe import HeapProbe
-from workers.lifeline import stop_with_parent
+from workers.process_setup import enter_process, spawn
 from workers.telemetry import (
     INCIDENT,
     KIND_BATCH,
     KIND_EVENT,
     KIND_HEARTBEAT,
     KIND_RESOURCES,
+    Event,
+    Heartbeat,
     Message,
+    ResourceSample,
     decode_batch,
     unpack,
 )
 
+from ..window_stats import WindowStats
 from .client_health import ClientHealth
 from .drift_watch import DriftWatch
 from .histogram import LatencyHistogram
 from .resources import ResourceWatch
 from .stages import StageWatch
-from .window_stats import WindowStats
 from .windows import WindowFolder
 
 TICK_S = 1.0  # windows closed, detectors run, store committed, status written
@@ -91,7 +94,8 @@ class _Sender:
     next_seq: int = 0
     lost: int = 0
     last_heartbeat: float = 0.0  # monotonic s
-    body: dict = field(default_factory=dict)
+    heartbeat: Heartbeat | None = None  # its last (a worker's)
+    plans: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # its plan totals per scenario
     rate: float = 0.0  # records/s between its last two heartbeats
 
 
@@ -162,14 +166,14 @@ class Aggregator:
         verdicts, each sender's plan totals and message sequence (so the gap is counted as the
         messages lost while nobody listened). Open windows and detector history died with it."""
         figures = store.status()
-        if not figures:
+        if figures is None:
             return
-        self.requests = int(figures.get("requests", 0))
-        self.failed_requests = int(figures.get("errors", 0))
-        self.wrong_answers = int(figures.get("wrong", 0))
-        for name, (next_seq, plans) in figures.get("senders", {}).items():
+        self.requests = figures.requests
+        self.failed_requests = figures.errors
+        self.wrong_answers = figures.wrong
+        for name, (next_seq, plans) in figures.senders.items():
             self.senders[name].next_seq = int(next_seq)
-            self.senders[name].body = {"plans": plans}
+            self.senders[name].plans = {scenario: tuple(row) for scenario, row in plans.items()}
         self.verdicts = [(row.id, row.verdict) for row in store.verdicts() if row.state != "withdrawn"]
 
     # -- time -----------------------------------------------------------------------------
@@ -213,22 +217,23 @@ class Aggregator:
         if message.kind == KIND_BATCH:
             self._batch(message)
         elif message.kind == KIND_HEARTBEAT:
+            beat = Heartbeat.from_body(message.body)
             sender.last_heartbeat = self._now_s()
             if message.sender.startswith("worker"):
-                at = self.run_s(message.body.get("time_ns") or self._clock())
-                change = self.health.beat(message.sender, at, message.body)
+                at = self.run_s(beat.time_ns or self._clock())
+                change = self.health.beat(message.sender, at, beat)
                 if change is not None:  # a worker became its own bottleneck, or stopped being one
                     what, text = change
                     self.store.add_event(at, "aggregator", what, "", "", 1, text)
-            before, sender.body = sender.body, message.body
-            if "time_ns" in before:
-                seconds = (message.body.get("time_ns", 0) - before.get("time_ns", 0)) / 1e9
+            before, sender.heartbeat, sender.plans = sender.heartbeat, beat, beat.plans
+            if before is not None:
+                seconds = (beat.time_ns - before.time_ns) / 1e9
                 if seconds > 0:
-                    sender.rate = (message.body.get("records_sent", 0) - before.get("records_sent", 0)) / seconds
+                    sender.rate = (beat.records_sent - before.records_sent) / seconds
         elif message.kind == KIND_EVENT:
             self._event(message)
         elif message.kind == KIND_RESOURCES:
-            self._resources(message.body)
+            self._resources(ResourceSample.from_body(message.body))
 
     def _batch(self, message: Message) -> None:
         batch = decode_batch(message)
@@ -245,24 +250,22 @@ class Aggregator:
                     self.last_answer[name] = last
 
     def _event(self, message: Message) -> None:
-        body = message.body
-        at = self.run_s(body.get("time_ns") or self._clock())
-        if body.get("what") == LOAD_STOPPED:
+        event = Event.from_body(message.body)
+        at = self.run_s(event.time_ns or self._clock())
+        if event.what == LOAD_STOPPED:
             self.load_stopped_s = at
-        elif body.get("what") == INCIDENT:
-            self.store.add_incident(at, body.get("text", ""))
-        elif body.get("what") == WORKER_GONE:
-            self._worker_gone(at, body.get("text", ""))
-        text = body.get("text", "")
-        self.store.add_event(at, message.sender, body.get("what", ""), body.get("model", ""),
-                             body.get("scenario", ""), body.get("count", 1), text)
-        scenario_texts = self.texts[body.get("scenario", "")]
-        if text and len(scenario_texts) < SAMPLE_TEXTS:
-            scenario_texts.append(text)
+        elif event.what == INCIDENT:
+            self.store.add_incident(at, event.text)
+        elif event.what == WORKER_GONE:
+            self._worker_gone(at, event.text)
+        self.store.add_event(at, message.sender, event.what, event.model, event.scenario, event.count, event.text)
+        scenario_texts = self.texts[event.scenario]
+        if event.text and len(scenario_texts) < SAMPLE_TEXTS:
+            scenario_texts.append(event.text)
 
-    def _resources(self, body: dict) -> None:
-        at = self.run_s(body.get("time_ns") or self._clock())
-        samples: dict[str, float] = body.get("samples", {})
+    def _resources(self, sample: ResourceSample) -> None:
+        at = self.run_s(sample.time_ns or self._clock())
+        samples = sample.samples
         self.store.add_resources(at, samples)
         self.resources.add(at, samples, self.requests, self.completed)
         self.stages.add(at, samples)
@@ -280,7 +283,7 @@ class Aggregator:
         self._missing_workers(now)
         self._recent.append((now, self.requests))
         status = self.status(now, closed)
-        status["final"] = final  # a report of a store without it says the run did not end normally
+        status.final = final  # a report of a store without it says the run did not end normally
         self.store.set_status(status)
         self.store.set_totals(self.totals())
         self.store.commit()
@@ -363,24 +366,21 @@ class Aggregator:
         starts: dict[str, tuple[int, float]] = {}
         sequences: dict[tuple[str, str], tuple[float, int]] = {}
         for sender in self.senders.values():
-            body = sender.body
-            if not body or sender.last_heartbeat < fresh:
+            beat = sender.heartbeat
+            if beat is None or sender.last_heartbeat < fresh:
                 continue
-            names = body.get("models", [])
-            for code, start_ns in body.get("oldest_by_model", {}).items():
+            names = beat.models
+            for code, start_ns in beat.oldest_by_model.items():
                 name = _model_name(names, code)
                 oldest[name] = min(oldest.get(name, now), self.run_s(start_ns))
-            by_model = body.get("in_flight_by_model")
-            if by_model is None:  # a worker that does not count per model: its total, for each model
-                by_model = {code: body.get("in_flight", 0) for code in body.get("oldest_by_model", {})}
-            for code, count in by_model.items():
+            for code, count in beat.in_flight_by_model.items():
                 name = _model_name(names, code)
-                in_flight[name] = in_flight.get(name, 0) + int(count)
-            for code, (count, start_ns) in body.get("starts_by_model", {}).items():
+                in_flight[name] = in_flight.get(name, 0) + count
+            for code, (count, start_ns) in beat.starts_by_model.items():
                 name = _model_name(names, code)
                 waiting, first = starts.get(name, (0, now))
-                starts[name] = (waiting + int(count), min(first, self.run_s(start_ns)))
-            for sequence, (code, last_ns, step) in body.get("open_sequences", {}).items():
+                starts[name] = (waiting + count, min(first, self.run_s(start_ns)))
+            for sequence, (code, last_ns, step) in beat.open_sequences.items():
                 sequences[(_model_name(names, code), sequence)] = (self.run_s(last_ns), step)
         since = min([*oldest.values(), *(first for _, first in starts.values())], default=None)
         stub_cpu = self.resources.stub_cpu_since(since) if since is not None else {}
@@ -396,7 +396,7 @@ class Aggregator:
             text = f"{name} died before its first heartbeat: none of its requests is known"
             in_flight = 0
         else:
-            in_flight = int(sender.body.get("in_flight", 0))
+            in_flight = sender.heartbeat.in_flight if sender.heartbeat is not None else 0
             unsent = math.ceil(sender.rate * UNSENT_WINDOW_S)
             text = (f"{name} died: up to about {in_flight + unsent} of its requests are not counted (the server "
                     f"may have counted them): {in_flight} in flight at its last heartbeat "
@@ -426,32 +426,31 @@ class Aggregator:
     def totals(self) -> list[tuple[str, int, int, int]]:
         merged: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
         for sender in self.senders.values():
-            for scenario, values in sender.body.get("plans", {}).items():
+            for scenario, values in sender.plans.items():
                 row = merged[scenario]
                 for i in range(3):
                     row[i] += values[i]
         return [(name, *row) for name, row in sorted(merged.items())]  # type: ignore[misc]
 
-    def status(self, now: float, closed: list[WindowStats]) -> dict:
+    def status(self, now: float, closed: list[WindowStats]) -> LiveStatus:
         last_p99, recent_p99 = self._live_p99(closed)
         then, before = self._recent[0] if self._recent else (now, self.requests)
         workers = {name: round(self._now_s() - s.last_heartbeat, 1) for name, s in self.senders.items()
                    if name.startswith("worker") and s.last_heartbeat}
-        return {
-            "time_s": now, "requests": self.requests,
-            "rate": (self.requests - before) / (now - then) if now > then else 0.0,
-            "p99_ms": last_p99, "p99_recent_ms": recent_p99,
-            "errors": self.failed_requests, "wrong": self.wrong_answers,
-            "verdicts": [v.describe() for _, v in self.verdicts if v.kind != "PLATEAU"],
-            "fatal": [v.describe() for _, v in self.verdicts if v.detector in self.spec.settings.fatal
-                      and not _informational(v)],
-            "lost_messages": sum(s.lost for s in self.senders.values()), "bad_messages": self.bad_messages,
-            "late_records": self.folder.late_records,
-            "client_bound_windows": self.health.held_windows,
-            "heartbeat_age_s": workers,
-            # what a restarted aggregator needs to go on counting (see _resume)
-            "senders": {name: [s.next_seq, s.body.get("plans", {})] for name, s in self.senders.items()},
-        }
+        return LiveStatus(
+            time_s=now, requests=self.requests,
+            rate=(self.requests - before) / (now - then) if now > then else 0.0,
+            p99_ms=last_p99, p99_recent_ms=recent_p99,
+            errors=self.failed_requests, wrong=self.wrong_answers,
+            verdicts=[v.describe() for _, v in self.verdicts if v.kind != "PLATEAU"],
+            fatal=[v.describe() for _, v in self.verdicts if v.detector in self.spec.settings.fatal
+                   and not _informational(v)],
+            lost_messages=sum(s.lost for s in self.senders.values()), bad_messages=self.bad_messages,
+            late_records=self.folder.late_records,
+            client_bound_windows=self.health.held_windows,
+            heartbeat_age_s=workers,
+            senders={name: [s.next_seq, s.plans] for name, s in self.senders.items()},
+        )
 
     def _live_p99(self, closed: list[WindowStats]) -> tuple[float, float]:
         """The worst p99 among the windows that closed last, and among those of the last
@@ -483,36 +482,33 @@ def _informational(verdict: Verdict) -> bool:
     return verdict.kind in INFO_KINDS or "stall_verdict_id" in verdict.evidence
 
 
-def _model_name(names: list[str], code: int | str) -> str:
-    """A heartbeat's model code (an int, or its text as a msgpack map key) as its model's name."""
+def _model_name(names: tuple[str, ...], code: int) -> str:
+    """A heartbeat's model code as its model's name."""
     return names[int(code)] if int(code) < len(names) else str(code)
 
 
-def _gauges(status: dict) -> dict:
+def _gauges(status: LiveStatus) -> dict:
     return {
-        "engine_requests_total": ("request records received", {(): float(status["requests"])}),
-        "engine_request_rate": ("requests per second over the last 10 s", {(): float(status["rate"])}),
-        "engine_window_p99_ms": ("worst p99 of the last closed windows, ms", {(): float(status["p99_ms"])}),
+        "engine_requests_total": ("request records received", {(): float(status.requests)}),
+        "engine_request_rate": ("requests per second over the last 10 s", {(): float(status.rate)}),
+        "engine_window_p99_ms": ("worst p99 of the last closed windows, ms", {(): float(status.p99_ms)}),
         "engine_recent_p99_ms": (f"worst p99 of the last {RECENT_WINDOWS} windows, ms",
-                                 {(): float(status["p99_recent_ms"])}),
+                                 {(): float(status.p99_recent_ms)}),
         "engine_failed_requests_total": ("failed requests and missing expected errors",
-                                         {(): float(status["errors"])}),
-        "engine_wrong_answers_total": ("answers that failed validation", {(): float(status["wrong"])}),
-        "engine_verdicts": ("verdicts raised", {(): float(len(status["verdicts"]))}),
-        "engine_telemetry_lost_messages": ("telemetry messages lost", {(): float(status["lost_messages"])}),
+                                         {(): float(status.errors)}),
+        "engine_wrong_answers_total": ("answers that failed validation", {(): float(status.wrong)}),
+        "engine_verdicts": ("verdicts raised", {(): float(len(status.verdicts))}),
+        "engine_telemetry_lost_messages": ("telemetry messages lost", {(): float(status.lost_messages)}),
     }
 
 
 def aggregator_main(spec: AggregatorSpec) -> None:
-    """Process entry point (spawn context)."""
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
-    parent = multiprocessing.parent_process()
-    stop_with_parent(parent.pid if parent else None)  # a killed coordinator still gets a drained store
-    limit_arenas()  # before ZeroMQ's I/O thread starts
+    """Process entry point (spawn context). SIGTERM, and the coordinator's death, stop it: a killed
+    coordinator still gets a drained store. SIGINT is ignored: the coordinator decides when to stop."""
+    stopping: list[int] = []
+    heap = enter_process(spec.run_id, "aggregator", stop=lambda: stopping.append(1), stop_on=(signal.SIGTERM,),
+                         ignore=(signal.SIGINT,), watch=True)
     aggregator = Aggregator(spec)
-    heap = ReleaseTimer()
     probe = HeapProbe.from_environment(Path(spec.store_path).parent, "aggregator")
     try:
         next_tick = time.monotonic() + TICK_S
@@ -533,6 +529,4 @@ def aggregator_main(spec: AggregatorSpec) -> None:
 
 
 def start_aggregator(spec: AggregatorSpec) -> multiprocessing.process.BaseProcess:
-    process = multiprocessing.get_context("spawn").Process(target=aggregator_main, args=(spec,), name="aggregator")
-    process.start()
-    return process
+    return spawn(aggregator_main, spec, "aggregator")

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import bisect
 import collections
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
+
+from engine.series_names import model_metric
 
 COUNT = "success"  # nv_inference_request_success: requests that completed
 STAGES = {"queue": ("queue_us",), "compute": ("compute_input_us", "compute_infer_us", "compute_output_us")}
@@ -85,9 +87,10 @@ class StageWatch:
     def add(self, at: float, samples: Mapping[str, float]) -> None:
         found: dict[str, dict[str, float]] = {}
         for name, value in samples.items():
-            if not name.startswith("model/"):
-                continue  # a fleet's (target/...) servers are not attributed
-            model, _, field = name[len("model/"):].rpartition("/")
+            parsed = model_metric(name)
+            if parsed is None:
+                continue  # not a model's, or a fleet's (target/...) servers: they are not attributed
+            model, field = parsed
             if field in FIELDS:
                 found.setdefault(model, {})[field] = float(value)
         for model, values in found.items():

@@ -25,8 +25,8 @@ from workers.telemetry import (
     RecordBatch,
 )
 
+from ..window_stats import WindowStats
 from .histogram import BUCKETS, LatencyHistogram, bucket_of
-from .window_stats import WindowStats
 
 _STATUSES = len(STATUS_NAMES)
 _ANSWERED = np.zeros(256, dtype=bool)  # status code -> has a latency worth keeping
@@ -239,8 +239,8 @@ class WindowFolder:
             # No answered request, no histogram: b"" (from_bytes reads it as an empty one).
             histogram=h.to_bytes() if h.count else b"",
         )
-        # The target only when there is one: passing it for every window made CPython 3.11 keep a
-        # few hundred KiB more (a plateau, freed by gc.collect(); tests/test_windows.py checks flat memory).
+        # The target only when there is one: passing it for every window made CPython 3.11 keep more
+        # memory (a plateau, freed by gc.collect(); tests/test_windows.py checks flat memory).
         return dataclasses.replace(stats, target=target) if target else stats
 
 

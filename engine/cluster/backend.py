@@ -1,23 +1,22 @@
 """How the coordinator starts, stops and watches the run's workers and monitors, wherever they
 run. The coordinator sees handles only: alive or not, why it ended, stop (graceful), kill.
 
-`LocalBackend` is the default: spawned processes on this host, exactly as before. `RayBackend`
-(ray_backend.py, imported only when `[cluster] backend = "ray"`) runs the same code in Ray actors.
+`LocalBackend` (local.py) is the default: spawned processes on this host. `RayBackend`
+(ray_backend.py, imported only when `[cluster] backend = "ray"`) runs the same code in Ray actors,
+and this host's processes where a monitor must run beside a server launched here.
 """
 
 from __future__ import annotations
 
-import multiprocessing.process
 from typing import Protocol
 
-import tritonclient.grpc as grpcclient
-
 from engine.config import ClusterSection
-from engine.monitor import MonitorSpec, start_monitor
-from shm import CleanupReport, cleanup
-from workers.worker import WorkerSpec, start_worker
+from engine.monitor import MonitorSpec
+from shm import CleanupReport
+from workers.worker import WorkerSpec
 
 from .keys import ClientKeys
+from .local import LocalBackend
 from .targets import TargetInfo
 
 
@@ -52,63 +51,11 @@ class WorkerBackend(Protocol):
         """Unregister from the server and unlink, on the server's node, what the run (or one of
         its workers) left in shared memory."""
 
+    def describe(self, worker_id: int, handle: Handle) -> str:
+        """Where the worker runs and why, for the run's record; "" where there is nothing to say
+        (every worker on this host)."""
+
     def close(self) -> None: ...
-
-
-class ProcessHandle:
-    """A spawned process of this host."""
-
-    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
-        self.process = process
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    def is_alive(self) -> bool:
-        return self.process.is_alive()
-
-    def exit_text(self) -> str:
-        return f"exited with status {self.process.exitcode}"
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.terminate()  # SIGTERM: every child's graceful stop
-
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-
-    def join(self, timeout: float) -> None:
-        self.process.join(timeout)
-
-
-def clean_here(run_id: str, grpc_url: str, worker_id: int | None) -> CleanupReport:
-    client = grpcclient.InferenceServerClient(grpc_url)
-    try:
-        return cleanup(run_id, client, worker_id=worker_id)
-    finally:
-        client.close()
-
-
-class LocalBackend:
-    """Worker and monitor processes on this host (multiprocessing, spawn)."""
-
-    name = "local"
-    remote_endpoint = ""
-    client_keys: ClientKeys | None = None
-
-    def start_worker(self, spec: WorkerSpec, target: TargetInfo) -> ProcessHandle:
-        return ProcessHandle(start_worker(spec))
-
-    def start_monitor(self, spec: MonitorSpec, target: TargetInfo, launched: bool) -> ProcessHandle:
-        return ProcessHandle(start_monitor(spec))
-
-    def clean_shm(self, run_id: str, target: TargetInfo, worker_id: int | None) -> CleanupReport:
-        return clean_here(run_id, target.endpoints.grpc, worker_id)
-
-    def close(self) -> None:
-        return None
 
 
 def make_backend(cluster: ClusterSection, run_id: str, client_keys: ClientKeys | None = None) -> WorkerBackend:

@@ -15,17 +15,7 @@ from dataclasses import dataclass
 import zmq
 import zmq.auth.thread
 
-
-@dataclass(frozen=True)
-class ClientKeys:
-    """What a sender needs: the aggregator's public key and the run's client keypair (z85 bytes)."""
-
-    server_public: bytes
-    public: bytes
-    secret: bytes
-
-    def __repr__(self) -> str:  # a spec printed in a log must not show the secret
-        return f"ClientKeys(server_public={self.server_public!r}, public={self.public!r}, secret=...)"
+from workers.sender import ClientKeys  # what a sender needs lives beside the sender (workers never import engine)
 
 
 @dataclass(frozen=True)
@@ -66,13 +56,6 @@ def leaves_host(endpoint: str) -> bool:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:  # a name or "*": it may resolve to anything
         return True
-
-
-def secure_client(socket: zmq.Socket, keys: ClientKeys) -> None:
-    """Make `socket` a CURVE client of the run's aggregator (before connect)."""
-    socket.curve_serverkey = keys.server_public
-    socket.curve_publickey = keys.public
-    socket.curve_secretkey = keys.secret
 
 
 class _OneKey:

@@ -12,8 +12,8 @@ node whose address is the server's host.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from engine.server import ServerSetupError
 

@@ -10,6 +10,7 @@ dead process would be. Actors belong to the coordinator's Ray job, so they end w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -25,10 +26,17 @@ from shm import CleanupReport
 from workers import event_loop
 from workers.worker import Worker, WorkerSpec
 
-from .backend import ProcessHandle, clean_here
 from .keys import ClientKeys
-from .placement import (PIN_AMOUNT, NodeInfo, Placement, PlacementError, server_node, uses_shared_memory,
-                        worker_placement)
+from .local import ProcessHandle, clean_here
+from .placement import (
+    PIN_AMOUNT,
+    NodeInfo,
+    Placement,
+    PlacementError,
+    server_node,
+    uses_shared_memory,
+    worker_placement,
+)
 from .targets import TargetInfo
 
 
@@ -104,10 +112,8 @@ class ActorHandle:
             return f"exited ({type(exc).__name__}: {str(exc).strip()[:200]})"
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(ray.exceptions.RayError):
             self.actor.stop.remote()
-        except ray.exceptions.RayError:
-            pass
 
     def kill(self) -> None:
         ray.kill(self.actor, no_restart=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from engine.config import Config
 from engine.server import ServerEndpoints, endpoints_from_urls

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import difflib
+import importlib.util
 import os
 import secrets
 import tomllib
 import typing
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from shm.gpu import gpu_count as _gpu_count
 from shm.gpu import gpu_unavailable_reason
@@ -58,7 +59,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] = os.environ,
 def config_from_dict(data: dict[str, Any], *, source: Path | None = None, environ: Mapping[str, str] = os.environ,
                      gpu_count: Callable[[], int] = _gpu_count) -> Config:
     reader = Reader(str(source) if source else "<config>")
-    for name, value in data.items():
+    for name in data:
         if name not in SECTIONS:
             close = difflib.get_close_matches(name, SECTIONS, n=1)
             hint = f"; did you mean [{close[0]}]?" if close else f"; sections: {', '.join(SECTIONS)}"

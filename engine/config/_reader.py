@@ -104,7 +104,7 @@ class Reader:
     def _scalar(self, hint: Any, value: Any, key: str, meta: Any) -> Any:
         if meta.get("unit") == "duration":
             try:
-                result: Any = parse_duration(value) if not isinstance(value, bool) else parse_duration(value)
+                result: Any = parse_duration(value)  # it refuses a boolean itself
             except (ValueError, TypeError) as exc:
                 raise self.fail(key, value, str(exc)) from None
         elif hint is bool:

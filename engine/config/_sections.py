@@ -103,6 +103,10 @@ class LoadSection:
     load: str = field(default="", metadata={
         "choices": ("",) + LOAD_SHAPES, "help": 'closed, constant or poisson; "" = [workers] load'})
     rate: float = field(default=0.0, metadata={"min": 0, "help": "open loop: plans/s per worker; 0 = [workers] rate"})
+    output_bytes: int = field(default=0, metadata={
+        "min": 0, "help": "shared memory for each output of a request, in bytes (perf_analyzer's "
+                          "--output-shared-memory-size); 0 = from the model's metadata where every output's shape "
+                          "is fixed, else answers come back inline"})
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,12 @@ class ScenariosSection:
         "unit": "duration", "min_exclusive": 0, "help": "steady_load lowers concurrency above this server queue time"})
     steady_load_max_concurrency: int = field(default=4, metadata={"min": 1, "max": 1024, "help": "its upper bound"})
     streaming_responses: int = field(default=8, metadata={"min": 0, "help": "responses per streaming request"})
+    input_pool: int = field(default=8, metadata={
+        "min": 1, "max": 1024,
+        "help": "distinct random inputs per [[load]] entry, made once per worker (each request sends one; "
+                "in shared memory each is written once); fewer when they would pass input_pool_bytes"})
+    input_pool_bytes: int = field(default=64 << 20, metadata={
+        "min": 1, "help": "bytes of one [[load]] entry's input pool per worker, at most (one input at least)"})
 
 
 @dataclass(frozen=True)

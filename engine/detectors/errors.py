@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from engine.aggregator.window_stats import WindowStats
+from engine.window_stats import WindowStats
 
 from .verdict import Verdict
 

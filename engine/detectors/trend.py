@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-# Theil-Sen is O(n^2): coarser medians beyond this. 500 keeps a fit near 4 ms, so a 6.5-day run's
-# leak tests (10-minute medians over days, DETECTION.md) stay cheap at every evaluation.
+# Theil-Sen is O(n^2): coarser medians beyond this, so that a multi-day run's leak tests (medians of
+# minutes over days) cost the same at every evaluation, however long the run has gone.
 MAX_POINTS = 500
 
 

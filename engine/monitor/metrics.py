@@ -11,6 +11,8 @@ import urllib.request
 
 import orjson
 
+from ..series_names import PENDING, PINNED_USED_BYTES, gpu_series, model_series, truth_series
+
 TIMEOUT_S = 2.0
 # Triton metric -> the short name of its series (model/<model>/<short>).
 MODEL_METRICS = {
@@ -18,7 +20,7 @@ MODEL_METRICS = {
     "nv_inference_request_failure": "failure",
     "nv_inference_count": "inferences",
     "nv_inference_exec_count": "executions",
-    "nv_inference_pending_request_count": "pending",
+    "nv_inference_pending_request_count": PENDING,
     "nv_inference_queue_duration_us": "queue_us",
     "nv_inference_compute_input_duration_us": "compute_input_us",
     "nv_inference_compute_infer_duration_us": "compute_infer_us",
@@ -34,11 +36,6 @@ def _get(url: str) -> bytes:
         return response.read()
 
 
-def safe_name(label: str) -> str:
-    """Series names are '/'-separated: a '/' inside a model name becomes '%2F'."""
-    return label.replace("%", "%25").replace("/", "%2F")
-
-
 def parse_metrics(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -51,14 +48,14 @@ def parse_metrics(text: str) -> dict[str, float]:
         labels = dict(_LABEL.findall(match["labels"] or ""))
         short = MODEL_METRICS.get(name)
         if short and "model" in labels:
-            key = f"model/{safe_name(labels['model'])}/{short}"
+            key = model_series(labels["model"], short)
             out[key] = out.get(key, 0.0) + value  # failures: summed over reasons
         elif name.startswith(TRUTH_PREFIX) and "instance" in labels:
-            out[f"truth/{safe_name(labels['instance'])}/{name}"] = value
+            out[truth_series(labels["instance"], name)] = value
         elif name == "nv_pinned_memory_pool_used_bytes":
-            out["server/pinned_used_bytes"] = value
+            out[PINNED_USED_BYTES] = value
         elif name == "nv_gpu_memory_used_bytes":
-            out[f"gpu/{labels.get('gpu_uuid', '0')}/used_bytes"] = value
+            out[gpu_series(labels.get("gpu_uuid", "0"))] = value
     return out
 
 
@@ -78,13 +75,13 @@ def fetch_model_stats(http_url: str) -> tuple[dict[str, float], str]:
         return {}, f"stats {url}: {exc}"
     out: dict[str, float] = {}
     for model in payload.get("model_stats", []):
-        name = safe_name(model.get("name", ""))
+        name = model.get("name", "")
         stats = model.get("inference_stats", {})
-        prefix = f"model/{name}/stats_"
-        out[prefix + "success"] = out.get(prefix + "success", 0.0) + stats.get("success", {}).get("count", 0)
-        out[prefix + "fail"] = out.get(prefix + "fail", 0.0) + stats.get("fail", {}).get("count", 0)
-        out[prefix + "queue_ns"] = out.get(prefix + "queue_ns", 0.0) + stats.get("queue", {}).get("ns", 0)
-        out[prefix + "compute_infer_ns"] = (out.get(prefix + "compute_infer_ns", 0.0)
-                                            + stats.get("compute_infer", {}).get("ns", 0))
-        out[prefix + "executions"] = out.get(prefix + "executions", 0.0) + model.get("execution_count", 0)
+        for metric, value in (("stats_success", stats.get("success", {}).get("count", 0)),
+                              ("stats_fail", stats.get("fail", {}).get("count", 0)),
+                              ("stats_queue_ns", stats.get("queue", {}).get("ns", 0)),
+                              ("stats_compute_infer_ns", stats.get("compute_infer", {}).get("ns", 0)),
+                              ("stats_executions", model.get("execution_count", 0))):
+            key = model_series(name, metric)
+            out[key] = out.get(key, 0.0) + value  # every version of the model: summed
     return out, ""

@@ -1,7 +1,7 @@
 """The host's memory pressure, and the gate that holds large requests back before the kernel has to
 choose a victim.
 
-Two readings, both a single small read of procfs (about 30 us together), taken every monitor sample:
+Two readings, each one small read of procfs, so both are taken every monitor sample:
 
   /proc/meminfo          MemAvailable and MemTotal: what the kernel could hand out without swapping
   /proc/pressure/memory  PSI (kernel >= 4.20, CONFIG_PSI, not booted with psi=0): `some avg10` is the
@@ -15,15 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..series_names import MEM_AVAILABLE, MEM_TOTAL, PSI_FULL_AVG10, PSI_SOME_AVG10
+
 MEMINFO = "/proc/meminfo"
 PSI_MEMORY = "/proc/pressure/memory"
 GIB = float(1 << 30)
-
-# The monitor's series (see engine.monitor.sampler).
-MEM_AVAILABLE = "host/mem_available_bytes"
-MEM_TOTAL = "host/mem_total_bytes"
-PSI_SOME_AVG10 = "host/psi_memory_some_avg10"  # percent
-PSI_FULL_AVG10 = "host/psi_memory_full_avg10"  # percent
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ _STATUS_FIELDS = {"RssAnon:": "rss_anon", "RssFile:": "rss_file", "RssShmem:": "
 
 def sample_process(pid: int, detailed: bool = True) -> dict[str, float] | None:
     """The process's figures, or None when it is gone (it may vanish between two reads).
-    `detailed` adds PSS and the deleted-shm mappings: the kernel walks every mapping for those
-    (about 10 ms for a server), so the monitor reads them only every few samples."""
+    `detailed` adds PSS and the deleted-shm mappings: the kernel walks every mapping for those, a
+    cost that grows with the server's mappings, so the monitor reads them only every few samples."""
     base = Path(f"/proc/{pid}")
     try:
         out: dict[str, float] = {"pid": float(pid)}

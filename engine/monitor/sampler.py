@@ -1,19 +1,8 @@
 """The monitor: every few seconds, what the server says about itself (metrics endpoint, model
 statistics) and what only the engine can see (/proc of tritonserver and of each python backend
 stub, the run's footprint in /dev/shm, GPU memory through NVML when a GPU is there), sent to the
-aggregator as one KIND_RESOURCES message of flat series:
-
-  proc/server/<field>, proc/stub/<instance>/<field>   fields of procfs.sample_process
-  model/<model>/<metric>                              metrics.MODEL_METRICS and stats_*
-  truth/<instance>/<metric>                           faulty models' ground truth (tests only)
-  server/pinned_used_bytes, gpu/<uuid>/used_bytes     when the server exports them
-  shm/files, shm/bytes                                /dev/shm entries of the run
-  host/mem_available_bytes, host/mem_total_bytes      /proc/meminfo (absent where unreadable)
-  host/psi_memory_some_avg10, host/psi_memory_full_avg10
-                                                      /proc/pressure/memory, percent (absent without PSI)
-  budget/limit_bytes, budget/in_flight_bytes, budget/peak_bytes, budget/granted, budget/waits,
-  budget/wait_s, budget/skipped, budget/pressure      the host's large-request budget (budget_path only)
-  monitor/sample_ms                                   what one sample cost
+aggregator as one KIND_RESOURCES message of flat series, named as engine.series_names lists them
+(the large-request budget's only with a budget_path).
 
 With a `budget_path` (a server the engine launched on this host), the monitor is also the one that
 holds large requests back when the host's memory is under pressure (pressure.PressureGate): it sets
@@ -27,17 +16,27 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from engine.server import find_stub_processes
-from workers.heap import ReleaseTimer, limit_arenas
+from workers.heap import ReleaseTimer
 from workers.host_budget import HostBudget
-from workers.lifeline import stop_with_parent
-from workers.sender import TelemetrySender
-from workers.telemetry import INCIDENT, KIND_RESOURCES, RecordBuffer
+from workers.process_setup import enter_process, spawn
+from workers.sender import ClientKeys, TelemetrySender
+from workers.telemetry import INCIDENT, KIND_RESOURCES, RecordBuffer, ResourceSample
 
 from ..oom import KMSG, KmsgReader, OomWatch
-from .metrics import fetch_metrics, fetch_model_stats, safe_name
+from ..series_names import (
+    SAMPLE_MS,
+    SERVER,
+    SHM_BYTES,
+    SHM_FILES,
+    budget_series,
+    process_series,
+    safe_name,
+    split_target,
+    stub_process,
+)
+from .metrics import fetch_metrics, fetch_model_stats
 from .pressure import GateSettings, MemoryReading, PressureGate, read_memory
 from .procfs import listener_pid, sample_process, shm_footprint
 
@@ -52,9 +51,9 @@ class MonitorSpec:
     interval_s: float
     telemetry_endpoint: str
     deadline_s: float  # from start
-    # A fleet: each server's series are named "target/<name>/<series>" (see engine.cluster.series).
+    # A fleet: each server's series are named "target/<name>/<series>" (series_names.target_prefix).
     series_prefix: str = ""
-    telemetry_keys: Any = None  # CURVE client keys when the telemetry endpoint leaves the host
+    telemetry_keys: ClientKeys | None = None  # CURVE client keys when the telemetry endpoint leaves the host
     # An attached server on the monitor's own node: found by the process listening on this port.
     server_port: int = 0
     # The host's large-request budget file (workers.host_budget), "" for none (an attached or remote
@@ -124,9 +123,9 @@ class Monitor:
         if self.server_pid is not None:
             server = sample_process(self.server_pid, detailed)
             if server is not None:
-                out.update({f"proc/server/{k}": v for k, v in server.items()})
-            # Searching the server's threads for children costs ~90 ms: done every few samples,
-            # and at once when a known stub is gone.
+                out.update({process_series(SERVER, k): v for k, v in server.items()})
+            # Searching the server's threads for children is the sample's dearest part: done every
+            # few samples, and at once when a known stub is gone.
             if detailed or not self._known:
                 self._known = find_stub_processes(self.server_pid)
             stubs = {}
@@ -135,17 +134,18 @@ class Monitor:
                 if figures is None:
                     self._count = 0  # search again next time: it may have been replaced
                     continue
-                name = safe_name(stub.instance or f"pid{stub.pid}")
-                stubs[name] = stub.pid
-                out.update({f"proc/stub/{name}/{k}": v for k, v in figures.items()})
+                instance = stub.instance or f"pid{stub.pid}"
+                stubs[safe_name(instance)] = stub.pid
+                process = stub_process(instance)
+                out.update({process_series(process, k): v for k, v in figures.items()})
             self.stubs = stubs
             if server is None and spec.server_port:
                 self.server_pid = None  # gone: look for the new one by its port next time
             gpu = self._nvml.process_bytes(self.server_pid) if self._nvml and self.server_pid else None
             if gpu is not None:
-                out["proc/server/gpu_bytes"] = gpu
+                out[process_series(SERVER, "gpu_bytes")] = gpu
         files, size = shm_footprint(spec.shm_prefixes)
-        out["shm/files"], out["shm/bytes"] = float(files), float(size)
+        out[SHM_FILES], out[SHM_BYTES] = float(files), float(size)
         self.errors = []
         self.notes = []
         reading = read_memory()
@@ -156,7 +156,7 @@ class Monitor:
             out.update(figures)
             if error:
                 self.errors.append(error)
-        out["monitor/sample_ms"] = (time.perf_counter() - began) * 1000
+        out[SAMPLE_MS] = (time.perf_counter() - began) * 1000
         return out
 
     def _budget_series(self, reading: MemoryReading) -> dict[str, float]:
@@ -175,11 +175,10 @@ class Monitor:
         figures = self._budget.figures()
         if figures.pressure != hold:
             self._budget.set_pressure(hold)
-        return {"budget/limit_bytes": float(figures.limit_bytes),
-                "budget/in_flight_bytes": float(figures.in_flight_bytes),
-                "budget/peak_bytes": float(figures.peak_bytes), "budget/granted": float(figures.granted),
-                "budget/waits": float(figures.waits), "budget/wait_s": figures.wait_s,
-                "budget/skipped": float(figures.skipped), "budget/pressure": float(hold)}
+        values = {"limit_bytes": figures.limit_bytes, "in_flight_bytes": figures.in_flight_bytes,
+                  "peak_bytes": figures.peak_bytes, "granted": figures.granted, "waits": figures.waits,
+                  "wait_s": figures.wait_s, "skipped": figures.skipped, "pressure": hold}
+        return {budget_series(field): float(value) for field, value in values.items()}
 
     def large_bytes_in_flight(self) -> int | None:
         return self._budget.figures().in_flight_bytes if self._budget is not None else None
@@ -199,17 +198,16 @@ class Monitor:
 def monitor_main(spec: MonitorSpec) -> None:
     """Process entry point (spawn context): sample until the deadline or SIGTERM/SIGINT."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    parent = multiprocessing.parent_process()
-    stop_with_parent(parent.pid if parent else None)
-    limit_arenas()  # before ZeroMQ's I/O thread starts
+    target = split_target(spec.series_prefix)[0]  # "" with one server
+    # The heap timer it returns is left: run_monitor ticks one of its own, as it does in a Ray actor.
+    enter_process(spec.run_id, f"monitor {target}".rstrip(), stop=stop.set, stop_on=(signal.SIGTERM, signal.SIGINT),
+                  watch=True)
     run_monitor(spec, stop)
 
 
 def run_monitor(spec: MonitorSpec, stop: threading.Event) -> None:
     """Sample until the deadline or `stop` (a process's signal, or a Ray actor's stop call)."""
-    sender_name = f"monitor-{spec.series_prefix.strip('/').rsplit('/', 1)[-1]}" if spec.series_prefix else "monitor"
+    sender_name = f"monitor-{split_target(spec.series_prefix)[0]}" if spec.series_prefix else "monitor"
     sender = TelemetrySender(spec.telemetry_endpoint, sender_name, RecordBuffer((), (), ""), keys=spec.telemetry_keys)
     monitor = Monitor(spec)
     end = time.monotonic() + spec.deadline_s
@@ -222,7 +220,7 @@ def run_monitor(spec: MonitorSpec, stop: threading.Event) -> None:
         while not stop.is_set() and time.monotonic() < end:
             before = dict(monitor.stubs)
             samples = monitor.sample()
-            sender.send(KIND_RESOURCES, {"time_ns": time.monotonic_ns(), "samples": samples})
+            sender.send(KIND_RESOURCES, ResourceSample(time.monotonic_ns(), samples).to_body())
             for name, pid in monitor.stubs.items():
                 if before.get(name) != pid:
                     sender.event("process_started", name.rsplit("_", 2)[0], "", f"stub {name} pid {pid}")
@@ -240,9 +238,9 @@ def run_monitor(spec: MonitorSpec, stop: threading.Event) -> None:
                     sender.event("monitor_error", "", "", error)
             sender.flush_events()
             heap.tick()
-            stop.wait(max(0.0, spec.interval_s - samples[f"{spec.series_prefix}monitor/sample_ms"] / 1000))
+            stop.wait(max(0.0, spec.interval_s - samples[spec.series_prefix + SAMPLE_MS] / 1000))
         if stop.is_set():  # stopped after the load: one last look, so the server's final counts are kept
-            sender.send(KIND_RESOURCES, {"time_ns": time.monotonic_ns(), "samples": monitor.sample()})
+            sender.send(KIND_RESOURCES, ResourceSample(time.monotonic_ns(), monitor.sample()).to_body())
     finally:
         monitor.close()
         sender.close()
@@ -261,6 +259,4 @@ def stub_oom_watch() -> OomWatch | None:
 
 
 def start_monitor(spec: MonitorSpec) -> multiprocessing.process.BaseProcess:
-    process = multiprocessing.get_context("spawn").Process(target=monitor_main, args=(spec,), name="monitor")
-    process.start()
-    return process
+    return spawn(monitor_main, spec, "monitor")

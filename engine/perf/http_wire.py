@@ -1,11 +1,11 @@
 """A minimal HTTP/1.1 keep-alive client connection for the perf lanes (asyncio, one request at a time).
 
-Why not aiohttp or tritonclient.http.aio: on this 2-core machine the client shares the CPU with the
+Why not aiohttp or tritonclient.http.aio: on a small machine the client shares the CPU with the
 server, and every client microsecond is taken from what is measured. Sending prebuilt request bytes
-and receiving straight into a preallocated buffer (asyncio.BufferedProtocol) costs about 40 us of
-client CPU per request at 16 in flight, against about 175 us for aiohttp with the same prebuilt body
-and 240 us for tritonclient.http.aio (which also rebuilds the body per request); for a 400 KB tensor
-aiohttp even stalls on delayed ACKs (20 requests/s instead of 450). Triton's HTTP server always
+and receiving straight into a preallocated buffer (asyncio.BufferedProtocol) costs a fraction of the
+client CPU per request of aiohttp with the same prebuilt body, and of tritonclient.http.aio (which
+also rebuilds the body per request); with large tensors aiohttp even stalls on delayed ACKs. PERF.md
+("The client") has the figures. Triton's HTTP server always
 answers with Content-Length framing, which is all this parser reads; anything else is reported as a
 protocol error, never guessed at.
 """

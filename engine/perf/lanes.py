@@ -2,13 +2,14 @@
 
 A closed-loop point runs one lane per level of concurrency, each sending its next request when
 the last one is answered; an open-loop point hands scheduled requests to idle lanes. Everything runs
-on one asyncio event loop: on a 2-core machine that shares its CPU with the server, threads would
-fight over the GIL (16 threads x sync gRPC: 294 us of client CPU per request, against 223 us for
-grpc.aio and 41 us for the HTTP lane below), and processes would double the memory and the set-up.
+on one asyncio event loop: on a small machine that shares its CPU with the server, threads would
+fight over the GIL (sync gRPC in threads costs more client CPU per request than grpc.aio, and both
+far more than the HTTP lane below; PERF.md, "The client"), and processes would double the memory and
+the set-up.
 
 - gRPC: grpc.aio with raw-bytes methods (no serializer): the request is a ModelInferRequest
   serialized once, the answer is checked once per lane (the first, validated), then only its status.
-  For a 100,000-element input this is 2.2x the requests per second of tritonclient.grpc.aio, which
+  For large inputs this is a multiple of the requests per second of tritonclient.grpc.aio, which
   rebuilds and copies the request every time.
 - gRPC streaming: one ModelStreamInfer stream per lane; an error comes in-band, so each answer's
   first byte says whether it carries an error message (only then is it parsed).

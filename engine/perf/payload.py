@@ -1,7 +1,7 @@
 """A point's request, built once: the input tensor, its expected answer, and the exact bytes each
 protocol puts on the wire (a serialized gRPC ModelInferRequest, or an HTTP/1.1 request with the
-binary-tensor body). Lanes send these same bytes for every request, so the hot path builds nothing
-(DESIGN.md: no per-request protobuf or JSON building)."""
+binary-tensor body). Lanes send these same bytes for every request, so the hot path builds nothing:
+no protobuf message and no JSON per request."""
 
 from __future__ import annotations
 

@@ -15,12 +15,22 @@ from typing import Any
 import numpy as np
 import orjson
 
-from engine.aggregator.series import split_target
 from engine.aggregator.windows import merge_windows
 from engine.detectors.verdict import Verdict
-from engine.monitor.pressure import MEM_AVAILABLE, PSI_SOME_AVG10
+from engine.live_status import LiveStatus
+from engine.series_names import (
+    BUDGET_FIELDS,
+    MEM_AVAILABLE,
+    PSI_SOME_AVG10,
+    budget_series,
+    field_of,
+    is_process_series,
+    is_shm_series,
+    split_target,
+)
 from engine.store import RunStore
-from engine.stress_report import DESCRIPTIONS
+
+from .stress_report import DESCRIPTIONS
 
 SCHEMA_VERSION = 1
 FAILING_STATES = ("open", "cleared")
@@ -28,8 +38,6 @@ FAILING_STATES = ("open", "cleared")
 # not (its incident says what was lost), unless the run had to stop.
 FAILING_INCIDENTS = ("server exited", "stopped answering", "fatal verdict", "the run stops")
 SUMMARY_FIELDS = ("rss_anon", "rss_shmem", "fds", "threads", "cpu_s")
-# The large-request budget's series, as the monitor names them "budget/<field>".
-BUDGET_FIELDS = ("limit_bytes", "in_flight_bytes", "peak_bytes", "granted", "waits", "wait_s", "skipped", "pressure")
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class LatencyRow:
 
 
 @dataclass(frozen=True)
-class ServerSection:
+class ServerSummary:
     """One server of the run (the only one, or one of a fleet): its share of the load, its
     latency and the verdicts that name it. `latency` rows are this server's alone; the report's
     top-level `latency` is the total over every server."""
@@ -156,7 +164,7 @@ class RunReport:
     first_texts: dict[str, str]  # "what in scenario" -> its first text
     figures: dict[str, Any]  # the aggregator's last live figures (lost messages, late records, ...)
     config: dict[str, Any] = field(default_factory=dict)
-    servers: list[ServerSection] = field(default_factory=list)
+    servers: list[ServerSummary] = field(default_factory=list)
     host_memory: HostMemoryReport | None = None  # None: a store without the host's series
 
     def to_json(self) -> bytes:
@@ -185,8 +193,7 @@ def _resources(store: RunStore) -> list[ResourceSummary]:
     out = []
     for name in store.series_names():
         plain = split_target(name)[1]  # a fleet's series: target/<server>/proc/...
-        if (not (plain.startswith("proc/") and plain.rsplit("/", 1)[-1] in SUMMARY_FIELDS)
-                and not plain.startswith("shm/")):
+        if not (is_process_series(plain) and field_of(plain) in SUMMARY_FIELDS) and not is_shm_series(plain):
             continue
         _, values = store.series(name)
         if len(values):
@@ -220,7 +227,7 @@ def hold_spans(t: np.ndarray, v: np.ndarray) -> list[tuple[float, float]]:
 def _host_memory(store: RunStore) -> HostMemoryReport | None:
     available = [v for v in (store.series(name)[1] for name in host_series(store, MEM_AVAILABLE)) if len(v)]
     psi = [v for v in (store.series(name)[1] for name in host_series(store, PSI_SOME_AVG10)) if len(v)]
-    budget = {f: host_series(store, f"budget/{f}") for f in BUDGET_FIELDS}
+    budget = {f: host_series(store, budget_series(f)) for f in BUDGET_FIELDS}
     if not available and not psi and not budget["limit_bytes"]:
         return None
     summary, hold_s = None, 0.0
@@ -236,7 +243,7 @@ def _host_memory(store: RunStore) -> HostMemoryReport | None:
         hold_s=hold_s, budget=summary)
 
 
-def _servers(store: RunStore, info_config: dict[str, Any], verdicts: list[VerdictEntry]) -> list[ServerSection]:
+def _servers(store: RunStore, info_config: dict[str, Any], verdicts: list[VerdictEntry]) -> list[ServerSummary]:
     """A section per server: the fleet's `[[targets]]` as the run recorded them, or the one server."""
     targets = info_config.get("targets")
     if not targets:  # a store from before fleets: its one server, from the resolved config
@@ -254,7 +261,7 @@ def _servers(store: RunStore, info_config: dict[str, Any], verdicts: list[Verdic
         total = {k: sum(getattr(w, k) for w in windows)
                  for k in ("requests", "ok", "errors", "wrong", "expected_errors", "missing_errors")}
         named = [v.id for v in verdicts if not name or v.subject.endswith(f" on {name}") or f" on {name} " in v.subject]
-        out.append(ServerSection(
+        out.append(ServerSummary(
             name=name, url=t.get("http", ""), host=t.get("host", ""), weight=float(t.get("weight", 1.0)), **total,
             throughput=total["requests"] / span if span else 0.0, p50_ms=h.percentile(50) * 1e-6,
             p99_ms=h.percentile(99) * 1e-6, max_ms=h.max_ns * 1e-6, latency=_latency(store, windows), verdicts=named))
@@ -270,7 +277,7 @@ def _stored_fields(verdict: Verdict) -> dict[str, Any]:
 
 def build_report(store: RunStore) -> RunReport:
     info = store.run_info()
-    figures = store.status()
+    status = store.status() or LiveStatus()
     scenarios = [ScenarioRow(*row, DESCRIPTIONS.get(row[0], "")) for row in store.totals()]
     verdicts = [VerdictEntry(row.id, row.state, row.state in FAILING_STATES, **_stored_fields(row.verdict),
                              text=row.verdict.describe()) for row in store.verdicts()]
@@ -285,14 +292,14 @@ def build_report(store: RunStore) -> RunReport:
     failed = sum(s.failed for s in scenarios)
     failing = any(v.failing for v in verdicts) or failed > 0 or any(
         marker in what for _, what in incidents for marker in FAILING_INCIDENTS)
-    ended = bool(figures.get("final"))
+    ended = status.final
     ok = not failing and ended
     return RunReport(
         schema_version=SCHEMA_VERSION, run_id=info.run_id, started=info.started,
-        duration_s=float(figures.get("time_s", 0.0)), ended_normally=ended, verdict="PASS" if ok else "FAIL",
+        duration_s=status.time_s, ended_normally=ended, verdict="PASS" if ok else "FAIL",
         exit_code=0 if ok else 1, scenarios=scenarios, verdicts=verdicts, incidents=incidents,
         latency=_latency(store), resources=_resources(store), events=dict(events), first_texts=first_texts,
-        figures=figures, config=info.config, servers=_servers(store, info.config, verdicts),
+        figures=status.as_dict(), config=info.config, servers=_servers(store, info.config, verdicts),
         host_memory=_host_memory(store),
     )
 

@@ -12,12 +12,28 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.aggregator.client_health import BOUND, FREE
-from engine.aggregator.series import split_target
-from engine.monitor.pressure import MEM_AVAILABLE, MEM_TOTAL, PSI_FULL_AVG10, PSI_SOME_AVG10, GateSettings
+from engine.monitor.pressure import GateSettings
+from engine.series_names import (
+    MEM_AVAILABLE,
+    MEM_TOTAL,
+    PENDING,
+    PSI_FULL_AVG10,
+    PSI_SOME_AVG10,
+    budget_series,
+    field_of,
+    is_process_series,
+    model_series,
+    process_of,
+    process_series,
+    shm_series,
+    split_process,
+    split_target,
+    target_prefix,
+)
 from engine.store import RunStore
-from engine.stress_report import hhmmss
 
 from .build import ResourceSummary, RunReport, hold_spans, host_series
+from .stress_report import hhmmss
 from .svg import Chart, Line, render_chart
 
 MIB = float(1 << 20)
@@ -101,14 +117,14 @@ def _latency_charts(store: RunStore, markers: list[tuple[float, str]],
 
 
 def _memory_charts(store: RunStore, report: RunReport, markers: list[tuple[float, str]]) -> list[str]:
-    names = [n for n in store.series_names() if n.startswith("proc/") and n.endswith("/rss_anon")]
+    names = [n for n in store.series_names() if is_process_series(n) and field_of(n) == "rss_anon"]
     lines = []
     leaks = {v.subject.split(" (pid", 1)[0]: v for v in report.verdicts
              if v.detector == "leak" and v.unit == "MiB/h" and v.kind in ("GROWTH", "LEAK")}
     charts = []
     for name in names:
         t, v = store.series(name)
-        process = name[len("proc/"):-len("/rss_anon")]
+        process = process_of(name)
         lines.append(Line(process, t, v / MIB))
         verdict = leaks.get(process)
         if verdict is not None and len(t):
@@ -126,8 +142,8 @@ def _memory_charts(store: RunStore, report: RunReport, markers: list[tuple[float
         if v.kind == "BACKLOG" and ": queue of " in v.subject:
             # The queue beside the memory it holds: the model's pending requests over the run.
             process, model = v.subject.split(": queue of ", 1)
-            target = process.split(" on ", 1)[1].split(" (pid", 1)[0] if " on " in process else ""
-            series = f"target/{target}/model/{model}/pending" if target else f"model/{model}/pending"
+            target = split_process(process.split(" (pid", 1)[0])[1]
+            series = target_prefix(target) + model_series(model, PENDING)
             t, queued = store.series(series) if series in store.series_names() else (np.empty(0), np.empty(0))
             if len(t):
                 charts.append(render_chart(Chart(f"{v.subject}: requests waiting in the server (BACKLOG: "
@@ -182,13 +198,13 @@ def count_series(subject: str) -> str | None:
     if subject.startswith("the run's /dev/shm "):
         rest = subject[len("the run's /dev/shm "):]
         field, _, target = rest.partition(" on ")
-        return f"target/{target}/shm/{field}" if target else f"shm/{field}"
+        return target_prefix(target) + shm_series(field)
     process, _, field = subject.rpartition(" ")
     process = process.split(" (pid", 1)[0]
     if not process or field not in _UNITS:
         return None
-    name, _, target = process.partition(" on ")
-    return f"target/{target}/proc/{name}/{field}" if target else f"proc/{name}/{field}"
+    name, target = split_process(process)
+    return process_series(name, field, target)
 
 
 def _host_memory(store: RunStore, report: RunReport, markers: list[tuple[float, str]]) -> list[str]:
@@ -196,7 +212,7 @@ def _host_memory(store: RunStore, report: RunReport, markers: list[tuple[float, 
     memory = report.host_memory
     if memory is None:
         return []
-    held = host_series(store, "budget/pressure")
+    held = host_series(store, budget_series("pressure"))
     spans = [(a, b, f"large requests held for memory pressure, {hhmmss(a)} to {hhmmss(b)}")
              for a, b in (hold_spans(*store.series(held[0])) if held else [])]
     shaded = " (shaded: large requests held for memory pressure)" if spans else ""
@@ -221,8 +237,8 @@ def _host_memory(store: RunStore, report: RunReport, markers: list[tuple[float, 
     charts.append(render_chart(Chart(f"host memory pressure: PSI{shaded}", "% of time stalled", psi, markers, spans))
                   if psi else "<p>Memory pressure (PSI) not measured: the kernel has no /proc/pressure/memory.</p>")
     if memory.budget is not None:
-        budget = lines("budget/in_flight_bytes", "in flight", GIB) + [
-            Line("limit", ln.x, ln.y, dashed=True) for ln in lines("budget/limit_bytes", "limit", GIB)[:1]]
+        budget = lines(budget_series("in_flight_bytes"), "in flight", GIB) + [
+            Line("limit", ln.x, ln.y, dashed=True) for ln in lines(budget_series("limit_bytes"), "limit", GIB)[:1]]
         charts.append(render_chart(Chart(f"large-request budget: bytes in flight{shaded}", "GiB", budget, markers,
                                          spans)))
     figures = []

@@ -3,9 +3,8 @@ latency; what the terminal shows at the end of a run and what `report RUN_DIR` p
 
 from __future__ import annotations
 
-from engine.stress_report import ScenarioTotals, hhmmss, render_table
-
 from .build import RunReport
+from .stress_report import ScenarioTotals, hhmmss, render_table
 
 GIB = float(1 << 30)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import time
 import urllib.parse
-from typing import Sequence
+from collections.abc import Sequence
 
 from ._bundled import ServerSetupError
 from ._handle import ServerEndpoints, StubProcess
@@ -23,7 +23,11 @@ def endpoints_from_urls(url: str, grpc_url: str = "", metrics_url: str = "") -> 
     """Endpoints of a running server; missing ones follow Triton's default layout (HTTP port + 1
     for gRPC, + 2 for metrics)."""
     host, port = _host_port(url, "server url")
-    grpc = "%s:%d" % _host_port(grpc_url, "grpc url") if grpc_url else f"{host}:{port + 1}"
+    if grpc_url:
+        grpc_host, grpc_port = _host_port(grpc_url, "grpc url")
+        grpc = f"{grpc_host}:{grpc_port}"
+    else:
+        grpc = f"{host}:{port + 1}"
     if metrics_url:
         metrics = metrics_url if "://" in metrics_url else f"http://{metrics_url}"
         if not urllib.parse.urlsplit(metrics).path.strip("/"):
@@ -66,7 +70,7 @@ class AttachedServer:
     def stop(self) -> None:
         return None
 
-    def __enter__(self) -> "AttachedServer":
+    def __enter__(self) -> AttachedServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

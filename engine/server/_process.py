@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
@@ -12,6 +13,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shm import standalone_server_region_prefix
 
 from ._bundled import ServerSetupError, locate_bundled, make_backend_dir, stub_environment
 from ._handle import ServerEndpoints, StubProcess, find_stub_processes
@@ -89,7 +92,8 @@ class LaunchedServer:
 
     def __init__(self, options: LaunchOptions) -> None:
         if not options.shm_prefix:
-            options = dataclasses.replace(options, shm_prefix=f"tee_srv{os.getpid()}{secrets.token_hex(3)}_")
+            prefix = standalone_server_region_prefix(os.getpid(), secrets.token_hex(3))
+            options = dataclasses.replace(options, shm_prefix=prefix)
         self.options = options
         self.log_path = options.work_dir / options.log_name
         self._process: subprocess.Popen[bytes] | None = None
@@ -98,7 +102,7 @@ class LaunchedServer:
         self.started_at = 0.0  # monotonic seconds when the server became ready
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> "LaunchedServer":
+    def start(self) -> LaunchedServer:
         opts = self.options
         opts.work_dir.mkdir(parents=True, exist_ok=True)
         if not opts.repository.is_dir():
@@ -115,7 +119,7 @@ class LaunchedServer:
                     ) from None
         return self
 
-    def restart(self, port_wait_s: float = 30.0) -> "LaunchedServer":
+    def restart(self, port_wait_s: float = 30.0) -> LaunchedServer:
         """Start again after the server died (or was stopped), on the ports it had, so the addresses
         the workers and the monitor were given stay true. A port still held a moment by the dead
         server's sockets is tried again for up to `port_wait_s`."""
@@ -230,19 +234,16 @@ class LaunchedServer:
         for pid in self._known_stubs:
             if _alive(pid):
                 _kill(pid)
-        try:  # the server leads its own process group; anything still in it is ours
+        # The server leads its own process group; anything still in it is ours.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _remove_backend_regions(self) -> None:
         """A stub killed hard leaves its python-backend region in /dev/shm; it is ours to unlink."""
         shm = Path("/dev/shm")
         for entry in shm.glob(f"{self.options.shm_prefix}*"):
-            try:
+            with contextlib.suppress(OSError):
                 entry.unlink()
-            except OSError:
-                pass
 
     # -- what the monitor needs --------------------------------------------------------------
     @property
@@ -267,7 +268,7 @@ class LaunchedServer:
     def log_tail(self, lines: int = 25) -> str:
         return _log_tail(self.log_path, lines)
 
-    def __enter__(self) -> "LaunchedServer":
+    def __enter__(self) -> LaunchedServer:
         return self.start() if self._process is None else self
 
     def __exit__(self, *exc: object) -> None:
@@ -287,10 +288,8 @@ def _alive(pid: int) -> bool:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def launch_server(options: LaunchOptions) -> LaunchedServer:

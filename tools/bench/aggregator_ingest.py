@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.aggregator import LatencyHistogram, WindowFolder, merge_windows
+from engine.series_names import process_series, stub_process
 from engine.store import RunStore
 from workers.telemetry import (
     COLUMNS,
@@ -116,7 +117,7 @@ def bench_ingest(messages: list[bytes], rate: float, window_s: float, trace: boo
 def bench_store(values: int = 100, seconds: int = 300) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore.create(Path(tmp) / "run.sqlite", "bench", "{}", "now")
-        samples = {f"proc/stub/model_0_{i}/rss_anon": float(i) for i in range(values)}
+        samples = {process_series(stub_process(f"model_0_{i}"), "rss_anon"): float(i) for i in range(values)}
         began = time.perf_counter()
         for second in range(seconds):
             store.add_resources(float(second), samples)

@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from common import (BenchResult, NoTelemetry, Stopwatch, Target, embedded_server, run_alone,  # isort: skip
                     server_successes, tree_cpu_seconds)
 from workers import event_loop  # noqa: E402
@@ -185,18 +184,19 @@ def _drain(endpoint: str, ready: Any, stop: Any) -> None:
     context.term()
 
 
-def measure(kind: str, args: tuple, server: Any, seconds: float, label: str, concurrency: int) -> dict[str, Any]:
-    """Run one variant in a spawned process; requests counted by the server over its measured part."""
+def measure_variant(child: Any, kind: str, args: tuple, server: Any, seconds: float, model: str) -> dict[str, Any]:
+    """Run `child(kind, args, started, ended, results)` in a spawned process; its requests counted by
+    the server over its measured part: requests, requests/s, client and server CPU per request."""
     ctx = multiprocessing.get_context("spawn")
     results, started, ended = ctx.Queue(), ctx.Event(), ctx.Event()
-    process = ctx.Process(target=_child, args=(kind, (server.grpc_url, concurrency, *args), started, ended, results))
+    process = ctx.Process(target=child, args=(kind, args, started, ended, results))
     process.start()
     try:
         if not started.wait(120):
-            raise RuntimeError(f"{label}: the variant did not start within 120 s")
-        before, server_before = server_successes(server.http_url, MODEL), tree_cpu_seconds(server.pid)
+            raise RuntimeError(f"{kind}: the variant did not start within 120 s")
+        before, server_before = server_successes(server.http_url, model), tree_cpu_seconds(server.pid)
         time.sleep(seconds)
-        after, server_after = server_successes(server.http_url, MODEL), tree_cpu_seconds(server.pid)
+        after, server_after = server_successes(server.http_url, model), tree_cpu_seconds(server.pid)
         ended.set()
         outcome = results.get(timeout=120)
     finally:
@@ -205,9 +205,15 @@ def measure(kind: str, args: tuple, server: Any, seconds: float, label: str, con
         if process.is_alive():
             process.kill()
     requests = after - before
-    return {"variant": label, "concurrency": concurrency, "requests": requests,
-            "rps": requests / outcome["wall_s"], "cpu_us": outcome["cpu_s"] / max(requests, 1) * 1e6,
+    return {"requests": requests, "rps": requests / outcome["wall_s"],
+            "cpu_us": outcome["cpu_s"] / max(requests, 1) * 1e6,
             "server_us": (server_after - server_before) / max(requests, 1) * 1e6}
+
+
+def measure(kind: str, args: tuple, server: Any, seconds: float, label: str, concurrency: int) -> dict[str, Any]:
+    """One variant of this benchmark at one level of concurrency."""
+    row = measure_variant(_child, kind, (server.grpc_url, concurrency, *args), server, seconds, MODEL)
+    return {"variant": label, "concurrency": concurrency, **row}
 
 
 # (kind, telemetry, event loop). The engine runs on uvloop by default (workers/event_loop.py); its

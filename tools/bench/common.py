@@ -8,15 +8,17 @@ write BENCHMARKS.md and a JSON file from the same figures it prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 
@@ -95,20 +97,16 @@ def tree_cpu_seconds(pid: int) -> float:
     """CPU time of a process and its children (a server and its python backend stubs)."""
     total = 0.0
     for child in [pid, *child_pids(pid)]:
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # gone between listing and reading
             total += cpu_seconds(child)
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # gone between listing and reading
     return total
 
 
 def child_pids(pid: int) -> list[int]:
     children = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
+        with suppress(FileNotFoundError):
             children += [int(x) for x in task.read_text().split()]
-        except FileNotFoundError:
-            pass
     return children
 
 
@@ -177,7 +175,7 @@ def run_alone(doc: str | None, add_arguments: Callable[[argparse.ArgumentParser]
 class Stopwatch:
     """Wall and CPU time of this process over a block."""
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self.wall0, self.cpu0 = time.perf_counter(), own_cpu_seconds()
         return self
 

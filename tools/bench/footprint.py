@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -47,9 +46,11 @@ import orjson
 from scipy import stats
 
 from common import ROOT, BenchResult, Target, cpu_seconds, run_alone  # isort: skip
+import contextlib
+
 from engine.monitor.procfs import shm_footprint  # noqa: E402  (common put the repo root on sys.path)
-from engine.run_setup import backend_region_prefix  # noqa: E402
-from shm._naming import PREFIX as SHM_PREFIX  # noqa: E402  ("tee_": every region's prefix)
+from shm import parse_region_name, run_region_prefixes  # noqa: E402
+from workers.process_setup import TITLE_PREFIX  # noqa: E402  (what an engine process's title starts with)
 
 GOAL_MIB_PER_H = 1.0
 MIB = float(1 << 20)
@@ -157,12 +158,6 @@ def fd_count(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return -1
-
-
-def run_prefixes(run_id: str) -> tuple[str, ...]:
-    """The names the run gives its /dev/shm files: the workers' regions and the server's python
-    backend regions."""
-    return f"{SHM_PREFIX}{run_id}_", backend_region_prefix(run_id)
 
 
 def store_size(store: str) -> int:
@@ -296,9 +291,8 @@ class Tracker:
     def __init__(self, coordinator: int, run_id: str, store: Path) -> None:
         self.coordinator = coordinator
         self.run_id, self.store = run_id, str(store)
-        self.shm_prefixes = run_prefixes(run_id)
+        self.shm_prefixes = run_region_prefixes(run_id)
         self.run = RunSeries()
-        self.worker_pattern = re.compile(rf"/dev/shm/{re.escape(SHM_PREFIX + run_id)}_w([0-9]+)_")
         self.roles: dict[tuple[int, int], str] = {}  # (pid, start) -> series label
         self.pending: dict[tuple[int, int], float] = {}  # spawned children not yet identified -> first seen
         self.series: dict[str, Series] = {}
@@ -325,9 +319,10 @@ class Tracker:
         if self.store in files:
             return "aggregator"
         for link in files:
-            match = self.worker_pattern.match(link)
-            if match:
-                return f"worker-{match.group(1)}"
+            name = link.removeprefix("/dev/shm/").removesuffix(" (deleted)")
+            region = parse_region_name(name) if link.startswith("/dev/shm/") else None
+            if region is not None and region.run_id == self.run_id:
+                return f"worker-{region.worker_id}"
         return None
 
     def scan(self) -> dict[int, str]:
@@ -343,7 +338,8 @@ class Tracker:
                     self.roles[key] = self._label("tritonserver", False, child.pid)
                 elif any("resource_tracker" in a for a in argv):
                     self.roles[key] = self._label("resource tracker (multiprocessing)", False, child.pid)
-                elif any("spawn_main" in a for a in argv):
+                elif any("spawn_main" in a for a in argv) or (argv and argv[0].startswith(TITLE_PREFIX + " ")):
+                    # An engine process: titled by its role once it has set itself up, spawn_main before.
                     role = self._identify(child.pid)
                     first = self.pending.setdefault(key, time.monotonic())
                     if role is None and self.load_began is not None and (
@@ -457,14 +453,12 @@ def _leftovers(tracker: Tracker | None, run_id: str | None, notes: list[str]) ->
             names = [f"{pid} ({cmdline(pid)[0] if cmdline(pid) else '?'})" for pid in remaining]
             notes.append("LEFT BEHIND, killed by the benchmark: processes " + ", ".join(names))
             for pid in remaining:
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
         else:
             notes.append(f"left behind: nothing; all {len(tracker.seen)} processes of the run's tree are gone")
     if run_id:
-        files = sorted(p for p in Path("/dev/shm").iterdir() if p.name.startswith(run_prefixes(run_id)))
+        files = sorted(p for p in Path("/dev/shm").iterdir() if p.name.startswith(run_region_prefixes(run_id)))
         left_files = len(files)
         if files:
             notes.append(f"LEFT BEHIND in /dev/shm, removed by the benchmark: {', '.join(p.name for p in files)}")

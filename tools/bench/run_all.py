@@ -25,7 +25,7 @@ import orjson
 
 from common import ROOT, BenchResult  # isort: skip
 
-BENCHMARKS = ("client_cost", "zero_copy", "telemetry", "footprint")
+BENCHMARKS = ("client_cost", "user_load_cost", "zero_copy", "telemetry", "footprint")
 # The soak's section (tools/soak/real.py, `make soak`) lives between these lines: hours of load that
 # `make bench` does not rerun, so rewriting the file keeps it as it was.
 SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
@@ -66,7 +66,7 @@ def _arguments(module: object, overrides: dict[str, object]) -> argparse.Namespa
 
 def write_reports(results: list[BenchResult], failures: dict[str, str], out_dir: Path, command: str,
                   elapsed: float) -> tuple[Path, Path]:
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = [
         "# Benchmarks", "",
         "The engine's own speed and cost, measured side by side (issue 7). Written by `make bench`",

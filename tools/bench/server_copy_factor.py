@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import BenchResult, Target, run_alone  # noqa: E402 (common puts the checkout on sys.path)
+
 from engine.server import LaunchedServer, LaunchOptions, find_stub_processes
 from model_repo_gen import RepoOptions, generate_repository
 

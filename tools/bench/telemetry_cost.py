@@ -63,6 +63,7 @@ def _cpu_seconds(pid: int) -> float:
 def bench_worker(seconds: float, concurrency: int, workdir: Path) -> tuple[float, int]:
     """(CPU us per request, requests) of a real worker process, from its heartbeats' counts."""
     from common import embedded_server
+
     from engine.config import DEFAULT_WEIGHTS, ScenariosSection
     from workers.telemetry import KIND_HEARTBEAT, unpack
     from workers.worker import WorkerSpec, start_worker

@@ -39,6 +39,7 @@ import numpy as np
 
 from common import (BenchResult, NoTelemetry, Stopwatch, Target, cpu_seconds, embedded_server,  # isort: skip
                     run_alone, server_successes)
+import contextlib
 
 MODEL = "identity_fp32"
 INSTANCES = 2
@@ -95,10 +96,8 @@ def server_pids(server_pid: int) -> list[int]:
 def server_cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError, IndexError, ValueError):
             total += cpu_seconds(pid)
-        except (OSError, IndexError, ValueError):
-            pass
     return total
 
 
@@ -192,10 +191,12 @@ def measure(server: Any, spec: Any, protocol: str, mode: str, size: int, arrays:
 
 
 def run(args: argparse.Namespace) -> BenchResult:
+    from shm import standalone_server_region_prefix, worker_region_prefix
+
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
     run_id = f"bench-zc-{os.getpid()}"
-    prefixes = (f"tee_{run_id}_", f"tee_srv{os.getpid()}")
+    prefixes = (worker_region_prefix(run_id), standalone_server_region_prefix(os.getpid()))
     rng = np.random.default_rng(20261125)
     draws: dict[int, float] = {}
     load = [os.getloadavg()[0]]

@@ -59,10 +59,28 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout: the engine's p
     sys.path.insert(0, str(ROOT))
 
 from engine.aggregator.service import LOAD_STOPPED, WORKER_GONE, Aggregator, AggregatorSpec  # noqa: E402
-from engine.detectors.settings import resolve_settings  # noqa: E402
 from engine.config._sections import DetectorsSection  # noqa: E402
+from engine.detectors.settings import resolve_settings  # noqa: E402
+from engine.series_names import (  # noqa: E402
+    MEM_AVAILABLE,
+    MEM_TOTAL,
+    SAMPLE_MS,
+    SERVER,
+    SHM_BYTES,
+    SHM_FILES,
+    model_series,
+    process_series,
+    stub_process,
+)
 from workers.telemetry import (  # noqa: E402
-    COLUMNS, KIND_BATCH, KIND_EVENT, KIND_HEARTBEAT, KIND_RESOURCES, STATUS_OK, pack, unpack,
+    COLUMNS,
+    KIND_BATCH,
+    KIND_EVENT,
+    KIND_HEARTBEAT,
+    KIND_RESOURCES,
+    STATUS_OK,
+    pack,
+    unpack,
 )
 
 MIB = float(1 << 20)
@@ -241,7 +259,7 @@ class Feed:
                   "rss_file": 180 * MIB, "rss_shmem": 64 * MIB, "pss": 600 * MIB,
                   "fds": float(120 + rng.integers(0, 6)), "threads": float(90 + rng.integers(0, 3)),
                   "cpu_s": at_s * 0.9, "deleted_shm_maps": 0.0}
-        samples.update({f"proc/server/{k}": v for k, v in server.items()})
+        samples.update({process_series(SERVER, k): v for k, v in server.items()})
         for stub in self.stubs.values():
             since = at_s - stub.started_s
             stub.noise = _ar1(rng, stub.noise, 1e6)
@@ -253,15 +271,15 @@ class Feed:
                        "pss": rss + 20 * MIB, "fds": float(14 + rng.integers(0, 3)),
                        "threads": 6.0 + min(8.0, np.floor(since / 60.0)),  # its pool spins up, then stays
                        "cpu_s": stub.cpu_s, "deleted_shm_maps": 0.0}
-            samples.update({f"proc/stub/{stub.instance}/{k}": v for k, v in figures.items()})
+            samples.update({process_series(stub_process(stub.instance), k): v for k, v in figures.items()})
         for model in self.models:
             done = float(self.completed[model])
             for metric in METRICS:
-                samples[f"model/{model}/{metric}"] = 0.0 if metric in ("pending", "failure", "stats_fail") else done
-        samples["shm/files"], samples["shm/bytes"] = 24.0, 24 * 2 * MIB
-        samples["host/mem_available_bytes"] = 18e9 + rng.normal(0, 5e7)
-        samples["host/mem_total_bytes"] = 24e9
-        samples["monitor/sample_ms"] = 3.0
+                samples[model_series(model, metric)] = 0.0 if metric in ("pending", "failure", "stats_fail") else done
+        samples[SHM_FILES], samples[SHM_BYTES] = 24.0, 24 * 2 * MIB
+        samples[MEM_AVAILABLE] = 18e9 + rng.normal(0, 5e7)
+        samples[MEM_TOTAL] = 24e9
+        samples[SAMPLE_MS] = 3.0
         self.monitor_seq += 1
         return pack(KIND_RESOURCES, "monitor", self.monitor_seq - 1, {"time_ns": now_ns, "samples": samples})
 

@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = " ".join(["python tools/soak/real.py", *(sys.argv[1:] if argv is None else argv)])
     started = time.monotonic()
-    measured = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    measured = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     notes: list[str] = []
     # The aggregator writes its heap figures once a minute (workers/heap_probe.py): where its
     # memory goes, if it grows.

@@ -1,4 +1,4 @@
-"""What CURVE costs a telemetry sender: `python -m engine.cluster.curve_cost [--host ADDR]`.
+"""What CURVE costs a telemetry sender: `python tools/bench/curve_cost.py [--host ADDR]`.
 
 The same sender (full 512-record batches, as a busy worker sends them) pushes to a receiver in
 another process over tcp, once plain and once with CURVE (the receiver a CURVE server with the
@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
 import socket
 import time
 
 import numpy as np
 import zmq
 
-from workers.sender import TelemetrySender
-from workers.telemetry import RecordBuffer
-
-from .keys import ClientKeys, ServerKeys, generate_run_keys, secure_server
+from common import own_cpu_seconds  # isort: skip
+from engine.cluster.keys import ServerKeys, generate_run_keys, secure_server  # noqa: E402  (common: sys.path)
+from workers.sender import ClientKeys, TelemetrySender  # noqa: E402
+from workers.telemetry import RecordBuffer  # noqa: E402
 
 BATCH = 512
 
@@ -45,11 +44,6 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def measure(endpoint: str, keys: ClientKeys | None, server: ServerKeys | None, batches: int) -> float:
     """Sender CPU in ns per record for `batches` full batches."""
     ready = multiprocessing.get_context("spawn").Event()
@@ -64,13 +58,13 @@ def measure(endpoint: str, keys: ClientKeys | None, server: ServerKeys | None, b
     sender.flush()
     time.sleep(0.5)
     starts = np.arange(BATCH, dtype=np.int64)
-    began = _cpu_s()
+    began = own_cpu_seconds()
     for _ in range(batches):
         for start in starts.tolist():
             sender.record(start, 1000, 0, 0, 0)
     sender.close(timeout_s=60)
     receiver.join(60)
-    spent = _cpu_s() - began
+    spent = own_cpu_seconds() - began
     context.term()
     return spent / (batches * BATCH) * 1e9
 
