@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,22 @@ def _drain(endpoint: str, ready: Any, stop: Any) -> None:
     context.term()
 
 
+@contextlib.contextmanager
+def telemetry_drain(directory: str) -> Iterator[str]:
+    """A process that takes (and drops) the workers' telemetry, on an endpoint in `directory`."""
+    ctx = multiprocessing.get_context("spawn")
+    endpoint = f"ipc://{directory}/telemetry.sock"
+    ready, stop = ctx.Event(), ctx.Event()
+    drain = ctx.Process(target=_drain, args=(endpoint, ready, stop))
+    drain.start()
+    ready.wait(30)
+    try:
+        yield endpoint
+    finally:
+        stop.set()
+        drain.join(10)
+
+
 def measure_variant(child: Any, kind: str, args: tuple, server: Any, seconds: float, model: str) -> dict[str, Any]:
     """Run `child(kind, args, started, ended, results)` in a spawned process; its requests counted by
     the server over its measured part: requests, requests/s, client and server CPU per request."""
@@ -261,29 +279,19 @@ def _rounds(server: Any, endpoint: str, args: argparse.Namespace, levels: list[i
 def run(args: argparse.Namespace) -> BenchResult:
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
-    ctx = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
-        endpoint = f"ipc://{tmp}/telemetry.sock"
-        ready, stop = ctx.Event(), ctx.Event()
-        drain = ctx.Process(target=_drain, args=(endpoint, ready, stop))
-        drain.start()
-        ready.wait(30)
-        try:
-            with embedded_server(Path(tmp) / "default", (MODEL,), instance_count=2) as server:
-                rows += _rounds(server, endpoint, args, args.concurrency, VARIANTS, BATCHING)
-            if args.equal_work:
-                # The generated model batches dynamically: the plain loops' identical 1x16 requests
-                # merge, the engine's 1-64 element ones cannot, and the server then spends more per
-                # engine request. Without batching every request costs the server the same, and the
-                # highest level's throughput compares the clients alone.
-                level = max(args.concurrency)
-                plain_and_engine = [v for v in VARIANTS if v[0] != "engine" or v[1:] == (True, "uvloop")]
-                with embedded_server(Path(tmp) / "unbatched", (MODEL,), instance_count=2,
-                                     dynamic_batching=False) as server:
-                    rows += _rounds(server, endpoint, args, [level], plain_and_engine, NO_BATCHING)
-        finally:
-            stop.set()
-            drain.join(10)
+    with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp, telemetry_drain(tmp) as endpoint:
+        with embedded_server(Path(tmp) / "default", (MODEL,), instance_count=2) as server:
+            rows += _rounds(server, endpoint, args, args.concurrency, VARIANTS, BATCHING)
+        if args.equal_work:
+            # The generated model batches dynamically: the plain loops' identical 1x16 requests
+            # merge, the engine's 1-64 element ones cannot, and the server then spends more per
+            # engine request. Without batching every request costs the server the same, and the
+            # highest level's throughput compares the clients alone.
+            level = max(args.concurrency)
+            plain_and_engine = [v for v in VARIANTS if v[0] != "engine" or v[1:] == (True, "uvloop")]
+            with embedded_server(Path(tmp) / "unbatched", (MODEL,), instance_count=2,
+                                 dynamic_batching=False) as server:
+                rows += _rounds(server, endpoint, args, [level], plain_and_engine, NO_BATCHING)
     return _result(rows, time.monotonic() - started)
 
 

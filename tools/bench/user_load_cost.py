@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import statistics
 import tempfile
 import threading
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client_cost import Window, _drain, measure_variant  # isort: skip
+from client_cost import Window, measure_variant, telemetry_drain  # isort: skip
 from common import BenchResult, Stopwatch, Target, embedded_server, run_alone  # isort: skip
 from workers import event_loop  # noqa: E402
 
@@ -116,26 +115,16 @@ LABELS = {"plain": "plain tritonclient, shm written once", "engine": "engine wor
 def run(args: argparse.Namespace) -> BenchResult:
     started = time.monotonic()
     elements = int(args.megabytes * (1 << 20)) // 4
-    ctx = multiprocessing.get_context("spawn")
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in LABELS}
-    with tempfile.TemporaryDirectory(prefix="bench-user-load-") as tmp:
-        endpoint = f"ipc://{tmp}/telemetry.sock"
-        ready, stop = ctx.Event(), ctx.Event()
-        drain = ctx.Process(target=_drain, args=(endpoint, ready, stop))
-        drain.start()
-        ready.wait(30)
-        try:
-            with embedded_server(Path(tmp) / "server", (MODEL,), instance_count=1) as server:
-                for round_index in range(args.rounds):
-                    for kind in LABELS:
-                        extra = (elements, endpoint) if kind == "engine" else (elements,)
-                        row = measure_variant(_child, kind, (server.grpc_url, *extra), server, args.seconds, MODEL)
-                        runs[kind].append(row)
-                        print(f"  round {round_index + 1}: {LABELS[kind]:<44} {row['rps']:7.0f} req/s "
-                              f"{row['cpu_us']:9.0f} us CPU/request", flush=True)
-        finally:
-            stop.set()
-            drain.join(10)
+    with tempfile.TemporaryDirectory(prefix="bench-user-load-") as tmp, telemetry_drain(tmp) as endpoint, \
+            embedded_server(Path(tmp) / "server", (MODEL,), instance_count=1) as server:
+        for round_index in range(args.rounds):
+            for kind in LABELS:
+                extra = (elements, endpoint) if kind == "engine" else (elements,)
+                row = measure_variant(_child, kind, (server.grpc_url, *extra), server, args.seconds, MODEL)
+                runs[kind].append(row)
+                print(f"  round {round_index + 1}: {LABELS[kind]:<44} {row['rps']:7.0f} req/s "
+                      f"{row['cpu_us']:9.0f} us CPU/request", flush=True)
     medians = {kind: {key: statistics.median(r[key] for r in rows) for key in ("rps", "cpu_us")}
                for kind, rows in runs.items()}
     plain, engine = medians["plain"], medians["engine"]
