@@ -31,7 +31,7 @@ default). `--no-write` prints only. `--keep` keeps the engine's log, config, run
 sample (samples.json) in a temporary directory, named in the notes.
 
     python tools/soak/real.py [--minutes 120] [--workers 2] [--concurrency 2] [--interval 10]
-                              [--profile smoke] [--out BENCHMARKS.md] [--no-write] [--keep]
+                              [--profile long] [--out BENCHMARKS.md] [--no-write] [--keep]
 """
 
 from __future__ import annotations
@@ -459,8 +459,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="worker processes (default 2: with the server, they keep two cores busy)")
     parser.add_argument("--concurrency", type=int, default=2, help="plans in flight per worker (default 2)")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between two samples (default 10)")
-    parser.add_argument("--profile", choices=("smoke", "long"), default="smoke",
-                        help="detector profile (default smoke: 10 s windows, 1 s resource samples, the busier one)")
+    parser.add_argument("--profile", choices=("smoke", "long"), default="long",
+                        help="detector profile (default long, what a run of hours uses: 60 s windows, 5 s resource "
+                             "samples, a 10-minute warm-up; smoke is calibrated for 5-20 minute runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md",
                         help="the Markdown file the section goes into (default BENCHMARKS.md); "
                              "soak.json goes beside it")
