@@ -15,10 +15,15 @@ output requested into a shm slot, 128 and 256 MiB inputs):
   so the engine asks for a large request's output in a shm slot, where nothing is kept.
 
 So the budget charges: fixed, the engine's and the server's own processes (allowances below),
-the host-wide region that holds the timeout scenario's constant input once, and the stubs' pools;
-per large request in flight, the client's output slot (and its input slot where the input is
-not constant), plus the server's transient copies for those that execute (at most one per
-instance of the target models). A config whose single large request cannot fit into
+the host-wide region that holds the timeout scenario's constant input once, the stubs' pools, and
+in every worker the large_tensor scenario's input pool (workers/plans.py echo_pool: `[scenarios]
+input_pool` inputs of large_tensor_bytes, all its pools together within input_pool_bytes, one per
+pool at least), held for the run: the arrays in the worker, and in system shm their slots too,
+each written once; per large request in flight, the client's output slot (every large input is
+constant: the timeout's host-wide region, large_tensor's pooled slots; without system shm, the
+request message and the answer), plus the server's transient copies for those that execute (at
+most one per instance of the target models). The identity scenario's pools (1 to 64 elements)
+are within the worker's allowance. A config whose single large request cannot fit into
 `[run] memory_budget` x MemAvailable (or into /dev/shm's free space) is refused before any load;
 otherwise the limit is the number of large requests in flight that fit, shared by every worker
 of the host (workers/host_budget.py). A remote or attached server's memory is unknown: then only
@@ -39,7 +44,7 @@ import tritonclient.grpc as grpcclient
 from model_repo_gen.spec import ModelSpec
 from shm import SystemRegion, host_region_name, resolve_mode, unregister
 from workers.host_budget import LARGE_REQUEST_BYTES, HostBudget
-from workers.plans import TIMEOUT_INPUT, large_tensor_targets, timeout_targets
+from workers.plans import TIMEOUT_INPUT, large_tensor_pool_bytes, large_tensor_targets, timeout_targets
 
 from .config import Config, ConfigError
 from .monitor.pressure import read_memory
@@ -93,6 +98,8 @@ class BudgetInputs:
     large_tensor_bytes: int
     budget_share: float
     budget_bytes: int = 0  # an absolute budget instead of the share (0: the share)
+    input_pool: int = 8  # [scenarios] input_pool: distinct inputs per pool, per worker (its default)
+    input_pool_bytes: int = 64 << 20  # [scenarios] input_pool_bytes: a scenario's pools, at most (its default)
 
 
 @dataclass(frozen=True)
@@ -148,8 +155,12 @@ def plan_budget(inputs: BudgetInputs, host: HostMemory) -> BudgetPlan:
         constant = timeout_bytes * (1 if local else inputs.workers)
         fixed += constant
         shm_fixed += constant
+    tensor_pools = inputs.workers * large_tensor_pool_bytes(tensor_models, tensor_bytes, inputs.input_pool,
+                                                            inputs.input_pool_bytes)
+    fixed += tensor_pools * (2 if inputs.shm == "system" else 1)  # the arrays, and their slots
+    shm_fixed += tensor_pools if inputs.shm == "system" else 0
     if tensor_bytes and tensor_bytes < LARGE_REQUEST_BYTES:  # small enough to go unlimited: all in flight
-        per = tensor_bytes * (2.0 if inputs.shm == "system" else INLINE_CLIENT_COPIES)
+        per = tensor_bytes * (1.0 if inputs.shm == "system" else INLINE_CLIENT_COPIES)  # the output slot
         fixed += int(in_flight_max * per)
         shm_fixed += int(in_flight_max * per) if inputs.shm == "system" else 0
 
@@ -159,10 +170,9 @@ def plan_budget(inputs: BudgetInputs, host: HostMemory) -> BudgetPlan:
         return BudgetPlan(0, in_flight_max, 0, budget, fixed, 0, fixed, True, local, tuple(notes))
     size = max(large)
     executing = sum(m.instance_count for m in (timeout_models if size == timeout_bytes else tensor_models))
-    # Per request in flight, on the client: the output slot (system shm), plus the input slot when
-    # the input is not the constant one; without shm, the message and the answer.
-    client = size * (INLINE_CLIENT_COPIES if inputs.shm != "system" else
-                     (1.0 if size == timeout_bytes else 2.0))
+    # Per request in flight, on the client: the output slot (system shm; both large inputs are
+    # constant, in slots charged above); without shm, the message and the answer.
+    client = size * (INLINE_CLIENT_COPIES if inputs.shm != "system" else 1.0)
     server = size * SERVER_TRANSIENT_COPIES if local else 0.0
     shm_client = client if inputs.shm == "system" else 0.0
 
@@ -223,7 +233,8 @@ def budget_inputs(config: Config, models: tuple[ModelSpec, ...]) -> BudgetInputs
         timeout_weight=weights.get("timeout", 0), timeout_input_bytes=config.scenarios.timeout_input_bytes,
         timeout_client_deadline=config.scenarios.timeout_client_deadline,
         large_tensor_weight=weights.get("large_tensor", 0), large_tensor_bytes=config.scenarios.large_tensor_bytes,
-        budget_share=config.run.memory_budget, budget_bytes=config.run.memory_budget_bytes)
+        budget_share=config.run.memory_budget, budget_bytes=config.run.memory_budget_bytes,
+        input_pool=config.scenarios.input_pool, input_pool_bytes=config.scenarios.input_pool_bytes)
 
 
 BUDGET_FILE = "host_budget"  # in the run's directory: a killed run leaves nothing of it in /dev/shm

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
-from ._cuda import CudaRegion
-from ._errors import CudaUnavailable, RegionAlreadyRegistered, ShmError
+from ._cuda import CudaRegion, require_device
+from ._errors import RegionAlreadyRegistered, ShmError
 from ._naming import check_run_id, region_name
 from ._registration import (
     CUDA,
@@ -100,7 +100,9 @@ def resolve_mode(mode: str) -> tuple[str, str]:
 class ShmPool:
     """Slots in regions named `tee_<run_id>_w<worker_id>_<n>`, registered with the server through
     `client` (a sync tritonclient gRPC or HTTP client). `mode`: "system", "cuda" or "auto" (CUDA
-    when a GPU is usable, else system, with the reason in `fallback_reason`)."""
+    when a GPU is usable, else system, with the reason in `fallback_reason`). CUDA regions live on
+    GPU `device_id` (CudaUnavailable at once where there is no such device), and every write into
+    one is on the device when it returns: a request may be sent right after."""
 
     def __init__(self, client: Any, run_id: str, worker_id: int, mode: str = "system", *,
                  region_bytes: int = DEFAULT_REGION_BYTES, device_id: int = 0) -> None:
@@ -112,8 +114,8 @@ class ShmPool:
         self.run_id = check_run_id(run_id)
         self.worker_id = worker_id
         self.mode, self.fallback_reason = resolve_mode(mode)
-        if self.mode == CUDA and gpu_count() == 0:  # fail at creation, not at the first slot
-            raise CudaUnavailable(f"CUDA shared memory pool: {gpu_unavailable_reason() or 'no CUDA device'}")
+        if self.mode == CUDA:  # fail at creation, not at the first slot
+            require_device(device_id, "CUDA shared memory pool")
         self.region_bytes = align(region_bytes)
         self.device_id = device_id
         self._regions: dict[str, SystemRegion | CudaRegion] = {}

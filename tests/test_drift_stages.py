@@ -76,3 +76,18 @@ def test_stage_history_keeps_its_head_and_its_latest_only() -> None:
         history.add(float(at), tuple(float(at) for _ in FIELDS))
     assert len(history.head) == 101 and len(history.tail) <= 52
     assert history.mean_ms(0.0, 100.0) is not None and history.mean_ms(960.0, 999.0) is not None
+
+
+def test_stage_history_holds_no_python_object_per_sample() -> None:
+    """The long profile keeps ~70 minutes of 5 s samples per model: as tuples they were eight
+    objects each, which grew the aggregator's RssAnon by ~2 MiB over a soak's first hour."""
+    import sys
+
+    history = StageHistory(head_s=2400.0, tail_s=1920.0)
+    values = tuple(float(i) for i in range(len(FIELDS)))
+    history.add(0.0, values)
+    before = sys.getallocatedblocks()
+    for at in range(5, 5 * 2000, 5):
+        history.add(float(at), values)
+    assert sys.getallocatedblocks() - before < 50
+    assert len(history.head) == 481 and len(history.tail) <= 386

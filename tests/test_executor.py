@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from model_repo_gen.options import HEALTHY_MODELS
 from shm import ShmPool
 from tests.server_helpers import serve_repository, successes, telemetry_sink
 from workers.executor import Executor
+from workers.host_budget import LARGE_REQUEST_BYTES, HostBudget
 from workers.plans import PLANNERS, IdSource, Plan, PlanContext, Step
 from workers.sender import TelemetrySender
 from workers.telemetry import (
@@ -233,3 +235,98 @@ def test_a_plan_past_its_deadline_fails_and_the_lane_goes_on(server, tmp_path: P
     assert took < 1.1  # each slow plan was cut near its deadline (checked every 0.1 s), not after the model's 600 ms
     statuses = [s for b in batches for s in b.columns["status"].tolist()]
     assert statuses.count(STATUS_OK) == 2 and len(statuses) == 4
+
+
+# -- the identity and large_tensor scenarios' pooled inputs, over system shared memory ---------------
+def _pooled_steps(plans: list[Plan]) -> dict[int, np.ndarray]:
+    return {id(step.values): step.values for plan in plans for step in plan.steps}
+
+
+def _successes_of(metrics_url: str, models: list[str]) -> float:
+    """The server's own count of successful requests of `models`."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("nv_inference_request_success{")
+               and any(f'model="{name}"' in line for name in models))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_pooled_echo_inputs_are_written_once_answered_right_and_counted(server, tmp_path: Path,
+                                                                       protocol: str) -> None:
+    """identity and large_tensor send pooled arrays: each is written into a shared-memory slot once
+    (the slot still holds it after every request that named it), each answer is checked in its
+    output slot and counted as the server counts it, and a wrong expectation is still caught."""
+    running, specs = server
+    models = {s.name: s for s in specs}
+    scenarios = ("identity", "large_tensor")
+    settings = ScenariosSection(large_tensor_bytes=1 << 20, input_pool=3)
+    ctx = PlanContext(np.random.default_rng(5), settings, IdSource(1, 1000, 0), specs)
+    plans = [PLANNERS[name](ctx) for name in scenarios for _ in range(24)]
+    pooled = next(s for p in plans for s in p.steps if p.scenario == "large_tensor")
+    same_pool = next(p for p in ctx.ids.pools.values() if any(a is pooled.values for a in p))
+    other = next(a for a in same_pool if a is not pooled.values)  # of the same shape, another input
+    wrong = Plan("large_tensor", (Step(model=pooled.model, values=pooled.values, expect=other,
+                                       constant_input=True),), 10.0)
+    sync = (httpclient.InferenceServerClient(running.http_url) if protocol == "http"
+            else grpcclient.InferenceServerClient(running.grpc_url))
+    with telemetry_sink(tmp_path) as (endpoint, pull), ShmPool(sync, f"testrun-pooled-{protocol}", 5) as pool:
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), scenarios, protocol))
+        executor = Executor(protocol=protocol, grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender, pool=pool)
+        echoes = [s.name for s in specs if s.kind == "identity"]  # no other test's late request counts here
+        before = _successes_of(running.metrics_url, echoes)
+        outcomes = asyncio.run(_run_plans(executor, [*plans, wrong, *plans[-3:]], {n: i for i, n in
+                                                                                   enumerate(scenarios)}))
+        after = _successes_of(running.metrics_url, echoes)
+        sender.close()
+        batches, _ = _drain(pull)
+        sent = _pooled_steps(plans)
+        assert set(executor._constant_slots) == {(id(pool), key) for key in sent}  # one slot per array, once
+        for key, slot in executor._constant_slots.items():
+            array = sent[key[1]]
+            if array.dtype != object:  # the slot holds the array still: nothing reused it for another tensor
+                assert np.array_equal(pool.read(slot, array.dtype, array.shape), array)
+    sync.close()
+    assert [o.failed for o in outcomes] == [False] * len(plans) + [True] + [False] * 3
+    assert "expected" in outcomes[len(plans)].failure
+    status = np.concatenate([b.columns["status"] for b in batches]).tolist()
+    assert len(status) == sum(o.requests for o in outcomes) == len(plans) + 4
+    assert status.count(STATUS_WRONG) == 1 and status.count(STATUS_OK) == len(plans) + 3
+    assert after - before == len(plans) + 4  # the wrong one too: the server answered it, the check failed it
+
+
+def test_a_large_pooled_input_keeps_its_slot_through_the_host_budget(server, tmp_path: Path) -> None:
+    """large_tensor inputs of LARGE_REQUEST_BYTES or more take a lease of the host budget; their
+    output slots' regions are freed whole when the answer is in, their pooled input slots stay."""
+    running, specs = server
+    models = {s.name: s for s in specs}
+    size = LARGE_REQUEST_BYTES
+    settings = ScenariosSection(large_tensor_bytes=size, input_pool=2, input_pool_bytes=2 * size)
+    ctx = PlanContext(np.random.default_rng(6), settings, IdSource(1, 1000, 0),
+                      [models["identity_fp32"]])  # one pool: two inputs of 32 MiB
+    plans = [PLANNERS["large_tensor"](ctx) for _ in range(5)]
+    sent = _pooled_steps(plans)
+    assert len(sent) == 2
+    budget = HostBudget.create(str(tmp_path / "budget"), 1 << 40)
+    sync = grpcclient.InferenceServerClient(running.grpc_url)
+    with telemetry_sink(tmp_path) as (endpoint, pull), ShmPool(sync, "testrun-pooled-large", 6) as pool:
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("large_tensor",), "grpc"))
+        executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender, pool=pool,
+                            budget=budget)
+        outcomes = asyncio.run(_run_plans(executor, plans, {"large_tensor": 0}))
+        sender.close()
+        _drain(pull)
+        assert not any(o.failed for o in outcomes), [o.failure for o in outcomes]
+        kept = {slot.region for slot in executor._constant_slots.values()}
+        deadline = time.monotonic() + 10.0  # the server may still hold the last output region a moment
+        while set(pool.region_names) != kept and time.monotonic() < deadline:
+            executor.sweep()
+            time.sleep(0.05)
+        assert set(pool.region_names) == kept and len(kept) == 2  # the outputs' regions freed, the inputs' kept
+        figures = budget.figures()
+        assert figures.granted == 5 and figures.in_flight_bytes == 0  # every lease went back
+        for (_, key), slot in executor._constant_slots.items():
+            assert np.array_equal(pool.read(slot, np.float32, sent[key].shape), sent[key])
+    budget.close()
+    sync.close()

@@ -133,3 +133,16 @@ def test_the_heap_probe_writes_a_line_per_interval_with_every_figure(tmp_path, m
     for key in ("rssanon", "threads", "python_blocks", "malloc_in_use", "malloc_free", "sqlite_used"):
         assert key in lines[-1], key
     assert lines[-1]["sqlite_used"] > lines[0]["sqlite_used"]  # the table's pages are SQLite's own
+
+
+def test_the_probe_sees_pythons_own_arenas_which_malloc_does_not() -> None:
+    """Many small objects live in the object allocator's arenas (mapped by Python, outside malloc):
+    the probe's python_arenas and python_allocated grow with them (sys._debugmallocstats)."""
+    from workers.heap_probe import python_allocator_figures
+
+    before = python_allocator_figures()
+    kept = [(float(i), float(i) + 0.5) for i in range(200_000)]  # ~20 MB of small tuples and floats
+    after = python_allocator_figures()
+    assert after["python_arenas"] - before["python_arenas"] >= 8 << 20
+    assert after["python_allocated"] - before["python_allocated"] >= 8 << 20
+    assert len(kept) == 200_000

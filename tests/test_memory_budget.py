@@ -227,3 +227,18 @@ def test_two_workers_large_plans_are_serialized_under_the_limit(tmp_path: Path) 
     assert timeout_row.split("|")[1].strip() == "0"  # every one got its Deadline Exceeded
     assert "verdict: PASS" in output
     assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith(f"tee_{run_dir.name}")]
+
+
+def test_the_large_tensor_pool_is_charged_once_per_worker_and_its_requests_their_output_slot() -> None:
+    """large_tensor's inputs come from a pool per worker (its arrays, and their system shm slots):
+    each request in flight adds only its output slot."""
+    config = load_config(resolve_config_path("long"))
+    inputs = dataclasses.replace(budget_inputs(config, build_specs(config.models)), shm="system", timeout_weight=0,
+                                 in_flight_per_worker=4)
+    without = plan_budget(dataclasses.replace(inputs, large_tensor_weight=0), HOST_24_GIB)
+    pooled = plan_budget(inputs, HOST_24_GIB)
+    pool = 8 * 4 << 20  # 8 inputs of 4 MiB: within input_pool_bytes (64 MiB); one pool (identity_fp32)
+    stubs = 2 * 2 * (4 << 20)  # identity_fp32's two python stubs keep an input and an output each
+    assert pooled.fixed_bytes - without.fixed_bytes == inputs.workers * (2 * pool + 4 * (4 << 20)) + stubs
+    capped = plan_budget(dataclasses.replace(inputs, input_pool_bytes=9 << 20), HOST_24_GIB)
+    assert capped.fixed_bytes - without.fixed_bytes == inputs.workers * (2 * (8 << 20) + 4 * (4 << 20)) + stubs

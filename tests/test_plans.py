@@ -16,6 +16,9 @@ from workers.plans import (
     IdSource,
     PlanContext,
     PlanError,
+    echo_pool,
+    large_tensor_pool_bytes,
+    pool_size,
 )
 from workers.worker import ScenarioDraw
 
@@ -107,3 +110,68 @@ def test_scenario_draw_is_rng_choice_without_its_cost() -> None:
     drawn = [draw(ours) for _ in range(5000)]
     assert drawn == [int(theirs.choice(len(probabilities), p=probabilities)) for _ in range(5000)]
     assert 1 not in drawn and set(drawn) == {0, 2, 3, 4, 5}
+
+
+# -- input pools of the identity and large_tensor scenarios: made once per worker, sent again and again --
+def _pooled_context(seed: int = 3, ids: IdSource | None = None, models=SPECS, **settings: int) -> PlanContext:
+    knobs = {"large_tensor_bytes": 4096, **settings}
+    return PlanContext(np.random.default_rng(seed), ScenariosSection(**knobs), ids or IdSource(1, 1000, 0), models)
+
+
+def _steps(ctx: PlanContext, scenario: str, plans: int = 300) -> list:
+    return [step for _ in range(plans) for step in PLANNERS[scenario](ctx).steps]
+
+
+@pytest.mark.parametrize("scenario", ["identity", "large_tensor"])
+def test_echo_steps_send_pooled_arrays_marked_constant(scenario: str) -> None:
+    ctx = _pooled_context()
+    steps = _steps(ctx, scenario)
+    assert all(s.constant_input and s.expect is s.values for s in steps)  # an echo: what goes comes back
+    assert not any(s.values.flags.writeable for s in steps)  # shared by every request: nobody may change one
+    pooled = {id(a) for pool in ctx.ids.pools.values() for a in pool}
+    assert {id(s.values) for s in steps} <= pooled  # the very arrays of the pools, none made per request
+    sent: dict[tuple, set[int]] = {}
+    for s in steps:
+        sent.setdefault((s.values.dtype.str, s.values.shape), set()).add(id(s.values))
+    assert max(len(arrays) for arrays in sent.values()) > 1  # more than one distinct input per pool
+    for pool in ctx.ids.pools.values():
+        assert len(pool) == SETTINGS.input_pool  # 8 by default: all fit the bytes
+        if pool[0].dtype != object:  # eight different inputs, not one eight times
+            assert len({a.tobytes() for a in pool}) == len(pool)
+
+
+def test_a_pool_holds_input_pool_inputs_within_its_bytes_one_at_least() -> None:
+    assert pool_size(8, 64 << 20, 4 << 20) == 8 and pool_size(8, 9 << 20, 4 << 20) == 2
+    assert pool_size(8, 1, 4 << 20) == 1 and pool_size(3, 1 << 30, 0) == 3
+    fp32 = [s for s in SPECS if s.name == "identity_fp32"]
+    for wanted, cap, count in ((3, 1 << 20, 3), (8, 3 * 4096, 3), (8, 1, 1)):
+        ctx = _pooled_context(models=fp32, input_pool=wanted, input_pool_bytes=cap)
+        sent = {id(s.values) for s in _steps(ctx, "large_tensor", 100)}
+        assert len(sent) == count, (wanted, cap)
+        assert large_tensor_pool_bytes(fp32, 4096, wanted, cap) == count * 4096
+    both = [s for s in SPECS if s.name in ("identity_fp32", "identity_nobatch_int32")]
+    ctx = _pooled_context(models=both, input_pool_bytes=4 * 4096)  # two pools share the bytes: two inputs each
+    assert len({id(s.values) for s in _steps(ctx, "large_tensor", 200)}) == 4
+    assert large_tensor_pool_bytes(both, 4096, 8, 4 * 4096) == 4 * 4096
+    pool = echo_pool(_pooled_context(input_pool=5), "BYTES", (1, 64))  # BYTES: object arrays, pooled too
+    assert len(pool) == 5 and all(a.dtype == object and a.shape == (1, 64) for a in pool)
+
+
+def test_a_workers_lanes_share_its_pools_and_each_lane_replays_alone() -> None:
+    """Every lane's context holds the worker's IdSource: one pool per worker, whose contents do not
+    depend on which lane made it, nor does any lane's sequence of plans."""
+    def fingerprints(ctx: PlanContext) -> list:
+        return [_fingerprint(PLANNERS[name](ctx)) for name in ("identity", "large_tensor") * 40]
+
+    alone = fingerprints(_pooled_context(5))
+    ids = IdSource(1, 1000, 0)
+    other_lane = _pooled_context(6, ids)
+    fingerprints(other_lane)  # makes the pools first
+    lane = _pooled_context(5, ids)
+    assert fingerprints(lane) == alone
+    pools = dict(ids.pools)
+    _steps(other_lane, "identity", 200)
+    _steps(lane, "identity", 200)
+    assert all(ids.pools[key] is pool for key, pool in pools.items())  # made once, never again
+    other_worker = _pooled_context(5, IdSource(1001, 1000, 1))
+    assert fingerprints(other_worker) != alone  # another worker: the same draws, other inputs

@@ -1,8 +1,9 @@
 """CUDA shared memory against the real bundled server.
 
 The tests marked `needs_gpu` run where cuda-python sees a GPU and skip elsewhere with the CUDA
-runtime's own reason. The others run everywhere: without a GPU, CUDA is refused with a reason,
-"auto" falls back to system memory, and CUDA errors come back typed."""
+runtime's own reason (`needs_two_gpus`: where it sees two). The others run everywhere: without a
+GPU, CUDA is refused with a reason, "auto" falls back to system memory, CUDA errors come back
+typed, and `[workers] cuda_device` is validated and reaches every place that makes CUDA regions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from model_repo_gen import RepoOptions, generate_repository
+from engine.config import ConfigError, PerfSection, ScenariosSection, config_from_dict
+from model_repo_gen import RepoOptions, build_specs, generate_repository
 from shm import (
     CudaError,
     CudaRegion,
@@ -42,6 +45,8 @@ pytestmark = pytest.mark.timeout(180)
 
 GPUS = gpu_count()
 needs_gpu = pytest.mark.skipif(GPUS == 0, reason=f"needs a CUDA GPU: {gpu_unavailable_reason()}")
+needs_two_gpus = pytest.mark.skipif(GPUS < 2, reason=f"needs two CUDA GPUs, {GPUS} here"
+                                                     + (f": {gpu_unavailable_reason()}" if GPUS == 0 else ""))
 without_gpu = pytest.mark.skipif(GPUS > 0, reason="a GPU is present: the no-GPU behaviour cannot be seen")
 RUN = f"t{os.getpid()}-cuda"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +129,67 @@ def test_identity_with_cuda_input_and_output(server: Any, protocol: str, datatyp
         assert not set(names) & cuda_names(client)
     finally:
         client.close()
+
+
+@needs_gpu
+def test_each_cuda_input_is_on_the_device_before_the_request_leaves(server: Any) -> None:
+    """The same input slot rewritten with new values before every request: a copy still on its way
+    to the device when the request left would show as the previous request's values coming back.
+    4 MiB, the size where a pageable cudaMemcpy returns with the DMA still running."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    rng = np.random.default_rng(11)
+    try:
+        with ShmPool(client, RUN, 2, mode="cuda") as pool:
+            data = rng.standard_normal((1, 1 << 20)).astype(np.float32)
+            x, y = pool.input_slot(data), pool.output_slot(data.nbytes)
+            for _ in range(20):
+                pool.poison(y)
+                result = client.infer("identity_fp32", [pool.infer_input("INPUT0", x)],
+                                      outputs=[pool.requested_output("OUTPUT0", y)])
+                assert np.array_equal(pool.read_output(result, "OUTPUT0", y), data)
+                data = rng.standard_normal((1, 1 << 20)).astype(np.float32)
+                pool.write(x, data)
+    finally:
+        client.close()
+
+
+@needs_gpu
+def test_a_region_leaves_the_callers_device_current() -> None:
+    from cuda.bindings import runtime
+
+    from shm._cuda import check
+
+    before = check(runtime.cudaGetDevice(), "cudaGetDevice")
+    check(runtime.cudaSetDevice(before), "cudaSetDevice")  # a context on it: it must come back
+    with CudaRegion(region_name(RUN, 0, 1), 4096, device_id=GPUS - 1) as region:
+        region.write(0, np.arange(16, dtype=np.int32))
+        region.fill(64, 64, 0xFF)
+        assert region.read(0, np.int32, (16,)).tolist() == list(range(16))
+        assert (region.read_raw(64, np.empty(64, np.uint8)) == 0xFF).all()
+        assert check(runtime.cudaGetDevice(), "cudaGetDevice") == before
+    assert check(runtime.cudaGetDevice(), "cudaGetDevice") == before
+
+
+@needs_two_gpus
+def test_regions_on_device_1_create_nothing_on_device_0() -> None:
+    """A fresh process: regions, copies and a pool-style fill on device 1 leave device 0 without a
+    context (a context costs hundreds of MiB of that GPU's memory per worker)."""
+    child_code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from cuda.bindings import driver
+        from shm import CudaRegion
+        with CudaRegion(sys.argv[1], 1 << 20, device_id=1) as region:
+            region.write(0, np.arange(1000, dtype=np.float32))
+            region.fill(8192, 64)
+            assert np.array_equal(region.read(0, np.float32, (1000,)), np.arange(1000, dtype=np.float32))
+        states = [driver.cuDevicePrimaryCtxGetState(driver.CUdevice(d))[2] for d in (0, 1)]
+        print(states)
+    """)
+    done = subprocess.run([sys.executable, "-c", child_code, region_name(RUN, 0, 2)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[0,", "1]"]
 
 
 @needs_gpu
@@ -226,3 +292,119 @@ def test_cuda_runtime_errors_are_typed_with_cudas_text() -> None:
     err, text = runtime.cudaGetErrorString(runtime.cudaError_t(raised.value.code))
     assert raised.value.code != 0 and text.decode() in str(raised.value)
     assert str(raised.value).startswith("cudaSetDevice(1000000) failed: cudaError")
+
+
+def test_a_missing_device_is_refused_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The region and the pool check the device against the devices present before any CUDA call
+    (one GPU pretended here), and the pool before it registers anything with the server."""
+    import shm._cuda
+    import shm._pool
+
+    monkeypatch.setattr(shm._cuda, "gpu_count", lambda: 1)
+    monkeypatch.setattr(shm._pool, "gpu_count", lambda: 1)
+    with pytest.raises(CudaUnavailable, match=r"no CUDA device 1 \(1 present: 0 to 0\)"):
+        CudaRegion(region_name(RUN, 0, 0), 1024, device_id=1)
+    client = grpcclient.InferenceServerClient("127.0.0.1:1")  # never called: nothing listens there
+    try:
+        for mode in ("cuda", "auto"):
+            with pytest.raises(CudaUnavailable, match=r"CUDA shared memory pool: no CUDA device 3 \(1 present"):
+                ShmPool(client, RUN, 9, mode=mode, device_id=3)
+        with pytest.raises(CudaUnavailable, match="no CUDA device -1"):
+            ShmPool(client, RUN, 9, mode="cuda", device_id=-1)
+    finally:
+        client.close()
+
+
+@without_gpu
+def test_without_a_gpu_any_device_is_refused_with_the_reason() -> None:
+    reason = gpu_unavailable_reason()
+    with pytest.raises(CudaUnavailable) as raised:
+        CudaRegion(region_name(RUN, 0, 0), 1024, device_id=1)
+    assert reason in str(raised.value)
+    client = grpcclient.InferenceServerClient("127.0.0.1:1")
+    try:
+        with pytest.raises(CudaUnavailable, match="CUDA shared memory pool") as raised:
+            ShmPool(client, RUN, 9, mode="cuda", device_id=1)
+        assert reason in str(raised.value)
+        with ShmPool(client, RUN, 9, mode="auto", device_id=1) as pool:  # no region yet: no server call
+            assert pool.mode == "system" and reason in pool.fallback_reason
+    finally:
+        client.close()
+
+
+def test_cuda_device_is_read_and_checked_against_the_gpus_present() -> None:
+    assert config_from_dict({}, gpu_count=lambda: 0).workers.cuda_device == 0
+    config = config_from_dict({"workers": {"shm": "cuda", "cuda_device": 1}}, gpu_count=lambda: 2)
+    assert config.workers.cuda_device == 1
+    with pytest.raises(ConfigError, match=r"workers.cuda_device = 2: this host has 2 CUDA device\(s\): 0 to 1"):
+        config_from_dict({"workers": {"shm": "cuda", "cuda_device": 2}}, gpu_count=lambda: 2)
+    with pytest.raises(ConfigError, match="workers.cuda_device = -1"):
+        config_from_dict({"workers": {"cuda_device": -1}}, gpu_count=lambda: 2)
+    with pytest.raises(ConfigError, match="workers.cuda_device"):
+        config_from_dict({"workers": {"cuda_device": "1"}}, gpu_count=lambda: 2)
+    # No GPU: "auto" falls back to system memory, where the device does not matter.
+    assert config_from_dict({"workers": {"cuda_device": 3}}, gpu_count=lambda: 0).workers.cuda_device == 3
+
+
+def _config_with_device(device: int) -> Any:
+    return config_from_dict({"workers": {"count": 2, "shm": "cuda", "cuda_device": device}}, gpu_count=lambda: 4)
+
+
+def test_the_configured_device_reaches_each_workers_spec(tmp_path: Path) -> None:
+    from engine.runner.context import RunContext
+    from engine.runner.pool import WorkerPool
+
+    started: list[Any] = []
+    backend = SimpleNamespace(remote_endpoint="", start_worker=lambda spec, info: started.append(spec) or spec)
+    target = SimpleNamespace(info=SimpleNamespace(weight=1.0, name=""), name="",
+                             endpoints=SimpleNamespace(grpc="127.0.0.1:1", http="127.0.0.1:2"))
+    ctx = RunContext(config=_config_with_device(2), paths=SimpleNamespace(run_id="r1", root=tmp_path),
+                     settings=None, say=print, targets=[target], backend=backend,
+                     host=SimpleNamespace(path="", host_inputs=()))  # type: ignore[arg-type]
+    WorkerPool(ctx, None).start(deadline=ctx.clock() + 60)  # type: ignore[arg-type]
+    assert [(spec.shm_mode, spec.cuda_device) for spec in started] == [("cuda", 2), ("cuda", 2)]
+
+
+class _Pools:
+    """Stands in for ShmPool: records what each pool was made with."""
+
+    made: list[dict[str, Any]] = []
+
+    def __init__(self, client: Any, run_id: str, worker_id: int, mode: str = "system", **kw: Any) -> None:
+        self.client, self.fallback_reason = client, ""
+        _Pools.made.append({"mode": mode, **kw})
+
+
+def test_a_worker_makes_its_cuda_pool_on_the_spec_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.worker
+    from workers.worker import Worker, WorkerSpec
+
+    monkeypatch.setattr(workers.worker, "ShmPool", _Pools)
+    _Pools.made = []
+    spec = WorkerSpec(worker_id=0, run_id="r1", seed=1, id_base=1, id_block=1, grpc_url="127.0.0.1:1",
+                      http_url="127.0.0.1:2", protocol="grpc", concurrency=1, models=(),
+                      scenarios=ScenariosSection(), telemetry_endpoint="ipc:///nowhere", deadline_s=1.0,
+                      shm_mode="cuda", cuda_device=3)
+    pools = Worker._open_pools(SimpleNamespace(spec=spec, sender=None))  # type: ignore[arg-type]
+    for pool in pools.values():
+        pool.client.close()
+    assert _Pools.made == [{"mode": "cuda", "device_id": 3}]
+
+
+def test_perf_makes_its_cuda_pools_on_the_configured_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import engine.perf.measure as measure
+    from engine.perf import PointSpec
+    from engine.perf.results import FAILED
+
+    def refuse(client: Any, run_id: str, worker_id: int, mode: str = "system", **kw: Any) -> None:
+        raise CudaUnavailable(f"pool {mode} on device {kw.get('device_id')}")
+
+    monkeypatch.setattr(measure, "ShmPool", refuse)
+    settings = measure.MeasureSettings.from_perf(PerfSection(), 1, cuda_device=2)
+    model = build_specs(RepoOptions(models=("identity_fp32",)))[0]
+    spec = PointSpec("identity_fp32", "grpc", "cuda", 1, 16, "closed", 1.0)
+    ctx = measure.PointContext(SimpleNamespace(grpc="127.0.0.1:1", http="127.0.0.1:2"), model, "r1", 0, 0.0)
+    result = asyncio.run(measure.measure_point(spec, ctx, settings, None))  # type: ignore[arg-type]
+    assert (result.status, result.reason) == (FAILED, "shared memory: pool cuda on device 2")

@@ -151,3 +151,12 @@ def test_file_rows_are_constant_only_when_they_all_fit_the_pool_bytes() -> None:
     load = _user_load("file", 1024, rows)
     assert all(s.constant_input for s in _sent(_pool_context(input_pool_bytes=16 << 10), load, 20))
     assert not any(s.constant_input for s in _sent(_pool_context(input_pool_bytes=8 << 10), load, 20))
+
+
+def test_a_pool_is_made_once_per_worker_not_once_per_lane() -> None:
+    """Every lane's context holds the worker's IdSource: the lanes send the same pooled arrays."""
+    ids = IdSource(1, 1000, 0)
+    lanes = [PlanContext(np.random.default_rng(seed), ScenariosSection(), ids, ()) for seed in (1, 2)]
+    load = _user_load("random", 16)
+    first, second = ({id(s.values) for s in _sent(lane, load, 100)} for lane in lanes)
+    assert first == second and len(first) == 8

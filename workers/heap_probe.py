@@ -6,8 +6,11 @@ RssAnon alone cannot say who holds the memory. Side by side, per sample:
   arenas (fragmentation: freed but not given back) vs mmapped chunks;
 - SQLite's own allocator (sqlite3_memory_used and its high-water mark, from the same libsqlite3
   the sqlite3 module loaded): its page cache, statements and lookaside;
-- Python's: blocks allocated by the object allocator (sys.getallocatedblocks), and tracemalloc's
-  traced bytes with the top growing sites when tracing is on (numpy's buffers are traced too);
+- Python's: blocks allocated by the object allocator (sys.getallocatedblocks); its arenas, which it
+  maps itself, outside malloc (sys._debugmallocstats: arenas held, bytes in allocated blocks, bytes
+  free inside them: a few long-lived objects keep an arena of 1 MiB mapped, and that growth shows
+  in RssAnon and nowhere in malloc's figures); and tracemalloc's traced bytes with the top growing
+  sites when tracing is on (numpy's buffers are traced too);
 - RssAnon, and the process's threads.
 
 Enabled with ENGINE_HEAP_PROBE=1 in the environment of a run (the soak sets it); ENGINE_HEAP_PROBE
@@ -22,6 +25,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -73,6 +77,44 @@ def _status_fields() -> dict[str, float]:
     return out
 
 
+_OBMALLOC_FIGURES = {  # sys._debugmallocstats() line -> figure
+    "# arenas allocated current": "python_arenas",
+    "# bytes in allocated blocks": "python_allocated",
+    "# bytes in available blocks": "python_free_blocks",
+}
+
+
+def python_allocator_figures() -> dict[str, float]:
+    """Python's object allocator as sys._debugmallocstats() reports it. It writes to the C stderr,
+    so fd 2 points at a temporary file meanwhile (a line another thread writes to stderr in that
+    instant lands there: once a minute, for a diagnostic run). Empty where it is not CPython's."""
+    debug = getattr(sys, "_debugmallocstats", None)
+    if debug is None:
+        return {}
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                debug()
+            finally:
+                os.dup2(saved, 2)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace")
+    finally:
+        os.close(saved)
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        name = _OBMALLOC_FIGURES.get(key.strip())
+        if name is not None:
+            out[name] = float(value.strip().replace(",", ""))
+    if "python_arenas" in out:
+        out["python_arenas"] *= 1 << 20  # bytes: arenas are 1 MiB since Python 3.10
+    return out
+
+
 def heap_figures() -> dict[str, float]:
     """One sample of every figure this host can give (bytes, counts)."""
     out = _status_fields()
@@ -85,6 +127,7 @@ def heap_figures() -> dict[str, float]:
     if _SQLITE_HIGH is not None:
         out["sqlite_high"] = float(_SQLITE_HIGH(0))
     out["python_blocks"] = float(sys.getallocatedblocks())
+    out.update(python_allocator_figures())
     if tracemalloc.is_tracing():
         out["traced"] = float(tracemalloc.get_traced_memory()[0])
     return out

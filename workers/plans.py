@@ -3,12 +3,15 @@
 A step says what to send (model, values, sequence flags), what must come back (the exact
 expected output, or a text the error must contain) and how long it may take. One executor runs
 every plan; nothing here touches the network, so plans are tested and replayed on their own.
-Every random choice comes from the generator passed in, which the worker seeds from the run seed.
+Every random choice comes from the generator passed in, which the worker seeds from the run seed;
+the contents of the input pools, which a worker's lanes share, from one of the worker's own
+(PlanContext.pooled).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -97,18 +100,24 @@ class ScenarioSettings(Protocol):
     def streaming_responses(self) -> int: ...
 
     @property
-    def input_pool(self) -> int: ...  # distinct random inputs per user load, made once per worker
+    def input_pool(self) -> int: ...  # distinct inputs per pool (user loads, identity, large_tensor), per worker
 
     @property
-    def input_pool_bytes(self) -> int: ...  # their bytes per load, at most (one input at least)
+    def input_pool_bytes(self) -> int: ...  # their bytes per pool, at most (one input at least)
 
 
 class IdSource:
-    """Correlation ids from this worker's own block, so no two workers ever share a sequence id."""
+    """Correlation ids from this worker's own block, so no two workers ever share a sequence id.
 
-    def __init__(self, base: int, block: int, worker_id: int) -> None:
-        self.base, self.block, self.worker_id = base, block, worker_id
+    A PlanContext is made per lane (and per steady_load period), but every one of a worker holds
+    the worker's one IdSource: so it also keeps what the lanes share, the input pools
+    (PlanContext.pooled), made once per worker. `seed` (the run seed, where the worker gives it)
+    and the worker id seed their contents."""
+
+    def __init__(self, base: int, block: int, worker_id: int, seed: int = 0) -> None:
+        self.base, self.block, self.worker_id, self.seed = base, block, worker_id, seed
         self._next = 0
+        self.pools: dict[tuple, Any] = {}
 
     def take(self, spec: ModelSpec) -> int | str:
         n = self._next
@@ -119,6 +128,12 @@ class IdSource:
 
 
 _NUMPY = {"FP32": np.float32, "INT32": np.int32}
+
+
+def pool_size(wanted: int, cap_bytes: int, input_bytes: int) -> int:
+    """How many distinct inputs a pool holds: `wanted` ([scenarios] input_pool), fewer where they
+    would pass `cap_bytes` (input_pool_bytes) at `input_bytes` each, one at least."""
+    return max(1, min(wanted, cap_bytes // max(1, input_bytes)))
 
 
 def below(rng: np.random.Generator, n: int) -> int:
@@ -166,6 +181,18 @@ class PlanContext:
 
     def pick(self, candidates: Sequence[ModelSpec]) -> ModelSpec:
         return candidates[below(self.rng, len(candidates))]
+
+    def pooled(self, key: tuple, make: Callable[[np.random.Generator], T]) -> T:
+        """What every lane of the worker shares (an input pool), made once per worker by `make`
+        from a generator of its own, seeded by the worker and `key`: drawn from the lane's generator,
+        each lane's later draws would depend on which lane happened to need it first, and a lane's
+        plans must replay from the seed alone."""
+        pools = self.ids.pools
+        found = pools.get(key)
+        if found is None:
+            seed = (self.ids.seed, self.ids.worker_id, zlib.crc32(repr(key).encode()))
+            found = pools[key] = make(np.random.default_rng(seed))
+        return found
 
 
 def plan_sequence_valid(ctx: PlanContext) -> Plan:
@@ -225,6 +252,27 @@ def large_tensor_targets(models: Sequence[ModelSpec]) -> list[ModelSpec]:
     return [m for m in models if m.kind == "identity" and m.inputs[0].datatype != "BYTES"]
 
 
+def large_tensor_elements(settings: ScenarioSettings) -> int:
+    return max(1, settings.large_tensor_bytes // 4)
+
+
+def large_tensor_pools(models: Sequence[ModelSpec], elements: int) -> int:
+    """How many input pools the large_tensor scenario has: one per datatype and shape its models
+    take (the models that share both share a pool)."""
+    return max(1, len({(m.inputs[0].datatype, echo_shape(m, elements)) for m in large_tensor_targets(models)}))
+
+
+def large_tensor_pool_bytes(models: Sequence[ModelSpec], tensor_bytes: int, wanted: int, cap_bytes: int) -> int:
+    """The bytes of the large_tensor scenario's pools in one worker: `wanted` inputs per pool
+    ([scenarios] input_pool), fewer where all its pools together would pass `cap_bytes`
+    (input_pool_bytes), one per pool at least."""
+    if not large_tensor_targets(models):
+        return 0
+    elements = max(1, tensor_bytes // 4)
+    pools = large_tensor_pools(models, elements)
+    return pools * pool_size(wanted, cap_bytes // pools, 4 * elements) * 4 * elements
+
+
 def timeout_elements(settings: ScenarioSettings) -> int:
     return max(1, settings.timeout_input_bytes // 4)
 
@@ -251,14 +299,16 @@ def plan_identity(ctx: PlanContext) -> Plan:
     candidates = ctx.constant(("identity models",),
                               lambda: ctx.of_kind("identity") + [m for m in ctx.models if m.kind in FAULT_KINDS])
     spec = ctx.pick(candidates or _need("identity", "an identity model"))
-    return Plan("identity", (_identity_step(ctx.rng, spec, 1 + below(ctx.rng, 64)),), 30.0)
+    return Plan("identity", (_echo_step(ctx, spec, 1 + below(ctx.rng, 64)),), 30.0)
 
 
 def plan_large_tensor(ctx: PlanContext) -> Plan:
     numeric = ctx.constant(("large_tensor models",), lambda: large_tensor_targets(ctx.models))
     spec = ctx.pick(numeric or _need("large_tensor", "a numeric identity model"))
-    elements = max(1, ctx.settings.large_tensor_bytes // 4)
-    return Plan("large_tensor", (_identity_step(ctx.rng, spec, elements),), 60.0)
+    elements = large_tensor_elements(ctx.settings)
+    # Its pools together stay within input_pool_bytes: each holds a share of it.
+    pools = ctx.constant(("large_tensor pools",), lambda: large_tensor_pools(ctx.models, elements))
+    return Plan("large_tensor", (_echo_step(ctx, spec, elements, pools),), 60.0)
 
 
 def plan_streaming(ctx: PlanContext) -> Plan:
@@ -270,17 +320,46 @@ def plan_streaming(ctx: PlanContext) -> Plan:
     return Plan("streaming", (step,), 30.0)
 
 
-def _identity_step(rng: np.random.Generator, spec: ModelSpec, elements: int) -> Step:
-    datatype = spec.inputs[0].datatype
+BYTES_ELEMENT_MAX = 23  # an identity model's BYTES input: 0 to this many random bytes per element
+
+
+def echo_shape(spec: ModelSpec, elements: int) -> tuple[int, ...]:
+    return (1, elements) if spec.max_batch_size > 0 else (elements,)
+
+
+def echo_pool(ctx: PlanContext, datatype: str, shape: tuple[int, ...], share: int = 1) -> tuple[np.ndarray, ...]:
+    """The distinct inputs the identity models of one datatype and shape are sent, made once per
+    worker: a fresh random input per request cost more than sending it (milliseconds a 4 MiB
+    large_tensor plan), and in shared memory each pooled input is written into its slot once, then
+    only named. `input_pool` of them, as many as fit in 1/`share` of `input_pool_bytes`, one at least."""
+    def make(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        elements = int(np.prod(shape))
+        each = elements * (4 + BYTES_ELEMENT_MAX if datatype == "BYTES" else 4)  # BYTES: length + bytes, at most
+        count = pool_size(ctx.settings.input_pool, ctx.settings.input_pool_bytes // share, each)
+        return tuple(_echo_input(rng, datatype, shape) for _ in range(count))
+    return ctx.pooled(("echo", datatype, shape, share), make)
+
+
+def _echo_input(rng: np.random.Generator, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    elements = int(np.prod(shape))
     if datatype == "BYTES":
-        values = np.array([rng.bytes(int(rng.integers(0, 24))) for _ in range(elements)], dtype=np.object_)
+        values = np.array([rng.bytes(int(rng.integers(0, BYTES_ELEMENT_MAX + 1))) for _ in range(elements)],
+                          dtype=np.object_)
     elif datatype == "FP32":
         values = rng.random(elements, dtype=np.float32)  # a fraction of standard_normal's cost
     else:
         values = rng.integers(-(1 << 30), 1 << 30, size=elements).astype(_NUMPY[datatype])
-    shape = (1, elements) if spec.max_batch_size > 0 else (elements,)
     values = values.reshape(shape)
-    return Step(model=spec.name, values=values, expect=values)
+    values.flags.writeable = False  # every request that draws it sends and expects this very array
+    return values
+
+
+def _echo_step(ctx: PlanContext, spec: ModelSpec, elements: int, share: int = 1) -> Step:
+    """One request to an identity model: a pooled input, expected back as it went (constant: the
+    executor writes it into a shared-memory slot once, by the array's identity; BYTES too)."""
+    pool = echo_pool(ctx, spec.inputs[0].datatype, echo_shape(spec, elements), share)
+    values = pool[below(ctx.rng, len(pool))]
+    return Step(model=spec.name, values=values, expect=values, constant_input=True)
 
 
 def _sequence_models(ctx: PlanContext) -> list[ModelSpec]:

@@ -19,7 +19,7 @@ from tritonclient.utils import triton_to_np_dtype
 
 from model_repo_gen.spec import ModelSpec, TensorSpec
 
-from .plans import Plan, PlanContext, Step, below
+from .plans import Plan, PlanContext, Step, below, pool_size
 
 
 class LoadError(ValueError):
@@ -187,14 +187,14 @@ def input_pool(ctx: PlanContext, load: ResolvedLoad) -> tuple[Tensors, ...]:
     fresh random megabyte costs milliseconds, far more than sending it, and in shared memory each
     pooled input is written into its slot once and then only named by the requests that send it.
     `input_pool` of them (enough that a cache in the server or the model does not see one input
-    over and over), as many as fit in `input_pool_bytes`, one at least; zeros need only one."""
-    def make() -> tuple[Tensors, ...]:
-        size = max(1, sum(_nbytes(t) for t in load.spec.inputs))
-        fit = ctx.settings.input_pool_bytes // size
-        count = 1 if load.data == "zero" else max(1, min(ctx.settings.input_pool, fit))
-        return tuple(tuple((t.name, _random(ctx.rng, t, load.data == "zero")) for t in load.spec.inputs)
+    over and over), as many as fit in `input_pool_bytes`, one at least; zeros need only one.
+    Shared by the worker's lanes (PlanContext.pooled), not made again by each."""
+    def make(rng: np.random.Generator) -> tuple[Tensors, ...]:
+        size = sum(_nbytes(t) for t in load.spec.inputs)
+        count = 1 if load.data == "zero" else pool_size(ctx.settings.input_pool, ctx.settings.input_pool_bytes, size)
+        return tuple(tuple((t.name, _random(rng, t, load.data == "zero")) for t in load.spec.inputs)
                      for _ in range(count))
-    return ctx.constant(("input_pool", load.scenario), make)
+    return ctx.pooled(("input_pool", load.scenario), make)
 
 
 def _nbytes(tensor: TensorSpec) -> int:

@@ -22,6 +22,7 @@ from model_repo_gen.spec import ModelSpec
 from shm import ShmPool
 
 from . import event_loop
+from .answer_check import DEFAULT_FRACTION, DEFAULT_PAGES, AnswerCheck
 from .executor import Executor, PlanOutcome
 from .heap import ReleaseTimer
 from .host_budget import HostBudget
@@ -73,6 +74,7 @@ class WorkerSpec:
     telemetry_endpoint: str
     deadline_s: float  # seconds from the worker's start until it stops on its own
     shm_mode: str = "none"  # none, system, cuda or auto: where request tensors travel
+    cuda_device: int = 0  # the GPU its CUDA regions live on ([workers] cuda_device)
     user_loads: tuple[ResolvedLoad, ...] = ()  # [[load]] entries, resolved against the server
     load: str = "closed"  # closed, constant or poisson
     rate: float = 10.0  # open loop: plans started per second
@@ -82,6 +84,9 @@ class WorkerSpec:
     event_loop: str = "uvloop"  # uvloop or asyncio (workers/event_loop.py)
     budget_path: str = ""  # the host-wide budget of large requests (workers/host_budget.py); "" = none
     host_inputs: tuple[tuple[str, str], ...] = ()  # (key, region name): constant inputs shared by the host
+    validate: str = "all"  # all, pages or fraction: how much of each answer is compared (workers/answer_check.py)
+    validate_pages: int = DEFAULT_PAGES
+    validate_fraction: float = DEFAULT_FRACTION
 
 
 def planners_for(user_loads: tuple[ResolvedLoad, ...]) -> dict[str, Callable[[PlanContext], Plan]]:
@@ -129,7 +134,8 @@ def replay_scenarios(spec: WorkerSpec, lane: int, count: int) -> list[str]:
                                                         spec.user_loads), own_schedule(spec))
     planners = planners_for(spec.user_loads)
     rng = lane_generator(spec, lane)
-    ctx = PlanContext(rng, spec.scenarios, IdSource(spec.id_base, spec.id_block, spec.worker_id), spec.models)
+    ctx = PlanContext(rng, spec.scenarios, IdSource(spec.id_base, spec.id_block, spec.worker_id, spec.seed),
+                      spec.models)
     drawn = []
     draw = ScenarioDraw(probabilities)
     for _ in range(count):
@@ -191,7 +197,7 @@ class Worker:
                                       RecordBuffer(tuple(self.models), self.scenarios, spec.protocol,
                                                    target=spec.target),
                                       keys=spec.telemetry_keys)
-        self.ids = IdSource(spec.id_base, spec.id_block, spec.worker_id)
+        self.ids = IdSource(spec.id_base, spec.id_block, spec.worker_id, spec.seed)  # the pools' contents too
         self.totals: dict[str, list[int]] = {name: [0, 0, 0] for name in self.scenarios}
         settings = spec.scenarios
         self.steady = SteadyLoadController(settings.steady_load_queue_low, settings.steady_load_queue_high,
@@ -214,7 +220,8 @@ class Worker:
                 client: Any = httpclient.InferenceServerClient(self.spec.http_url)
             else:
                 client = grpcclient.InferenceServerClient(self.spec.grpc_url)
-            pools[mode] = ShmPool(client, self.spec.run_id, self.spec.worker_id, mode=mode)
+            pools[mode] = ShmPool(client, self.spec.run_id, self.spec.worker_id, mode=mode,
+                                  device_id=self.spec.cuda_device)
             if pools[mode].fallback_reason:
                 self.sender.event("shm_fallback", "", "", pools[mode].fallback_reason)
         return pools
@@ -237,7 +244,10 @@ class Worker:
         async with Executor(protocol=self.spec.protocol, grpc_url=self.spec.grpc_url, http_url=self.spec.http_url,
                             models=self.models, model_codes=self.model_codes, sender=self.sender,
                             pool=pools.get(self.spec.shm_mode), pools=pools, budget=budget,
-                            host_inputs=dict(self.spec.host_inputs)) as executor:
+                            host_inputs=dict(self.spec.host_inputs),
+                            check=AnswerCheck(self.spec.validate, self.spec.validate_pages,
+                                              self.spec.validate_fraction,
+                                              seed=(self.spec.seed, self.spec.worker_id))) as executor:
             self.executor = executor
             executor.stopping = lambda: self._stop.is_set() or time.monotonic() >= deadline
             lanes = []

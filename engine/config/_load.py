@@ -114,6 +114,11 @@ def _finish(config: Config, data: dict[str, Any], reader: Reader, environ: Mappi
     if config.workers.shm == "cuda" and gpu_count() == 0:
         raise reader.fail("workers.shm", "cuda", f"no usable GPU ({gpu_unavailable_reason() or 'none found'}); "
                                                  "use \"auto\" to fall back to system shared memory")
+    if config.workers.cuda_device and (gpus := gpu_count()) and config.workers.cuda_device >= gpus:
+        # Device 0 exists wherever a GPU does; without one, "cuda" is refused above and "auto" falls back.
+        raise reader.fail("workers.cuda_device", config.workers.cuda_device,
+                          f"this host has {gpus} CUDA device(s): 0 to {gpus - 1} "
+                          "(as CUDA_VISIBLE_DEVICES numbers them)")
     if not any(config.scenarios.weights.values()) and not any(entry.weight for entry in config.load):
         raise reader.fail("scenarios.weights", config.scenarios.weights,
                           "at least one weight (of a scenario or a [[load]] entry) must be above zero")

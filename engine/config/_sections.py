@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_repo_gen.options import ALL_MODELS, RepoOptions
+from workers.answer_check import DEFAULT_FRACTION, DEFAULT_PAGES, VALIDATE_MODES
 from workers.event_loop import EVENT_LOOPS
 
 REFERENCE_DURATION_S = 25_000.0  # the suite's nightly run, about 7 h
@@ -115,6 +116,9 @@ class WorkersSection:
     protocol: str = field(default="grpc", metadata={"choices": PROTOCOLS, "help": "how workers talk to the server"})
     shm: str = field(default="auto", metadata={
         "choices": SHM_MODES, "help": "shared memory for tensors; auto = CUDA with a GPU, else system"})
+    cuda_device: int = field(default=0, metadata={
+        "min": 0, "help": "the GPU the workers' CUDA shared-memory regions live on (a CUDA ordinal: the server "
+                          "must number the GPUs the same way, i.e. see the same CUDA_VISIBLE_DEVICES)"})
     concurrency: int = field(default=1, metadata={"min": 1, "max": 1024, "help": "plans in flight per worker"})
     correlation_id_block: int = field(default=1_048_576, metadata={
         "min": 1, "help": "correlation ids each worker owns (the suite: 1,048,576 per thread)"})
@@ -129,6 +133,17 @@ class WorkersSection:
         "help": "a worker without a heartbeat this long is killed and replaced"})
     event_loop: str = field(default="uvloop", metadata={
         "choices": EVENT_LOOPS, "help": "the workers' event loop: uvloop (less CPU per request) or asyncio's own"})
+    validate: str = field(default="all", metadata={
+        "choices": VALIDATE_MODES,
+        "help": "how answers are checked: all = every answer compared in full; pages = every answer checked, "
+                "those over 256 KiB on their first and last 4 KiB page and validate_pages random pages; "
+                "fraction = validate_fraction of the answers compared in full, the rest not compared "
+                "(README: Answer validation)"})
+    validate_pages: int = field(default=DEFAULT_PAGES, metadata={
+        "min": 1, "max": 4096, "help": "validate = pages: random 4 KiB pages compared per large answer, "
+                                       "besides its first and last"})
+    validate_fraction: float = field(default=DEFAULT_FRACTION, metadata={
+        "min_exclusive": 0, "max": 1, "help": "validate = fraction: share of the answers compared (in full)"})
 
 
 @dataclass(frozen=True)
@@ -154,10 +169,12 @@ class ScenariosSection:
     streaming_responses: int = field(default=8, metadata={"min": 0, "help": "responses per streaming request"})
     input_pool: int = field(default=8, metadata={
         "min": 1, "max": 1024,
-        "help": "distinct random inputs per [[load]] entry, made once per worker (each request sends one; "
-                "in shared memory each is written once); fewer when they would pass input_pool_bytes"})
+        "help": "distinct random inputs per pool, made once per worker: one pool per [[load]] entry, one per "
+                "datatype and shape of the identity and large_tensor scenarios (each request sends one; in "
+                "shared memory each is written once); fewer when they would pass input_pool_bytes"})
     input_pool_bytes: int = field(default=64 << 20, metadata={
-        "min": 1, "help": "bytes of one [[load]] entry's input pool per worker, at most (one input at least)"})
+        "min": 1, "help": "bytes of one [[load]] entry's input pool (of all large_tensor's pools together; of "
+                          "each identity pool) per worker, at most (one input per pool at least)"})
 
 
 @dataclass(frozen=True)

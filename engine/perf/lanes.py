@@ -7,10 +7,10 @@ fight over the GIL (sync gRPC in threads costs more client CPU per request than 
 far more than the HTTP lane below; PERF.md, "The client"), and processes would double the memory and
 the set-up.
 
-- gRPC: grpc.aio with raw-bytes methods (no serializer): the request is a ModelInferRequest
-  serialized once, the answer is checked once per lane (the first, validated), then only its status.
-  For large inputs this is a multiple of the requests per second of tritonclient.grpc.aio, which
-  rebuilds and copies the request every time.
+- gRPC: the stress workers' HTTP/2 client (workers/grpc_wire.py) with raw bytes: the request is a
+  ModelInferRequest serialized once, the answer is checked once per lane (the first, validated),
+  then only its status. For large inputs this is a multiple of the requests per second of
+  tritonclient.grpc.aio, which rebuilds and copies the request every time.
 - gRPC streaming: one ModelStreamInfer stream per lane; an error comes in-band, so each answer's
   first byte says whether it carries an error message (only then is it parsed).
 - HTTP: http_wire.HttpConnection, prebuilt request bytes in, body into a reused buffer.
@@ -29,6 +29,8 @@ from collections.abc import Callable
 import grpc
 import orjson
 from tritonclient.grpc import service_pb2
+
+from workers.grpc_wire import GrpcError, GrpcWireClient
 
 from .http_wire import HttpConnection
 from .payload import mismatch
@@ -90,59 +92,59 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> str:
 
 
 class GrpcLane(Lane):
+    """Unary ModelInfer over the stress workers' own HTTP/2 client (workers/grpc_wire.py), one
+    connection per lane: the request bytes go out as they are, the answer comes back as bytes.
+    grpc.aio cost about 1.4x perf_analyzer's client CPU per request here (tools/bench/
+    vs_perf_analyzer.py); this client is the one the workers are measured with."""
+
     def __init__(self, target: str, body: bytes, expected: bytes, read_shm_output: Callable[[], bytes] | None) -> None:
         super().__init__(expected, read_shm_output)
         self._target, self._body = target, body
-        self._channel: grpc.aio.Channel | None = None
-        self._method: grpc.aio.UnaryUnaryMultiCallable | None = None
-        self._call: grpc.aio.UnaryUnaryCall | None = None
+        self._wire: GrpcWireClient | None = None
+        self._task: asyncio.Task | None = None  # the send in flight, for abort()
 
     async def open(self, timeout: float) -> None:
-        self._channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
-        await asyncio.wait_for(self._channel.channel_ready(), timeout)
-        self._method = self._channel.unary_unary(INFER)
+        self._wire = GrpcWireClient(self._target, connect_timeout=timeout)
 
     async def check(self, timeout: float) -> None:
-        assert self._method is not None
+        assert self._wire is not None
         try:
-            reply = await self._method(self._body, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise LaneCheckError(_rpc_error(exc)) from None
+            reply = await self._wire.unary(INFER, self._body, timeout)
+        except GrpcError as exc:
+            raise LaneCheckError(f"{exc.code}: {exc.message}") from None
         response = service_pb2.ModelInferResponse.FromString(reply)
         self._verify(response.raw_output_contents[0] if response.raw_output_contents else None)
 
     async def send(self, start_ns: int, recorder: Recorder) -> None:
-        t0 = time.monotonic_ns()
-        self.since_ns = t0
+        assert self._wire is not None
+        self.since_ns = time.monotonic_ns()
         self._aborted = False
-        call = self._call = self._method(self._body)  # type: ignore[misc]
-        t1 = time.monotonic_ns()
+        self._task = asyncio.current_task()
         try:
-            await call
-        except grpc.aio.AioRpcError as exc:
-            recorder.error(_rpc_error(exc))
+            await self._wire.unary(INFER, self._body)
+        except GrpcError as exc:
+            recorder.error(f"{exc.code}: {exc.message}")
             return
         except asyncio.CancelledError:
             if not self._aborted:
-                call.cancel()
                 raise
             recorder.error(TIMED_OUT)
             return
         finally:
             self.since_ns = 0
-            self._call = None
-        t2 = time.monotonic_ns()
-        recorder.ok(t2 - start_ns, t1 - t0, 0)
+            self._task = None
+        # The request is written inside the awaited call: its send is not told apart from the wait.
+        recorder.ok(time.monotonic_ns() - start_ns, 0, 0)
 
     def abort(self) -> None:
-        if self._call is not None:
+        if self._task is not None and self.since_ns:
             self._aborted = True
-            self._call.cancel()
+            self._task.cancel()  # the wire resets the stream; the connection goes on
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        if self._wire is not None:
+            await self._wire.close()
+            self._wire = None
 
 
 class GrpcStreamLane(Lane):

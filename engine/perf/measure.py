@@ -60,11 +60,12 @@ class MeasureSettings:
     max_outstanding: int
     distribution: str  # open loop: "constant" or "poisson"
     seed: int
+    cuda_device: int = 0  # the GPU of the CUDA shm points' regions ([workers] cuda_device)
 
     @classmethod
-    def from_perf(cls, perf: PerfSection, seed: int) -> MeasureSettings:
+    def from_perf(cls, perf: PerfSection, seed: int, cuda_device: int = 0) -> MeasureSettings:
         return cls(perf.window, perf.warmup, perf.stability_windows, perf.stability_tolerance, perf.max_windows,
-                   perf.request_timeout, perf.max_outstanding, perf.request_distribution, seed)
+                   perf.request_timeout, perf.max_outstanding, perf.request_distribution, seed, cuda_device)
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,15 @@ def lane_count(spec: PointSpec, settings: MeasureSettings) -> int:
 class _Shm:
     """The point's shared-memory regions: one input slot (read by every lane), an output slot per lane."""
 
-    def __init__(self, spec: PointSpec, ctx: PointContext, tensor: InputTensor, lanes: int) -> None:
+    def __init__(self, spec: PointSpec, ctx: PointContext, tensor: InputTensor, lanes: int,
+                 device_id: int = 0) -> None:
         self.client = grpcclient.InferenceServerClient(ctx.endpoints.grpc)
         out_bytes = len(tensor.expected)
         # One region for everything (64-byte aligned slots), registered once for the point.
         room = (len(tensor.raw) + 64) + lanes * (out_bytes + 64)
         try:
-            self.pool = ShmPool(self.client, ctx.run_id, ctx.index, mode=spec.shm, region_bytes=max(room, 1 << 16))
+            self.pool = ShmPool(self.client, ctx.run_id, ctx.index, mode=spec.shm, region_bytes=max(room, 1 << 16),
+                                device_id=device_id)
         except BaseException:
             self.client.close()
             raise
@@ -267,7 +270,7 @@ async def measure_point(spec: PointSpec, ctx: PointContext, settings: MeasureSet
     try:
         if spec.shm != "none":
             try:
-                shm = _Shm(spec, ctx, tensor, count)
+                shm = _Shm(spec, ctx, tensor, count, settings.cuda_device)
             except (ShmError, ValueError, OSError) as exc:
                 return PointResult(spec, FAILED, f"shared memory: {exc}", elapsed_s=time.monotonic() - started)
         lanes = _make_lanes(spec, ctx, tensor, count, shm)

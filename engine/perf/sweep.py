@@ -142,7 +142,7 @@ def run_perf(config: Config, options: PerfOptions) -> int:
     planned = plan_points(perf, specs, gpu_count() if needs_gpu else 0,
                           gpu_unavailable_reason() if needs_gpu else "")
     config = dataclasses.replace(config, models=repo)
-    settings = MeasureSettings.from_perf(perf, config.run.seed)
+    settings = MeasureSettings.from_perf(perf, config.run.seed, config.workers.cuda_device)
     paths = create_run_dir(config)
     wall_start = datetime.datetime.now().astimezone()
     started = time.monotonic()

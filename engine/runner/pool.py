@@ -58,12 +58,14 @@ class WorkerPool:
             # WORKER_START_S once the workers run); the worker's own deadline is only a backstop.
             telemetry_endpoint=ctx.backend.remote_endpoint if remote else ctx.telemetry_endpoint,
             deadline_s=max(0.0, deadline - ctx.clock()) + WORKER_START_S,
-            shm_mode=config.workers.shm,
+            shm_mode=config.workers.shm, cuda_device=config.workers.cuda_device,
             user_loads=ctx.user_loads,
             load=config.workers.load, rate=config.workers.rate,
             max_outstanding=config.workers.max_outstanding,
             target=target.name, telemetry_keys=ctx.keys.client if remote and ctx.keys else None,
             event_loop=config.workers.event_loop,
+            validate=config.workers.validate, validate_pages=config.workers.validate_pages,
+            validate_fraction=config.workers.validate_fraction,
             budget_path="" if remote else ctx.host.path, host_inputs=() if remote else ctx.host.host_inputs,
         )
         self.workers[index] = ctx.backend.start_worker(spec, target.info)

@@ -51,6 +51,7 @@ class BenchResult:
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0  # how long the benchmark took
+    measured: str = ""  # "" = in this run; else when and at which commit (a figure kept from an earlier run)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

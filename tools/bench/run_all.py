@@ -3,6 +3,9 @@
     python tools/bench/run_all.py [--only client_cost zero_copy telemetry footprint] [--footprint-minutes 6]
                                   [--out-dir .]
 
+With --only, the benchmarks not run keep their last figures (from benchmarks.json, each with the
+date and commit it was measured at), so one benchmark can be measured again without the others.
+
 Each benchmark runs its compared variants against the same embedded server in the same
 invocation and reports ratios (the machine is noisy: absolute figures move from run to run,
 ratios taken side by side much less). `make bench` runs this with the defaults (under 15 minutes);
@@ -23,9 +26,9 @@ from pathlib import Path
 
 import orjson
 
-from common import ROOT, BenchResult  # isort: skip
+from common import ROOT, BenchResult, Target  # isort: skip
 
-BENCHMARKS = ("client_cost", "user_load_cost", "zero_copy", "telemetry", "footprint")
+BENCHMARKS = ("client_cost", "user_load_cost", "vs_perf_analyzer", "check_cost", "zero_copy", "telemetry", "footprint")
 # The soak's section (tools/soak/real.py, `make soak`) lives between these lines: hours of load that
 # `make bench` does not rerun, so rewriting the file keeps it as it was.
 SOAK_BEGIN, SOAK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
@@ -64,6 +67,26 @@ def _arguments(module: object, overrides: dict[str, object]) -> argparse.Namespa
     return args
 
 
+def kept_results(out_dir: Path, measured: set[str]) -> list[BenchResult]:
+    """The previous figures of the benchmarks not measured this time (benchmarks.json), each marked
+    with when and at which commit it was measured; none where there is no such file."""
+    try:
+        document = orjson.loads((out_dir / "benchmarks.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return []
+    kept = []
+    for entry in document.get("results", []):
+        if entry.get("name") in measured:
+            continue
+        try:
+            result = BenchResult(**{**entry, "targets": [Target(**t) for t in entry.get("targets", [])]})
+        except TypeError:  # written by another version of the benchmarks: not kept
+            continue
+        result.measured = result.measured or f"{document.get('measured', '?')}, commit {document.get('commit', '?')}"
+        kept.append(result)
+    return kept
+
+
 def write_reports(results: list[BenchResult], failures: dict[str, str], out_dir: Path, command: str,
                   elapsed: float) -> tuple[Path, Path]:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -84,11 +107,14 @@ def write_reports(results: list[BenchResult], failures: dict[str, str], out_dir:
     for name, error in failures.items():
         header.append(f"- **failed to run**: {name}: {error}")
     header += ["", "## How to reproduce", "",
-               "    make bench                                   # all four, writes this file and benchmarks.json",
-               "    python tools/bench/run_all.py --only client_cost",
+               "    make bench                                   # all of them, writes this file and benchmarks.json",
+               "    python tools/bench/run_all.py --only client_cost   # one again; the others keep their figures",
+               "    python tools/bench/vs_perf_analyzer.py         # beside perf_analyzer (installed into .venv-pa)",
                "    python tools/bench/footprint.py --minutes 20  # the 20-minute footprint figure",
                "    python tools/bench/client_cost.py --help       # each benchmark also runs alone", ""]
-    body = [result.report() + f"\n\n({result.seconds:.0f} s)\n" for result in results]
+    body = [result.report() + f"\n\n({result.seconds:.0f} s"
+            + (f"; measured {result.measured}, kept from the last run" if result.measured else "") + ")\n"
+            for result in results]
     markdown = out_dir / "BENCHMARKS.md"
     soak = soak_section(markdown.read_text()) if markdown.exists() else None
     markdown.write_text("\n".join(header) + "\n" + "\n".join(body) + (f"\n{soak}\n" if soak else ""))
@@ -123,7 +149,10 @@ def main() -> int:
         results.append(result)
         print(result.report() + "\n", flush=True)
     command = "python tools/bench/run_all.py " + " ".join(sys.argv[1:])
-    markdown, data = write_reports(results, failures, args.out_dir, command.strip(), time.monotonic() - started)
+    measured_now = {r.name for r in results} | set(failures)
+    kept = kept_results(args.out_dir, measured_now)
+    ordered = sorted([*results, *kept], key=lambda r: BENCHMARKS.index(r.name) if r.name in BENCHMARKS else 99)
+    markdown, data = write_reports(ordered, failures, args.out_dir, command.strip(), time.monotonic() - started)
     print(f"wrote {markdown} and {data}")
     missed = [t.name for r in results for t in r.targets if not t.met]
     if missed:

@@ -300,7 +300,9 @@ def _verdict_lines(report: dict[str, Any]) -> list[str]:
 
 HEAP_FIGURES = (("rssanon", "RssAnon"), ("malloc_in_use", "malloc: in use"),
                 ("malloc_free", "malloc: free inside its arenas"), ("malloc_mmapped", "malloc: mmapped chunks"),
-                ("sqlite_used", "SQLite's allocator"), ("python_blocks", "Python object allocator (blocks)"))
+                ("sqlite_used", "SQLite's allocator"), ("python_blocks", "Python object allocator (blocks)"),
+                ("python_arenas", "Python object allocator: arenas mapped"),
+                ("python_allocated", "Python object allocator: bytes in blocks"))
 
 
 def heap_lines(samples: list[dict[str, Any]], duration: float) -> list[str]:
