@@ -156,6 +156,11 @@ def variant_engine(window: Window, url: str, concurrency: int, loop: str, endpoi
         worker.sender.close()
         worker.sender = NoTelemetry()  # type: ignore[assignment]
 
+    return run_worker(worker, window, loop)
+
+
+def run_worker(worker: Any, window: Window, loop: str) -> Stopwatch:
+    """Run a real Worker on `loop` until the window's measured part is over; its Stopwatch."""
     async def main() -> Stopwatch:
         running = asyncio.create_task(worker.run())
         watch = await window.measure_async()

@@ -21,7 +21,6 @@ Target (issue 18): the engine's client CPU per request within 1.5x the plain loo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import tempfile
 import threading
@@ -29,9 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client_cost import Window, measure_variant, telemetry_drain  # isort: skip
+from client_cost import Window, measure_variant, run_worker, telemetry_drain  # isort: skip
 from common import BenchResult, Stopwatch, Target, embedded_server, run_alone  # isort: skip
-from workers import event_loop  # noqa: E402
 
 MODEL = "identity_fp32"
 INPUT, OUTPUT = "INPUT0", "OUTPUT0"
@@ -91,16 +89,7 @@ def variant_engine(window: Window, url: str, elements: int, endpoint: str) -> St
                       http_url="127.0.0.1:1", protocol="grpc", concurrency=1, models=tuple(specs),
                       scenarios=ScenariosSection(weights=weights), telemetry_endpoint=endpoint, deadline_s=3600.0,
                       shm_mode="system", user_loads=loads)
-    worker = Worker(spec)
-
-    async def main() -> Stopwatch:
-        running = asyncio.create_task(worker.run())
-        watch = await window.measure_async()
-        worker.stop()
-        await running
-        return watch
-
-    return event_loop.run(main(), "uvloop")
+    return run_worker(Worker(spec), window, "uvloop")
 
 
 def _child(name: str, args: tuple, started: Any, ended: Any, results: Any) -> None:
