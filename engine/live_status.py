@@ -28,8 +28,11 @@ class LiveStatus:
     client_bound_windows: int = 0  # windows not judged for drift: a worker was its own bottleneck
     heartbeat_age_s: dict[str, float] = field(default_factory=dict)  # worker -> seconds since its last heartbeat
     # What a restarted aggregator needs to go on counting: sender -> [next message sequence,
-    # its plan totals per scenario as [run, failed, requests]].
+    # its plan totals per scenario as [run, failed, requests], its answer counts as below].
     senders: dict[str, list[Any]] = field(default_factory=dict)
+    # How the workers checked answers ([workers] validate): [compared, passed on sampled pages
+    # alone, not compared at all]; under "all" the last two are 0.
+    answers: list[int] = field(default_factory=lambda: [0, 0, 0])
     final: bool = False  # written by the last tick: a store without it did not end normally
 
     def to_json(self) -> bytes:

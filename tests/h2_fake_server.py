@@ -1,4 +1,5 @@
-"""A frame-level fake HTTP/2 server for the lean gRPC client's tests (tests/test_grpc_wire_frames.py).
+"""A frame-level fake HTTP/2 server for the lean gRPC client's tests (tests/test_wire_grpc_frames.py,
+tests/test_wire_grpc_stream.py).
 
 An asyncio TCP server on 127.0.0.1 (a free port) that reads the client's preface and frames and
 lets each test script what it answers: a gRPC answer (HEADERS, DATA, trailers), GOAWAY,
@@ -7,7 +8,8 @@ written by hand (hpack encodes the header blocks) so that a test controls every 
 
 Each accepted connection is a FakeConnection; the server's `handler(connection)` runs once per
 connection (by default: answer every request with its own message). What the client sent is kept:
-`connection.frames` (every frame) and `connection.requests` (complete requests, in order).
+`connection.frames` (every frame), `connection.requests` (complete requests, in order) and
+`connection.messages` (each gRPC message as it completes, for streams).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Request:
     stream_id: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    parsed: int = 0  # bytes of the body already handed out as whole messages (streams)
 
     @property
     def message(self) -> bytes:
@@ -73,6 +76,7 @@ class FakeConnection:
         self.reader, self.writer = reader, writer
         self.frames: list[Frame] = []
         self.requests: asyncio.Queue[Request] = asyncio.Queue()
+        self.messages: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()  # (stream, message) as each completes
         self.closed = asyncio.Event()  # the client closed its end (EOF or reset)
         self.silent = False  # a half-open peer: nothing is answered any more, not even PINGs
         self.auto_window = True  # every DATA frame is given back to the client's send windows
@@ -116,7 +120,15 @@ class FakeConnection:
                                                                                              raw=True))
                 self._block = None
         elif kind == DATA:
-            self._open.setdefault(stream_id, Request(stream_id)).body += payload
+            request = self._open.setdefault(stream_id, Request(stream_id))
+            request.body += payload
+            while len(request.body) - request.parsed >= 5:  # whole gRPC messages, for the stream tests
+                start = request.parsed
+                end = start + 5 + int.from_bytes(request.body[start + 1:start + 5], "big")
+                if len(request.body) < end:
+                    break
+                self.messages.put_nowait((stream_id, request.body[start + 5:end]))
+                request.parsed = end
             if self.auto_window and payload and not self.silent:
                 increment = len(payload).to_bytes(4, "big")
                 self.send(frame(WINDOW_UPDATE, 0, 0, increment) + frame(WINDOW_UPDATE, 0, stream_id, increment))
@@ -128,6 +140,14 @@ class FakeConnection:
     async def request(self) -> Request:
         """The next complete request (END_STREAM seen)."""
         return await asyncio.wait_for(self.requests.get(), WAIT_S)
+
+    def open_request(self, stream_id: int) -> Request:
+        """A request whose stream the client has not ended yet (a stream's headers, its bytes so far)."""
+        return self._open[stream_id]
+
+    async def message(self) -> tuple[int, bytes]:
+        """The next whole message the client wrote on any stream, as (stream id, message)."""
+        return await asyncio.wait_for(self.messages.get(), WAIT_S)
 
     async def requests_of(self, count: int) -> list[Request]:
         return [await self.request() for _ in range(count)]
@@ -174,6 +194,10 @@ class FakeConnection:
     def trailers(self, stream_id: int, status: str = "0", message: str = "") -> bytes:
         fields = [("grpc-status", status)] + ([("grpc-message", message)] if message else [])
         return frame(HEADERS, END_HEADERS | END_STREAM, stream_id, self.header_block(fields))
+
+    def stream_message(self, stream_id: int, message: bytes, end_stream: bool = False) -> None:
+        """One message on an open stream (a DATA frame of its own)."""
+        self.send(frame(DATA, END_STREAM if end_stream else 0, stream_id, grpc_message(message)))
 
     def echo(self, request: Request) -> None:
         self.answer(request.stream_id, request.message)

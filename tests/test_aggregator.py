@@ -238,3 +238,53 @@ def test_errors_of_a_stalled_model_point_at_its_stall(tmp_path: Path) -> None:
     assert errors["m"].state == "info" and errors["m"].verdict.evidence["stall_verdict_id"] == stall.id
     assert f"follows the STALL of verdict #{stall.id}" in errors["m"].verdict.describe()
     assert errors["n"].state == "open" and "stall_verdict_id" not in errors["n"].verdict.evidence
+
+
+def test_answer_check_counts_reach_the_report_and_survive_an_aggregator_restart(tmp_path: Path) -> None:
+    """[workers] validate = "pages" or "fraction": the workers' cumulative counts (compared, passed
+    on sampled pages alone, not compared) come with their heartbeats, are summed over the workers
+    into the live figures, read back by a restarted aggregator, and said in one line of the report."""
+    import zmq
+
+    from engine.aggregator.service import Aggregator
+    from engine.report.build import answer_check_line, build_report
+    from engine.report.text import render_summary
+    from workers.telemetry import KIND_HEARTBEAT, pack, unpack
+
+    clock = _Clock()
+    settings = resolve_settings(DetectorsSection(profile="smoke", window=1.0))
+    spec = AggregatorSpec(run_id="r", endpoint="inproc://answer-counts", store_path=str(tmp_path / "run.sqlite"),
+                          config_json="{}", started_wall="now", origin_ns=clock.ns, run_s=60.0, settings=settings)
+
+    def beat(aggregator: Aggregator, worker: str, seq: int, answers: tuple[int, int, int]) -> None:
+        body = {"time_ns": clock.ns, "in_flight": 0, "models": ["m"], "answers": list(answers)}
+        aggregator.handle(unpack(pack(KIND_HEARTBEAT, worker, seq, body)))
+
+    context = zmq.Context()
+    try:
+        aggregator = Aggregator(spec, context, clock=clock)
+        try:
+            for second in range(3):
+                clock.ns += 1_000_000_000
+                beat(aggregator, "worker-0", second, (100 * (second + 1), 60 * (second + 1), 0))
+                beat(aggregator, "worker-1", second, (10 * (second + 1), 0, 5 * (second + 1)))
+                aggregator.tick()
+            assert aggregator.store.status().answers == [330, 180, 15]  # the last totals, not a sum of beats
+        finally:
+            aggregator.close()
+        again = Aggregator(spec, context, clock=clock)  # resumes from the store
+        try:
+            clock.ns += 1_000_000_000
+            beat(again, "worker-1", 3, (40, 0, 20))  # worker-0 has ended: its totals stay
+            again.tick()
+            store = again.store
+            assert store.status().answers == [340, 180, 20]
+            report = build_report(store)
+        finally:
+            again.close()
+    finally:
+        context.term()
+    line = "answers ([workers] validate): 160 compared in full, 180 passed on sampled pages alone, 20 not compared"
+    assert answer_check_line(report.figures) == line
+    assert line in render_summary(report)
+    assert answer_check_line({"answers": [500, 0, 0]}) == "" and answer_check_line({}) == ""  # "all": nothing to say

@@ -23,7 +23,7 @@ def test_a_heartbeat_reads_back_as_sent_through_msgpack() -> None:
                      plans={"identity": (10, 1, 40)}, schedule_lateness_ns=7, schedule_skipped=1,
                      oldest_by_model={0: 4_000_000_000}, in_flight_by_model={0: 2, 1: 1},
                      starts_by_model={1: (1, 4_200_000_000)}, models=("identity_fp32", "sequence_int32"),
-                     cpu_s=1.5, loop_lag_ns=300)
+                     cpu_s=1.5, loop_lag_ns=300, answers=(40, 12, 3))
     message = unpack(pack(KIND_HEARTBEAT, "worker-0", 1, beat.to_body()))
     assert Heartbeat.from_body(message.body) == beat
 
@@ -31,6 +31,7 @@ def test_a_heartbeat_reads_back_as_sent_through_msgpack() -> None:
 def test_a_heartbeat_without_per_model_counts_gives_its_total_to_each_model_in_flight() -> None:
     beat = Heartbeat.from_body({"time_ns": 1, "in_flight": 4, "oldest_by_model": {"0": 10, "2": 20}})
     assert beat.in_flight_by_model == {0: 4, 2: 4} and beat.records_sent == 0 and beat.plans == {}
+    assert beat.answers == (0, 0, 0)  # an older worker's heartbeat: no answer counts
 
 
 def test_a_body_that_is_not_a_heartbeat_is_refused() -> None:

@@ -149,7 +149,8 @@ def test_a_plan_the_model_cannot_take_is_a_load_error(server, plan: engine.LoadP
 def test_bad_arguments_are_value_errors(server) -> None:
     plan = engine.LoadPlan("identity_fp32", _rows(1))
     for kwargs, message in (({"protocol": "udp"}, "protocol='udp'"), ({"concurrency": 0}, "concurrency=0"),
-                            ({"rate": 0.0}, "rate=0.0"), ({"shm": "gpu"}, "shm='gpu'")):
+                            ({"rate": 0.0}, "rate=0.0"), ({"shm": "gpu"}, "shm='gpu'"),
+                            ({"cuda_device": -1}, "cuda_device=-1"), ({"cuda_device": "1"}, "cuda_device='1'")):
         with pytest.raises(ValueError, match=message):
             engine.generate_load(server.server, plan, duration=1.0, **kwargs)
 
@@ -166,3 +167,15 @@ def test_cuda_shared_memory_carries_the_inputs(server) -> None:
     result = engine.generate_load(server.server, engine.LoadPlan("identity_fp32", rows, _echo(rows)), duration=2.0,
                                   concurrency=2, shm="cuda")
     assert result.passed and result.shm == "cuda" and len(result.records) > 0
+
+
+@pytest.mark.skipif(gpu_count() < 2, reason=f"needs two GPUs: {gpu_count()} usable "
+                                           f"({gpu_unavailable_reason() or 'one device'})")
+def test_cuda_shared_memory_on_the_device_asked_for(server) -> None:
+    rows = _rows()
+    result = engine.generate_load(server.server, engine.LoadPlan("identity_fp32", rows, _echo(rows)), duration=2.0,
+                                  shm="cuda", cuda_device=1)
+    assert result.passed and result.shm == "cuda" and len(result.records) > 0
+    with pytest.raises(ValueError, match=f"cuda_device={gpu_count()}: this host has"):
+        engine.generate_load(server.server, engine.LoadPlan("identity_fp32", rows), duration=1.0, shm="cuda",
+                             cuda_device=gpu_count())

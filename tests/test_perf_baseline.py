@@ -1,9 +1,8 @@
-"""The perf sweep's pure parts: stability rule, baseline gate, baseline files, overrides, the CSV,
-and the HTTP wire parser (against a real loopback socket)."""
+"""The perf sweep's pure parts: stability rule, baseline gate, baseline files, overrides, the CSV
+(the HTTP client's tests are in test_wire_http.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 from pathlib import Path
@@ -20,7 +19,6 @@ from engine.perf.baseline import (
     render_gate,
     resolve_tolerances,
 )
-from engine.perf.http_wire import HttpConnection
 from engine.perf.output import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -286,60 +284,3 @@ def test_overrides_replace_and_validate() -> None:
         apply_perf_overrides(config, {"concurrency": "many"})
     with pytest.raises(ConfigError, match="did you mean 'identity_fp32'"):
         apply_perf_overrides(config, {"models": "identity_fp33"})
-
-
-# -- the HTTP wire -----------------------------------------------------------------------------
-
-
-async def _serve_once(answers: list[bytes]) -> tuple[asyncio.AbstractServer, int]:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for answer in answers:
-            await reader.readuntil(b"\r\n\r\n")
-            for cut in (5, 40):  # in pieces, as TCP may deliver it
-                writer.write(answer[:cut])
-                await writer.drain()
-                answer = answer[cut:]
-            writer.write(answer)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
-def test_http_connection_reads_content_length_answers_in_pieces() -> None:
-    body = b'{"a":1}' + bytes(range(256)) * 40
-    ok = (b"HTTP/1.1 200 OK\r\nInference-Header-Content-Length: 7\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
-    bad = b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"error":1}'
-
-    async def main() -> None:
-        server, port = await _serve_once([ok, bad])
-        try:
-            connection = await HttpConnection.open("127.0.0.1", port, capacity=16)  # grows as needed
-            assert await connection.request(b"GET / HTTP/1.1\r\n\r\n") == 200
-            assert bytes(connection.body()) == body and connection.json_size == 7
-            assert await connection.request(b"GET / HTTP/1.1\r\n\r\n") == 400
-            assert bytes(connection.body()) == b'{"error":1}'
-            connection.close()
-        finally:
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(asyncio.wait_for(main(), 10))
-
-
-def test_http_connection_refuses_chunked_answers() -> None:
-    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-
-    async def main() -> None:
-        server, port = await _serve_once([chunked])
-        try:
-            connection = await HttpConnection.open("127.0.0.1", port)
-            with pytest.raises(ConnectionError, match="chunked"):
-                await connection.request(b"GET / HTTP/1.1\r\n\r\n")
-            assert connection.closed
-        finally:
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(asyncio.wait_for(main(), 10))

@@ -3,6 +3,7 @@ nothing lost, and the same seed draws the same scenarios."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -177,6 +178,24 @@ def test_a_weighted_scenario_without_its_model_is_refused_at_start() -> None:
         scenario_table({"identity": 1, "sequence_valid": 1}, only_identity, SETTINGS)
     names, _ = scenario_table({"identity": 1, "sequence_valid": 0}, only_identity, SETTINGS)
     assert names == ("identity",)
+
+
+def test_the_start_up_probe_draws_plans_without_building_whole_input_pools() -> None:
+    """scenario_table draws one plan per weighted scenario to refuse the impossible ones at start;
+    it must not make a full large_tensor pool (input_pool inputs of up to 16 MiB) only to drop it."""
+    import tracemalloc
+
+    from model_repo_gen import build_specs
+
+    specs = build_specs(RepoOptions(models=("identity_fp32",)))
+    settings = dataclasses.replace(SETTINGS, large_tensor_bytes=4 << 20, input_pool=8, input_pool_bytes=64 << 20)
+    tracemalloc.start()
+    try:
+        scenario_table({"large_tensor": 1, "identity": 1}, specs, settings)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * (4 << 20), f"{peak / (1 << 20):.1f} MiB"  # one 4 MiB input (and its draw), not eight
 
 
 def test_open_loop_keeps_its_schedule(server, tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 Why uvloop: a worker's cost per request on the identity model is a few hundred microseconds, and
 a fair part of it is the event loop itself (a selector poll, callbacks, futures and transports
 written in Python). uvloop, libuv under asyncio's API, does that work in C; the loop cost per
-request drops without any change to the code that runs on it. grpc.aio (the streaming paths),
-pyzmq and tritonclient's aiohttp client all run on any asyncio loop.
+request drops without any change to the code that runs on it. The engine's own clients
+(workers/wire/) and pyzmq run on any asyncio loop.
 
 `asyncio` stays selectable ([workers] event_loop) for debugging with asyncio's debug mode and
 for hosts where uvloop is not installed (it is a dependency on Linux, the platform the engine

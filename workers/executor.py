@@ -18,10 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-import tritonclient.grpc.aio as grpcaio
-import tritonclient.http as httpclient
-import tritonclient.http.aio as httpaio
 from tritonclient.utils import np_to_triton_dtype
 
 from model_repo_gen.spec import (
@@ -34,9 +30,7 @@ from shm import SYSTEM, RegionAlreadyRegistered, ShmPool, Slot, register_system
 
 from .answer_check import PAGE_BYTES, AnswerCheck
 from .deadlines import PlanDeadlines
-from .grpc_wire import GrpcWireClient
 from .host_budget import HOLD_AFTER_DEADLINE_S, LARGE_REQUEST_BYTES, HostBudget
-from .infer_message import MODEL_INFER, TensorRef, infer_request, infer_result
 from .plans import DEADLINE_ERROR, NO_START_ERROR, Plan, Step
 from .sender import TelemetrySender
 from .telemetry import (
@@ -46,10 +40,11 @@ from .telemetry import (
     STATUS_OK,
     STATUS_WRONG,
 )
+from .wire.grpc_client import GrpcError, GrpcStream, GrpcWireClient
+from .wire.grpc_message import MODEL_INFER, MODEL_STREAM_INFER, TensorRef, infer_request, infer_result, stream_result
+from .wire.http_client import HttpClient
+from .wire.http_message import http_request, http_result
 
-# aiohttp asks for gzip by default and Triton obliges: random tensors do not compress, and the
-# server spent many times the CPU per answer deflating it (then the client inflating it).
-_NO_COMPRESSION = {"Accept-Encoding": "identity"}
 SMALL_TENSOR_BYTES = 64 << 10  # below this, copying a tensor costs less than numpy's per-call overhead
 FAILURE_TEXT_LIMIT = 400  # characters of an error or a mismatch kept in an event
 QUARANTINE_S = 60.0  # how long a failed request's shared-memory slots stay out of use
@@ -245,26 +240,12 @@ class Executor:
         self.model_codes = model_codes
         self.sender = sender
         self.in_flight = InFlight()
-        self._urls = (grpc_url, http_url)
-        self._grpc: grpcaio.InferenceServerClient | None = None
-        self._wire = GrpcWireClient(grpc_url)  # unary gRPC calls: see grpc_wire.py for why not grpc.aio
+        self._wire = GrpcWireClient(grpc_url)  # gRPC calls and streams: see wire/grpc_client.py for why not grpc.aio
         self._deadlines = PlanDeadlines()
-        self._http: httpaio.InferenceServerClient | None = None
+        self._http = HttpClient(http_url)  # unary HTTP calls: see wire/http_client.py for why not aiohttp
 
     async def __aenter__(self) -> Executor:
         return self
-
-    def _grpc_client(self) -> grpcaio.InferenceServerClient:
-        """tritonclient's asyncio gRPC client, for streams only (unary calls go over `_wire`);
-        asyncio clients bind to the loop they are made in: made on first use, inside it."""
-        if self._grpc is None:
-            self._grpc = grpcaio.InferenceServerClient(self._urls[0])
-        return self._grpc
-
-    def _http_client(self) -> httpaio.InferenceServerClient:
-        if self._http is None:  # made on first use, inside the running loop
-            self._http = httpaio.InferenceServerClient(self._urls[1])
-        return self._http
 
     def _pool_for(self, step: Step) -> ShmPool | None:
         if not step.shm:
@@ -274,10 +255,7 @@ class Executor:
     async def __aexit__(self, *exc: object) -> None:
         await self._deadlines.close()
         await self._wire.close()
-        if self._grpc is not None:
-            await self._grpc.close()
-        if self._http is not None:
-            await self._http.close()
+        self._http.close()
 
     # -- plans ------------------------------------------------------------------------------
     async def run(self, plan: Plan, scenario_code: int, intended_ns: int = 0) -> PlanOutcome:
@@ -296,7 +274,7 @@ class Executor:
         stream = None
         try:
             if ((plan.steps[0].protocol if plan.steps else "") or self.protocol) == "grpc_stream":
-                stream = _SequenceStream(self._grpc_client())
+                stream = _SequenceStream(self._wire)
             for index, step in enumerate(plan.steps):
                 if index and self._sequence_idled_out(step, outcome.answered_ns, plan.scenario):
                     outcome.abandoned = True
@@ -551,11 +529,10 @@ class Executor:
         names = _output_names(spec, step)
         inputs, outputs, slots = self._tensors(spec, step, names, held)
         if (step.protocol or self.protocol) == "http":
-            call = self._http_client().infer(
-                spec.name, [_http_input(ref) for ref in inputs], outputs=[_http_output(ref) for ref in outputs],
-                sequence_id=step.sequence_id, sequence_start=step.start, sequence_end=step.end,
-                headers=dict(_NO_COMPRESSION))  # a fresh dict: tritonclient adds this request's sizes to it
-            result = await (asyncio.wait_for(call, step.timeout_s) if step.timeout_s else call)
+            request = http_request(self._http.host, spec.name, inputs, outputs, sequence_id=step.sequence_id,
+                                   sequence_start=step.start, sequence_end=step.end)
+            status, body, json_size = await self._http.send(request, step.timeout_s)
+            result = http_result(status, body, json_size)
         else:
             message = infer_request(spec.name, inputs, outputs, sequence_id=step.sequence_id,
                                     sequence_start=step.start, sequence_end=step.end)
@@ -568,23 +545,26 @@ class Executor:
         return self._answers(result, names, slots)
 
     async def _stream_decoupled(self, step: Step) -> dict[str, np.ndarray]:
-        inputs = [_grpc_input(DECOUPLED_VALUE_INPUT, step.values.astype(np.int32).reshape(1)),
-                  _grpc_input(DECOUPLED_COUNT_INPUT, np.array([step.stream_count], np.int32))]
-
-        async def requests():
-            yield {"model_name": step.model, "inputs": inputs, "enable_empty_final_response": True}
-
+        inputs = [TensorRef(DECOUPLED_VALUE_INPUT, array=step.values.astype(np.int32).reshape(1)),
+                  TensorRef(DECOUPLED_COUNT_INPUT, array=np.array([step.stream_count], np.int32))]
         values: list[int] = []
-        responses = self._grpc_client().stream_infer(requests(), stream_timeout=step.timeout_s)
-        async for result, error in responses:
-            if error is not None:
-                raise error
-            out = result.as_numpy(DECOUPLED_OUTPUT)
-            if out is not None:
-                values.append(int(out.reshape(-1)[0]))
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                break
-        responses.cancel()
+        stream = await self._wire.stream(MODEL_STREAM_INFER, step.timeout_s)
+        try:
+            await stream.write(infer_request(step.model, inputs, [], enable_empty_final_response=True))
+            while True:
+                answer = await stream.read()
+                if answer is None:
+                    raise GrpcError("INTERNAL", "the server ended the stream before its final response")
+                result = stream_result(answer)
+                out = result.as_numpy(DECOUPLED_OUTPUT)
+                if out is not None:
+                    values.append(int(out.reshape(-1)[0]))
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    break
+        except BaseException:
+            stream.cancel()  # cut short (a deadline, an error): the server's part of it is dropped
+            raise
+        stream.done_writing()  # all answered: the server ends the stream itself, nothing to cancel
         return {DECOUPLED_OUTPUT: np.array(values, dtype=np.int32)}
 
 
@@ -617,51 +597,32 @@ class _LargeRequest:
 class _SequenceStream:
     """One gRPC stream per plan: each step is sent and its answer awaited before the next."""
 
-    def __init__(self, client: grpcaio.InferenceServerClient) -> None:
-        self._queue: asyncio.Queue[dict | None] = asyncio.Queue()
-        self._client = client
-        self._responses = None
-
-    async def _requests(self):
-        while (item := await self._queue.get()) is not None:
-            yield item
+    def __init__(self, wire: GrpcWireClient) -> None:
+        self._wire = wire
+        self._stream: GrpcStream | None = None
+        self._owed = False  # a request went out whose answer has not been read
 
     async def infer(self, spec: ModelSpec, step: Step) -> dict[str, np.ndarray | None]:
-        if self._responses is None:
-            self._responses = self._client.stream_infer(self._requests())
-        await self._queue.put({
-            "model_name": spec.name, "inputs": [_grpc_input(name, data) for name, data in _inputs(spec, step)],
-            "sequence_id": step.sequence_id, "sequence_start": step.start, "sequence_end": step.end,
-        })
-        result, error = await self._responses.__anext__()
-        if error is not None:
-            raise error
+        if self._stream is None:
+            self._stream = await self._wire.stream(MODEL_STREAM_INFER)
+        inputs = [TensorRef(name, array=data) for name, data in _inputs(spec, step)]
+        self._owed = True
+        await self._stream.write(infer_request(spec.name, inputs, [], sequence_id=step.sequence_id,
+                                               sequence_start=step.start, sequence_end=step.end))
+        answer = await self._stream.read()
+        self._owed = False
+        if answer is None:
+            raise GrpcError("INTERNAL", "the server ended the sequence's stream")
+        result = stream_result(answer)
         return {name: result.as_numpy(name) for name in _output_names(spec, step)}
 
     async def close(self) -> None:
-        await self._queue.put(None)
-        if self._responses is not None:
-            self._responses.cancel()
-
-
-def _grpc_input(name: str, values: np.ndarray) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(values.shape), np_to_triton_dtype(values.dtype))
-    tensor.set_data_from_numpy(values)
-    return tensor
-
-
-def _http_input(ref: TensorRef) -> httpclient.InferInput:
-    if ref.slot is not None:
-        return ref.slot.infer_input(ref.name, "http")
-    tensor = httpclient.InferInput(ref.name, list(ref.array.shape), np_to_triton_dtype(ref.array.dtype))
-    tensor.set_data_from_numpy(ref.array, binary_data=True)
-    return tensor
-
-
-def _http_output(ref: TensorRef) -> httpclient.InferRequestedOutput:
-    if ref.slot is not None:
-        return ref.slot.requested_output(ref.name, "http")
-    return httpclient.InferRequestedOutput(ref.name)
+        if self._stream is None:
+            return
+        if self._owed:
+            self._stream.cancel()  # cut short while the server held a request: dropped (RST_STREAM CANCEL)
+        else:
+            self._stream.done_writing()  # every answer read: the server ends the stream itself
 
 
 def _short(values: Any) -> str:

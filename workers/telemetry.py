@@ -130,6 +130,9 @@ class Heartbeat:
     # since the last heartbeat (a saturated load generator measures its own queueing).
     cpu_s: float = 0.0
     loop_lag_ns: int = 0
+    # How its answers were checked ([workers] validate), cumulative: (compared, passed on sampled
+    # pages alone, not compared at all). Under "all" the last two stay 0.
+    answers: tuple[int, int, int] = (0, 0, 0)
 
     def to_body(self) -> dict[str, Any]:
         """The message body: msgpack map keys as text, tuples as lists."""
@@ -149,6 +152,7 @@ class Heartbeat:
             "models": list(self.models),
             "cpu_s": self.cpu_s,
             "loop_lag_ns": self.loop_lag_ns,
+            "answers": list(self.answers),
         }
 
     @classmethod
@@ -177,6 +181,7 @@ class Heartbeat:
             models=tuple(body.get("models", ())),
             cpu_s=float(body.get("cpu_s", 0.0)),
             loop_lag_ns=int(body.get("loop_lag_ns", 0)),
+            answers=tuple(int(n) for n in body.get("answers", (0, 0, 0)))[:3],  # type: ignore[arg-type]
         )
 
 

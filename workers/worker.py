@@ -46,7 +46,8 @@ HEARTBEAT_INTERVAL_S = 1.0
 FLUSH_TICK_S = 0.1
 UNREACHABLE_FIRST_PAUSE_S = 0.05
 UNREACHABLE_LONGEST_PAUSE_S = 1.0
-# How the clients say that no server listens (gRPC; HTTP through gevent / aiohttp).
+# How the clients say that no server listens (gRPC; HTTP through gevent, and the workers' own
+# client, which says it in aiohttp's words).
 _UNREACHABLE_MARKERS = ("StatusCode.UNAVAILABLE", "Connection refused", "ConnectionRefusedError",
                         "Cannot connect to host")
 
@@ -99,6 +100,20 @@ def all_weights(spec: WorkerSpec) -> dict[str, int]:
     return {**dict(spec.scenarios.weights), **{load.scenario: load.weight for load in spec.user_loads}}
 
 
+class _OneInputPerPool:
+    """The run's scenario settings but for input pools of one input: the start-up probe only checks
+    that each weighted scenario can draw a plan, and its pools are thrown away (a large_tensor pool
+    is input_pool inputs of up to 16 MiB)."""
+
+    input_pool = 1
+
+    def __init__(self, settings: ScenarioSettings) -> None:
+        self._settings = settings
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._settings, name)
+
+
 def scenario_table(weights: dict[str, int], models: tuple[ModelSpec, ...], settings: ScenarioSettings,
                    user_loads: tuple[ResolvedLoad, ...] = ()) -> tuple[tuple[str, ...], np.ndarray]:
     """(scenarios with a weight, their draw probabilities). Raises PlanError when a weighted
@@ -107,7 +122,7 @@ def scenario_table(weights: dict[str, int], models: tuple[ModelSpec, ...], setti
     if not names:
         raise PlanError("no scenario has a weight above zero")
     planners = planners_for(user_loads)
-    probe = PlanContext(np.random.default_rng(0), settings, IdSource(1, 1, 0), models)
+    probe = PlanContext(np.random.default_rng(0), _OneInputPerPool(settings), IdSource(1, 1, 0), models)
     for name in names:
         planner = planners.get(name) or PLANNERS["identity"]  # process scenarios drive an identity model
         try:
@@ -369,7 +384,7 @@ class Worker:
             self.executor.sweep()  # large requests the server finished give back their budget
 
     def _heartbeat(self) -> None:
-        flight = self.executor.in_flight
+        flight, check = self.executor.in_flight, self.executor.check
         oldest, counts, starts = flight.by_model()
         self.sender.flush()
         self.sender.flush_events()
@@ -381,6 +396,7 @@ class Worker:
             schedule_lateness_ns=self._lateness_ns, schedule_skipped=self._skipped,
             oldest_by_model=oldest, in_flight_by_model=counts, starts_by_model=starts, models=tuple(self.models),
             cpu_s=time.process_time(), loop_lag_ns=self._loop_lag_ns,
+            answers=(check.answers_compared, check.answers_sampled, check.answers_skipped),
         ))
         self._lateness_ns = 0
         self._loop_lag_ns = 0

@@ -96,6 +96,7 @@ class _Sender:
     last_heartbeat: float = 0.0  # monotonic s
     heartbeat: Heartbeat | None = None  # its last (a worker's)
     plans: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # its plan totals per scenario
+    answers: tuple[int, int, int] = (0, 0, 0)  # how its answers were checked (Heartbeat.answers)
     rate: float = 0.0  # records/s between its last two heartbeats
 
 
@@ -171,9 +172,11 @@ class Aggregator:
         self.requests = figures.requests
         self.failed_requests = figures.errors
         self.wrong_answers = figures.wrong
-        for name, (next_seq, plans) in figures.senders.items():
+        for name, (next_seq, plans, *rest) in figures.senders.items():
             self.senders[name].next_seq = int(next_seq)
             self.senders[name].plans = {scenario: tuple(row) for scenario, row in plans.items()}
+            if rest:  # written by an engine that kept the answer counts too
+                self.senders[name].answers = tuple(int(n) for n in rest[0])[:3]  # type: ignore[assignment]
         self.verdicts = [(row.id, row.verdict) for row in store.verdicts() if row.state != "withdrawn"]
 
     # -- time -----------------------------------------------------------------------------
@@ -225,7 +228,7 @@ class Aggregator:
                 if change is not None:  # a worker became its own bottleneck, or stopped being one
                     what, text = change
                     self.store.add_event(at, "aggregator", what, "", "", 1, text)
-            before, sender.heartbeat, sender.plans = sender.heartbeat, beat, beat.plans
+            before, sender.heartbeat, sender.plans, sender.answers = sender.heartbeat, beat, beat.plans, beat.answers
             if before is not None:
                 seconds = (beat.time_ns - before.time_ns) / 1e9
                 if seconds > 0:
@@ -449,7 +452,8 @@ class Aggregator:
             late_records=self.folder.late_records,
             client_bound_windows=self.health.held_windows,
             heartbeat_age_s=workers,
-            senders={name: [s.next_seq, s.plans] for name, s in self.senders.items()},
+            senders={name: [s.next_seq, s.plans, list(s.answers)] for name, s in self.senders.items()},
+            answers=[sum(s.answers[i] for s in self.senders.values()) for i in range(3)],
         )
 
     def _live_p99(self, closed: list[WindowStats]) -> tuple[float, float]:

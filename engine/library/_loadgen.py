@@ -20,6 +20,7 @@ import zmq
 from engine.config import SCENARIOS, ScenariosSection, parse_duration
 from engine.run_setup import new_run_id
 from engine.server import ServerEndpoints, endpoints_from_urls
+from shm.gpu import gpu_count
 from workers import event_loop
 from workers.telemetry import (
     KIND_BATCH,
@@ -51,7 +52,7 @@ class HasEndpoints(Protocol):
 def generate_load(server: ServerEndpoints | HasEndpoints | str, plans: LoadPlan | Sequence[LoadPlan], *,
                   duration: float | str, concurrency: int = 1, rate: float | None = None,
                   arrivals: str = "constant", max_outstanding: int = 256, protocol: str = "grpc",
-                  shm: str = "none", seed: int = 0) -> LoadResult:
+                  shm: str = "none", cuda_device: int = 0, seed: int = 0) -> LoadResult:
     """Send `plans` to `server` for `duration` (seconds, or "30s") and return every request.
 
     server: ServerEndpoints, a LaunchedServer / AttachedServer (its `.endpoints`), or the HTTP
@@ -63,13 +64,14 @@ def generate_load(server: ServerEndpoints | HasEndpoints | str, plans: LoadPlan 
     shm: "none" (tensors in the messages), "system", "cuda" (CudaUnavailable without a usable GPU)
         or "auto" (CUDA with a GPU, else system): the inputs are written into regions registered with
         the server (the answers come back in the response: their size is the model's to choose).
+    cuda_device: the GPU the CUDA regions live on (as CUDA_VISIBLE_DEVICES numbers them).
     seed: the rows drawn and the Poisson arrivals follow it, so a load replays.
 
     Raises LoadError (a plan the model cannot take), ValueError (a bad argument), and whatever the
     worker met setting up (a server that refuses shared memory). Ctrl-C stops the load gracefully
     and is raised again once everything is released."""
     plan_list = [plans] if isinstance(plans, LoadPlan) else list(plans)
-    seconds = _check(plan_list, duration, concurrency, rate, arrivals, max_outstanding, protocol, shm)
+    seconds = _check(plan_list, duration, concurrency, rate, arrivals, max_outstanding, protocol, shm, cuda_device)
     endpoints = _endpoints(server)
     loads = resolve_plans(plan_list, endpoints.grpc)
     with tempfile.TemporaryDirectory(prefix="tee-load-") as directory, _Telemetry(Path(directory)) as telemetry:
@@ -78,7 +80,7 @@ def generate_load(server: ServerEndpoints | HasEndpoints | str, plans: LoadPlan 
             http_url=endpoints.http, protocol=protocol, concurrency=concurrency, models=(),
             scenarios=ScenariosSection(weights=dict.fromkeys(SCENARIOS, 0)), telemetry_endpoint=telemetry.endpoint,
             deadline_s=seconds, shm_mode=shm, user_loads=loads, load=arrivals if rate else "closed",
-            rate=rate or 1.0, max_outstanding=max_outstanding)
+            rate=rate or 1.0, max_outstanding=max_outstanding, cuda_device=cuda_device)
         started_ns = time.monotonic_ns()
         _run_worker(spec)
         ended_ns = time.monotonic_ns()
@@ -96,7 +98,7 @@ def generate_load(server: ServerEndpoints | HasEndpoints | str, plans: LoadPlan 
 
 
 def _check(plans: list[LoadPlan], duration: float | str, concurrency: int, rate: float | None, arrivals: str,
-           max_outstanding: int, protocol: str, shm: str) -> float:
+           max_outstanding: int, protocol: str, shm: str, cuda_device: int = 0) -> float:
     if not plans:
         raise ValueError("plans: give at least one LoadPlan")
     seconds = parse_duration(duration) if isinstance(duration, str) else float(duration)
@@ -112,6 +114,11 @@ def _check(plans: list[LoadPlan], duration: float | str, concurrency: int, rate:
         raise ValueError(f"rate={rate}: must be above zero (None: closed loop at `concurrency`)")
     if max_outstanding < 1:
         raise ValueError(f"max_outstanding={max_outstanding}: must be 1 or more")
+    if isinstance(cuda_device, bool) or not isinstance(cuda_device, int) or cuda_device < 0:
+        raise ValueError(f"cuda_device={cuda_device!r}: a CUDA device number, 0 or more")
+    if cuda_device and shm in ("cuda", "auto") and (gpus := gpu_count()) and cuda_device >= gpus:
+        raise ValueError(f"cuda_device={cuda_device}: this host has {gpus} CUDA device(s): 0 to {gpus - 1} "
+                         "(as CUDA_VISIBLE_DEVICES numbers them)")
     return seconds
 
 

@@ -7,13 +7,13 @@ fight over the GIL (sync gRPC in threads costs more client CPU per request than 
 far more than the HTTP lane below; PERF.md, "The client"), and processes would double the memory and
 the set-up.
 
-- gRPC: the stress workers' HTTP/2 client (workers/grpc_wire.py) with raw bytes: the request is a
+- gRPC: the stress workers' HTTP/2 client (workers/wire/grpc_client.py) with raw bytes: the request is a
   ModelInferRequest serialized once, the answer is checked once per lane (the first, validated),
   then only its status. For large inputs this is a multiple of the requests per second of
   tritonclient.grpc.aio, which rebuilds and copies the request every time.
-- gRPC streaming: one ModelStreamInfer stream per lane; an error comes in-band, so each answer's
-  first byte says whether it carries an error message (only then is it parsed).
-- HTTP: http_wire.HttpConnection, prebuilt request bytes in, body into a reused buffer.
+- gRPC streaming: one ModelStreamInfer stream per lane, on the same client; an error comes in-band,
+  so each answer's first byte says whether it carries an error message (only then is it parsed).
+- HTTP: workers/wire/http_client.HttpConnection, prebuilt request bytes in, body into a reused buffer.
 
 Each lane times its own work: `send` (until the request is handed to the transport) and `recv`
 (from the answer's arrival, or the transport's return for gRPC, to the end of its handling: that
@@ -26,23 +26,16 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import grpc
-import orjson
 from tritonclient.grpc import service_pb2
 
-from workers.grpc_wire import GrpcError, GrpcWireClient
+from workers.wire.grpc_client import GrpcError, GrpcStream, GrpcWireClient
+from workers.wire.grpc_message import MODEL_INFER, MODEL_STREAM_INFER
+from workers.wire.http_client import HttpConnection
+from workers.wire.http_message import error_text
 
-from .http_wire import HttpConnection
 from .payload import mismatch
 from .recorder import Recorder
 
-INFER = "/inference.GRPCInferenceService/ModelInfer"
-STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
-CHANNEL_OPTIONS = (
-    ("grpc.use_local_subchannel_pool", 1),  # a connection of its own per lane, as perf_analyzer's contexts
-    ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
-)
 _INFER_RESPONSE_TAG = 0x12  # ModelStreamInferResponse field 2 (infer_response), length-delimited
 RECONNECT_PAUSE_S = 0.05  # after a failed reconnect, so a dead server does not make a lane spin
 TIMED_OUT = "no answer within [perf] request_timeout"
@@ -87,12 +80,8 @@ class Lane:
             raise LaneCheckError(f"wrong answer: {problem}")
 
 
-def _rpc_error(exc: grpc.aio.AioRpcError) -> str:
-    return f"{exc.code().name}: {exc.details()}"
-
-
 class GrpcLane(Lane):
-    """Unary ModelInfer over the stress workers' own HTTP/2 client (workers/grpc_wire.py), one
+    """Unary ModelInfer over the stress workers' own HTTP/2 client (workers/wire/grpc_client.py), one
     connection per lane: the request bytes go out as they are, the answer comes back as bytes.
     grpc.aio cost about 1.4x perf_analyzer's client CPU per request here (tools/bench/
     vs_perf_analyzer.py); this client is the one the workers are measured with."""
@@ -109,7 +98,7 @@ class GrpcLane(Lane):
     async def check(self, timeout: float) -> None:
         assert self._wire is not None
         try:
-            reply = await self._wire.unary(INFER, self._body, timeout)
+            reply = await self._wire.unary(MODEL_INFER, self._body, timeout)
         except GrpcError as exc:
             raise LaneCheckError(f"{exc.code}: {exc.message}") from None
         response = service_pb2.ModelInferResponse.FromString(reply)
@@ -121,7 +110,7 @@ class GrpcLane(Lane):
         self._aborted = False
         self._task = asyncio.current_task()
         try:
-            await self._wire.unary(INFER, self._body)
+            await self._wire.unary(MODEL_INFER, self._body)
         except GrpcError as exc:
             recorder.error(f"{exc.code}: {exc.message}")
             return
@@ -148,41 +137,42 @@ class GrpcLane(Lane):
 
 
 class GrpcStreamLane(Lane):
-    """One bidirectional ModelStreamInfer stream; a request is written, its answer read."""
+    """One bidirectional ModelStreamInfer stream on the workers' HTTP/2 client; a request is
+    written, its answer read. A stream that failed is dropped and the next request opens another."""
 
     def __init__(self, target: str, body: bytes, expected: bytes, read_shm_output: Callable[[], bytes] | None) -> None:
         super().__init__(expected, read_shm_output)
         self._target, self._body = target, body
-        self._channel: grpc.aio.Channel | None = None
-        self._method: grpc.aio.StreamStreamMultiCallable | None = None
-        self._stream: grpc.aio.StreamStreamCall | None = None
+        self._wire: GrpcWireClient | None = None
+        self._stream: GrpcStream | None = None
 
     async def open(self, timeout: float) -> None:
-        self._channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
-        await asyncio.wait_for(self._channel.channel_ready(), timeout)
-        self._method = self._channel.stream_stream(STREAM_INFER)
-        self._stream = self._method()
+        self._wire = GrpcWireClient(self._target, connect_timeout=timeout)
+        try:
+            self._stream = await asyncio.wait_for(self._wire.stream(MODEL_STREAM_INFER), timeout)
+        except GrpcError as exc:  # no server there: the point fails with the reason, the sweep goes on
+            raise LaneCheckError(f"{exc.code}: {exc.message}") from None
 
-    def _reopen(self) -> None:
+    def _drop(self) -> None:
         if self._stream is not None:
             self._stream.cancel()
-        self._stream = self._method() if self._method is not None else None
+            self._stream = None
 
-    async def _exchange(self) -> bytes:
-        assert self._stream is not None
-        await self._stream.write(self._body)
-        reply = await self._stream.read()
-        if reply is grpc.aio.EOF:
-            raise ConnectionError("the server ended the stream")
+    async def _exchange(self, stream: GrpcStream) -> bytes | memoryview:
+        await stream.write(self._body)
+        reply = await stream.read()
+        if reply is None:
+            raise GrpcError("UNAVAILABLE", "the server ended the stream")
         return reply
 
     async def check(self, timeout: float) -> None:
+        assert self._stream is not None
         try:
-            reply = await asyncio.wait_for(self._exchange(), timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise LaneCheckError(_rpc_error(exc)) from None
-        except (TimeoutError, ConnectionError) as exc:
-            raise LaneCheckError(str(exc) or TIMED_OUT) from None
+            reply = await asyncio.wait_for(self._exchange(self._stream), timeout)
+        except GrpcError as exc:
+            raise LaneCheckError(f"{exc.code}: {exc.message}") from None
+        except TimeoutError:
+            raise LaneCheckError(TIMED_OUT) from None
         response = service_pb2.ModelStreamInferResponse.FromString(reply)
         if response.error_message:
             raise LaneCheckError(response.error_message)
@@ -190,8 +180,15 @@ class GrpcStreamLane(Lane):
         self._verify(contents[0] if contents else None)
 
     async def send(self, start_ns: int, recorder: Recorder) -> None:
+        assert self._wire is not None
         stream = self._stream
-        assert stream is not None
+        if stream is None:
+            try:
+                stream = self._stream = await self._wire.stream(MODEL_STREAM_INFER)
+            except GrpcError as exc:
+                recorder.error(f"cannot open a stream: {exc.code}: {exc.message}")
+                await asyncio.sleep(RECONNECT_PAUSE_S)
+                return
         t0 = time.monotonic_ns()
         self.since_ns = t0
         self._aborted = False
@@ -199,22 +196,16 @@ class GrpcStreamLane(Lane):
             await stream.write(self._body)
             t1 = time.monotonic_ns()
             reply = await stream.read()
-        except grpc.aio.AioRpcError as exc:
-            recorder.error(_rpc_error(exc))
-            self._reopen()
-            return
-        except asyncio.CancelledError:
-            if not self._aborted:
-                raise
-            recorder.error(TIMED_OUT)
-            self._reopen()
+        except GrpcError as exc:
+            recorder.error(TIMED_OUT if self._aborted else f"{exc.code}: {exc.message}")
+            self._drop()
             return
         finally:
             self.since_ns = 0
         t2 = time.monotonic_ns()
-        if reply is grpc.aio.EOF:
+        if reply is None:
             recorder.error("the server ended the stream")
-            self._reopen()
+            self._drop()
             return
         # An error answer carries field 1 (error_message), which Triton writes first; a good one
         # starts with field 2. Only the unusual case pays for parsing.
@@ -229,15 +220,13 @@ class GrpcStreamLane(Lane):
     def abort(self) -> None:
         if self._stream is not None and self.since_ns:
             self._aborted = True
-            self._stream.cancel()  # the stream is dead now; send() opens a new one
+            self._stream.cancel()  # its read() fails now; send() opens a new stream next time
 
     async def close(self) -> None:
-        if self._stream is not None:
-            self._stream.cancel()
-            self._stream = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        self._drop()
+        if self._wire is not None:
+            await self._wire.close()
+            self._wire = None
 
 
 class HttpLane(Lane):
@@ -263,7 +252,7 @@ class HttpLane(Lane):
             raise LaneCheckError(str(exc) or TIMED_OUT) from None
         body = self._connection.body()
         if status != 200:
-            raise LaneCheckError(f"HTTP {status}: {_error_text(body)}")
+            raise LaneCheckError(f"HTTP {status}: {error_text(body)}")
         json_size = self._connection.json_size
         self._verify(body[json_size:] if json_size is not None else None)
 
@@ -290,7 +279,7 @@ class HttpLane(Lane):
             self.since_ns = 0
         t2 = time.monotonic_ns()
         if status != 200:
-            recorder.error(f"HTTP {status}: {_error_text(connection.body())}")
+            recorder.error(f"HTTP {status}: {error_text(connection.body())}")
             return
         recorder.ok(t2 - start_ns, t1 - t0, t2 - connection.arrived_ns)
 
@@ -302,11 +291,3 @@ class HttpLane(Lane):
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-
-def _error_text(body: memoryview | bytes) -> str:
-    text = bytes(body[:2000]).decode(errors="replace")
-    try:
-        return str(orjson.loads(text).get("error", text))[:400]
-    except (orjson.JSONDecodeError, AttributeError):  # not Triton's JSON: the raw text says it
-        return text[:400]

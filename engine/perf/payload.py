@@ -1,19 +1,20 @@
 """A point's request, built once: the input tensor, its expected answer, and the exact bytes each
 protocol puts on the wire (a serialized gRPC ModelInferRequest, or an HTTP/1.1 request with the
-binary-tensor body). Lanes send these same bytes for every request, so the hot path builds nothing:
-no protobuf message and no JSON per request."""
+binary-tensor body), made by the workers' own request builders (workers/wire/). Lanes send these
+same bytes for every request, so the hot path builds nothing: no protobuf message and no JSON per
+request."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import tritonclient.http as httpclient
-from tritonclient.grpc import service_pb2
 from tritonclient.utils import serialize_byte_tensor
 
 from model_repo_gen import ModelSpec
 from shm import Slot
+from workers.wire.grpc_message import TensorRef, infer_request
+from workers.wire.http_message import http_request as build_http_request
 
 BYTES_ELEMENT = 8  # bytes per element of a BYTES input (random printable characters)
 
@@ -50,54 +51,24 @@ def make_input(spec: ModelSpec, batch_size: int, elements: int, seed: int) -> In
     return InputTensor(tensor.name, spec.outputs[0].name, tensor.datatype, shape, array, raw, expected)
 
 
-def _shm_parameters(parameters: object, slot: Slot) -> None:
-    # The KServe shared-memory extension: the tensor lives at (region, offset, byte_size).
-    parameters["shared_memory_region"].string_param = slot.region  # type: ignore[index]
-    parameters["shared_memory_byte_size"].int64_param = slot.byte_size  # type: ignore[index]
-    parameters["shared_memory_offset"].int64_param = slot.offset  # type: ignore[index]
+def _refs(tensor: InputTensor, in_slot: Slot | None, out_slot: Slot | None) -> tuple[list[TensorRef], list[TensorRef]]:
+    source = TensorRef(tensor.name, slot=in_slot) if in_slot is not None else TensorRef(tensor.name, array=tensor.array)
+    return [source], [TensorRef(tensor.output, slot=out_slot)]
 
 
 def grpc_request(model: str, tensor: InputTensor, in_slot: Slot | None = None,
                  out_slot: Slot | None = None) -> bytes:
-    """A serialized ModelInferRequest (also the payload of a ModelStreamInfer message)."""
-    request = service_pb2.ModelInferRequest(model_name=model)
-    entry = request.inputs.add()
-    entry.name, entry.datatype = tensor.name, tensor.datatype
-    entry.shape.extend(tensor.shape)
-    if in_slot is not None:
-        _shm_parameters(entry.parameters, in_slot)
-    else:
-        request.raw_input_contents.append(tensor.raw)
-    output = request.outputs.add()
-    output.name = tensor.output
-    if out_slot is not None:
-        _shm_parameters(output.parameters, out_slot)
-    return request.SerializeToString()
+    """A serialized ModelInferRequest (also the payload of a ModelStreamInfer message), built by the
+    workers' own builder: stress and perf send the same bytes for the same request."""
+    inputs, outputs = _refs(tensor, in_slot, out_slot)
+    return infer_request(model, inputs, outputs)
 
 
 def http_request(host: str, model: str, tensor: InputTensor, in_slot: Slot | None = None,
                  out_slot: Slot | None = None) -> bytes:
-    """A complete HTTP/1.1 keep-alive request: head and body, built with tritonclient's own
-    body encoder (JSON header plus binary tensors, the binary-data extension)."""
-    entry = httpclient.InferInput(tensor.name, list(tensor.shape), tensor.datatype)
-    if in_slot is not None:
-        entry.set_shared_memory(in_slot.region, in_slot.byte_size, offset=in_slot.offset)
-    else:
-        entry.set_data_from_numpy(tensor.array, binary_data=True)
-    output = httpclient.InferRequestedOutput(tensor.output, binary_data=out_slot is None)
-    if out_slot is not None:
-        output.set_shared_memory(out_slot.region, out_slot.byte_size, offset=out_slot.offset)
-    body, json_size = httpclient.InferenceServerClient.generate_request_body([entry], outputs=[output])
-    head = [f"POST /v2/models/{model}/infer HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
-    if json_size is None:  # every tensor in shared memory: the body is JSON alone
-        head.append("Content-Type: application/json")
-    else:
-        head += ["Content-Type: application/octet-stream", f"Inference-Header-Content-Length: {json_size}"]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-def http_get(host: str, path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    """A complete HTTP/1.1 keep-alive request: head and body (workers/wire/http_message.py)."""
+    inputs, outputs = _refs(tensor, in_slot, out_slot)
+    return build_http_request(host, model, inputs, outputs)
 
 
 def mismatch(got: bytes | memoryview, expected: bytes) -> str:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from .http_wire import HttpConnection
-from .payload import http_get
+from workers.wire.http_client import HttpConnection
+from workers.wire.http_message import http_get
 
 STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 

@@ -275,6 +275,16 @@ def _stored_fields(verdict: Verdict) -> dict[str, Any]:
     return fields
 
 
+def answer_check_line(figures: dict[str, Any]) -> str:
+    """How the answers were checked, in one line; "" when every answer was compared in full (the
+    default, [workers] validate = "all"), or when the store predates the counts."""
+    compared, sampled, skipped = (list(figures.get("answers") or ()) + [0, 0, 0])[:3]
+    if not sampled and not skipped:
+        return ""
+    return (f"answers ([workers] validate): {compared - sampled:,} compared in full, {sampled:,} passed on "
+            f"sampled pages alone, {skipped:,} not compared")
+
+
 def build_report(store: RunStore) -> RunReport:
     info = store.run_info()
     status = store.status() or LiveStatus()

@@ -32,7 +32,7 @@ from engine.series_names import (
 )
 from engine.store import RunStore
 
-from .build import ResourceSummary, RunReport, hold_spans, host_series
+from .build import ResourceSummary, RunReport, answer_check_line, hold_spans, host_series
 from .stress_report import hhmmss
 from .svg import Chart, Line, render_chart
 
@@ -262,6 +262,9 @@ def render_html(report: RunReport, store: RunStore) -> str:
              f"<p>Started {html.escape(report.started)}; {hhmmss(report.duration_s)} of load recorded.</p>"]
     if not report.ended_normally:
         parts.append("<p class='note'>The run did not end normally: this report holds what was committed.</p>")
+    checked = answer_check_line(report.figures)
+    if checked:
+        parts.append(f"<p>{html.escape(checked)}.</p>")
     parts.append("<h2>Scenarios</h2>")
     rows = [[s.scenario, s.failed, s.plans, s.requests, s.description] for s in report.scenarios]
     rows.append(["TOTAL", sum(s.failed for s in report.scenarios), sum(s.plans for s in report.scenarios),

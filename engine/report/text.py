@@ -3,7 +3,7 @@ latency; what the terminal shows at the end of a run and what `report RUN_DIR` p
 
 from __future__ import annotations
 
-from .build import RunReport
+from .build import RunReport, answer_check_line
 from .stress_report import ScenarioTotals, hhmmss, render_table
 
 GIB = float(1 << 30)
@@ -45,6 +45,9 @@ def render_summary(report: RunReport) -> str:
     lost = report.figures.get("lost_messages", 0)
     if lost:
         lines.append(f"telemetry: {lost} messages lost")
+    checked = answer_check_line(report.figures)
+    if checked:
+        lines.append(checked)
     held = report.figures.get("client_bound_windows", 0)
     if held:
         lines.append(f"load generator: drift not judged on {held} windows where a worker was its own bottleneck "

@@ -6,7 +6,7 @@ worker's Executor (workers/executor.py) running identity plans, `--concurrency` 
 in flight on one event loop, in two modes one after the other:
 
 - inline: Executor(pool=None): the input travels in the request (raw bytes over the lean gRPC
-          client of workers/grpc_wire.py), the output comes back in the answer;
+          client of workers/wire/grpc_client.py), the output comes back in the answer;
 - shm:    Executor(pool=ShmPool(mode="system")): each request writes its input into a slot of a
           registered /dev/shm region, the server writes the output into another slot (zeroed
           before the request), which is read in place and compared - exactly as the worker does.
@@ -15,7 +15,7 @@ Every answer is validated against the input by the executor. A point is a warm-u
 and then `--seconds` measured: requests counted from the executor's outcomes, the process's own
 CPU time (all threads) over the same seconds, and the CPU time of tritonserver and its stubs.
 After each point the server's statistics (/v2/models/<model>/stats, success count) are compared
-with the executor's count for the whole point. The HTTP path (tritonclient.http.aio, which the
+with the executor's count for the whole point. The HTTP path (workers/wire/http_client.py, which the
 executor uses for HTTP) gives extra rows; `--protocols grpc` leaves them out.
 
 Target (issue): at 4 MiB and above, over gRPC, shm at least 3x the inline throughput.
@@ -307,8 +307,8 @@ def _result(raw: list[dict[str, Any]], args: argparse.Namespace, seconds: float,
         f"{args.warmup:g} s warm-up then {args.seconds:g} s measured per point (longer, up to {STRETCH:g}x, until "
         f"{MIN_REQUESTS} requests) x {args.rounds} round(s) with the order of the modes alternating, added up; "
         "inline and shm back to back per size; the input is as large as the output (identity)",
-        "inline: Executor(pool=None), tensors in the request and the answer (gRPC: workers/grpc_wire.py; "
-        "HTTP: tritonclient.http.aio); shm: Executor(pool=ShmPool(mode='system')), each request writes its input "
+        "inline: Executor(pool=None), tensors in the request and the answer (gRPC: workers/wire/grpc_client.py; "
+        "HTTP: workers/wire/http_client.py); shm: Executor(pool=ShmPool(mode='system')), each request writes its input "
         "into a slot, marks the edges of an output slot (ShmPool.poison), the server writes the answer there "
         "and it is compared in place",
         "every answer validated against its input; inputs are 4 pre-made random arrays per size taken in turn "

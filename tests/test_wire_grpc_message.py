@@ -9,10 +9,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import InferResult, service_pb2
 from tritonclient.grpc._utils import _get_inference_request
-from tritonclient.utils import serialize_byte_tensor
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from shm import Slot
-from workers.infer_message import TensorRef, infer_request, infer_result
+from workers.wire.grpc_message import TensorRef, infer_request, infer_result, stream_result
 
 RNG = np.random.default_rng(7)
 CASES = {
@@ -23,7 +23,8 @@ CASES = {
                                        array=np.array([b"", "é".encode(), b"\x00z"], np.object_).reshape(1, 3)),
                              TensorRef("INPUT1", array=np.ones((1, 2), np.int32))],
 }
-SEQUENCES = [{}, {"sequence_id": 77, "sequence_start": True}, {"sequence_id": "w1-5", "sequence_end": True}]
+SEQUENCES = [{}, {"sequence_id": 77, "sequence_start": True}, {"sequence_id": "w1-5", "sequence_end": True},
+             {"enable_empty_final_response": True}]
 
 
 def _tritonclient_request(model: str, inputs: list[TensorRef], outputs: list[TensorRef], **sequence: object):
@@ -43,15 +44,18 @@ def _tritonclient_request(model: str, inputs: list[TensorRef], outputs: list[Ten
         if ref.slot is not None:
             output.set_shared_memory(ref.slot.region, ref.slot.byte_size, ref.slot.offset)
         wanted.append(output)
-    return _get_inference_request(model_name=model, inputs=tensors, model_version="", request_id="", outputs=wanted,
-                                  sequence_id=sequence.get("sequence_id", 0),
-                                  sequence_start=sequence.get("sequence_start", False),
-                                  sequence_end=sequence.get("sequence_end", False), priority=0, timeout=None,
-                                  parameters=None)
+    request = _get_inference_request(model_name=model, inputs=tensors, model_version="", request_id="",
+                                     outputs=wanted, sequence_id=sequence.get("sequence_id", 0),
+                                     sequence_start=sequence.get("sequence_start", False),
+                                     sequence_end=sequence.get("sequence_end", False), priority=0, timeout=None,
+                                     parameters=None)
+    if sequence.get("enable_empty_final_response"):  # what tritonclient's stream_infer adds for decoupled models
+        request.parameters["triton_enable_empty_final_response"].bool_param = True
+    return request
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("sequence", SEQUENCES, ids=["stateless", "int id, start", "string id, end"])
+@pytest.mark.parametrize("sequence", SEQUENCES, ids=["stateless", "int id, start", "string id, end", "decoupled"])
 def test_requests_equal_tritonclient_s(case: str, sequence: dict) -> None:
     inputs, outputs = CASES[case], [TensorRef("OUTPUT0")]
     ours = service_pb2.ModelInferRequest.FromString(infer_request("m", inputs, outputs, **sequence))
@@ -99,3 +103,20 @@ def test_answers_read_as_tritonclient_reads_them() -> None:
         else:
             assert mine.shape == reference.shape and mine.tolist() == reference.tolist()
     assert ours.get_output("B").datatype == "BYTES" and ours.get_output("missing") is None
+
+
+def test_stream_answers_and_their_in_band_errors() -> None:
+    inner = service_pb2.ModelInferResponse(model_name="m")
+    output = inner.outputs.add()
+    output.name, output.datatype = "OUT", "INT32"
+    output.shape.append(2)
+    inner.raw_output_contents.append(np.array([4, 5], np.int32).tobytes())
+    inner.parameters["triton_final_response"].bool_param = True
+    good = service_pb2.ModelStreamInferResponse(infer_response=inner).SerializeToString()
+    result = stream_result(good)
+    assert result.as_numpy("OUT").tolist() == [4, 5]
+    assert result.get_response().parameters["triton_final_response"].bool_param
+    bad = service_pb2.ModelStreamInferResponse(error_message="must specify the START flag").SerializeToString()
+    with pytest.raises(InferenceServerException) as raised:
+        stream_result(bad)
+    assert str(raised.value) == "must specify the START flag"  # as tritonclient's stream gives it

@@ -1,4 +1,4 @@
-"""HTTP/2 frames and gRPC constants for the lean gRPC client (workers/grpc_wire.py): frame heads,
+"""HTTP/2 frames and gRPC constants for the lean gRPC client (workers/wire/grpc_client.py): frame heads,
 the request header block (HPACK literals our encoder writes without state), the grpc-timeout
 header, and how HTTP/2 error codes and HTTP statuses map onto gRPC status codes (the gRPC spec,
 doc/PROTOCOL-HTTP2.md and doc/http-grpc-status-mapping.md)."""

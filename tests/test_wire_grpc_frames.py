@@ -1,4 +1,4 @@
-"""The lean gRPC client (workers/grpc_wire.py) frame by frame, against a fake HTTP/2 server
+"""The lean gRPC client (workers/wire/grpc_client.py) frame by frame, against a fake HTTP/2 server
 (tests/h2_fake_server.py) that scripts what a real one does rarely: stream ids running out,
 GOAWAY, RST_STREAM, PING, SETTINGS, window overflows, malformed frames, a peer gone silent, a
 server allowing one stream at a time. Every test runs on asyncio's loop and on uvloop (the
@@ -39,7 +39,7 @@ from tests.h2_fake_server import (
     manual,
 )
 from workers import event_loop
-from workers.grpc_wire import GrpcError, GrpcWireClient
+from workers.wire.grpc_client import GrpcError, GrpcWireClient
 
 pytestmark = pytest.mark.timeout(30)
 

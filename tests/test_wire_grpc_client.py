@@ -13,8 +13,8 @@ import pytest
 
 from model_repo_gen import RepoOptions, generate_repository
 from tests.server_helpers import serve_repository, successes
-from workers.grpc_wire import GrpcError, GrpcWireClient
-from workers.infer_message import MODEL_INFER, TensorRef, infer_request, infer_result
+from workers.wire.grpc_client import GrpcError, GrpcWireClient
+from workers.wire.grpc_message import MODEL_INFER, TensorRef, infer_request, infer_result
 
 pytestmark = pytest.mark.timeout(180)
 

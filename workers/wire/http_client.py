@@ -1,13 +1,14 @@
-"""A minimal HTTP/1.1 keep-alive client connection for the perf lanes (asyncio, one request at a time).
+"""A minimal HTTP/1.1 keep-alive client (asyncio): a connection that sends a whole prebuilt request and
+reads its answer into a reused buffer (HttpConnection, one per perf lane), and a pool of them for the
+stress workers' many requests in flight (HttpClient).
 
 Why not aiohttp or tritonclient.http.aio: on a small machine the client shares the CPU with the
 server, and every client microsecond is taken from what is measured. Sending prebuilt request bytes
 and receiving straight into a preallocated buffer (asyncio.BufferedProtocol) costs a fraction of the
 client CPU per request of aiohttp with the same prebuilt body, and of tritonclient.http.aio (which
 also rebuilds the body per request); with large tensors aiohttp even stalls on delayed ACKs. PERF.md
-("The client") has the figures. Triton's HTTP server always
-answers with Content-Length framing, which is all this parser reads; anything else is reported as a
-protocol error, never guessed at.
+("The client") has the figures. Triton's HTTP server always answers with Content-Length framing,
+which is all this parser reads; anything else is reported as a protocol error, never guessed at.
 """
 
 from __future__ import annotations
@@ -162,3 +163,49 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._waiter.set_exception(exc)
         self.close()
 
+
+
+class HttpClient:
+    """Keep-alive connections to one server, one request in flight on each (HTTP/1.1 has no
+    multiplexing): a request takes an idle connection or opens one, and gives it back once its
+    answer has been read. A request that fails or is given up on (its timeout, a cancellation)
+    closes its connection: a late answer must never be read as the next request's."""
+
+    def __init__(self, url: str, connect_timeout: float = 10.0, max_idle: int = 64) -> None:
+        address = url.split("://", 1)[-1].rstrip("/")
+        host, _, port = address.rpartition(":")
+        self.host = address
+        self._address = (host.strip("[]") or "127.0.0.1", int(port))  # "[::1]:8000" connects to ::1
+        self._connect_timeout = connect_timeout
+        self._max_idle = max_idle
+        self._idle: list[HttpConnection] = []
+
+    async def send(self, data: bytes, timeout: float | None = None) -> tuple[int, bytes, int | None]:
+        """(status, body, the body's JSON header size) of the answer to a whole request `data`."""
+        connection = None
+        while self._idle and connection is None:
+            candidate = self._idle.pop()
+            if not candidate.closed:
+                connection = candidate
+        if connection is None:
+            try:
+                connection = await HttpConnection.open(*self._address, timeout=self._connect_timeout)
+            except (TimeoutError, OSError) as exc:
+                # aiohttp's words: what the worker reads as "no server listens" (worker.server_unreachable)
+                raise ConnectionError(f"Cannot connect to host {self.host}: {exc!r}") from None
+        try:
+            answer = connection.request(data)
+            status = await (asyncio.wait_for(answer, timeout) if timeout else answer)
+        except BaseException:
+            connection.close()
+            raise
+        body, json_size = bytes(connection.body()), connection.json_size  # the buffer is the next answer's
+        if not connection.closed and len(self._idle) < self._max_idle:
+            self._idle.append(connection)
+        else:
+            connection.close()
+        return status, body, json_size
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()

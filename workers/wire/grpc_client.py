@@ -1,4 +1,5 @@
-"""A lean gRPC client for unary calls: HTTP/2 frames over one asyncio connection per worker.
+"""A lean gRPC client for unary calls and bidirectional streams: HTTP/2 frames over one asyncio
+connection per worker.
 
 Why not grpc.aio: on a small host shared with the server its client CPU per call is most of what a
 worker may spend per request (tools/bench/client_cost.py measures it beside this client; BENCHMARKS.md
@@ -8,7 +9,7 @@ answer costs one parse of its frames. The server's header blocks are decoded wit
 (python-hyper's HPACK implementation, the one h2 uses): the HPACK dynamic table is the part of
 HTTP/2 where a small mistake corrupts every later answer, so it is not written here. Blocks made
 only of indexed fields (every answer after the first few) are decoded once and then looked up.
-Frame heads, the request header block and the status tables live in workers/grpc_frames.py.
+Frame heads, the request header block and the status tables live in workers/wire/grpc_frames.py.
 
 What is implemented is what a gRPC client needs and nothing more: the connection preface,
 SETTINGS (acknowledged; initial window, frame size and concurrent streams honoured), flow control
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 from collections.abc import Awaitable
 from urllib.parse import unquote
 
@@ -105,6 +107,8 @@ KEEPALIVE_TIMEOUT_S = 20.0  # how long the PING (or any frame) may take to come 
 PING_SPACING_WITHOUT_DATA_S = 330.0
 # A call the server never processed goes to another connection at most this many times.
 MAX_REROUTES = 2
+# A stream the client half-closed and no longer reads is reset if the server has not ended it by then.
+HALF_CLOSED_LINGER_S = 30.0
 
 
 class GrpcError(Exception):
@@ -149,8 +153,26 @@ class _Call:
         self.timer: asyncio.TimerHandle | None = None
 
 
-def _outcome(call: _Call) -> tuple[GrpcError | None, memoryview | None]:
-    """What a complete answer says: an error, or the serialized message."""
+class _StreamCall(_Call):
+    """A bidirectional stream: its messages are handed out as each one completes; `future` is its
+    end (None when the server's trailers said OK, else the error)."""
+
+    __slots__ = ("inbox", "partial", "reader")
+
+    def __init__(self, future: asyncio.Future, send_window: int) -> None:
+        super().__init__(future, send_window)
+        self.inbox: deque[bytes | memoryview] = deque()  # complete messages not read yet
+        self.partial = bytearray()  # the start of a message whose end has not come yet
+        self.reader: asyncio.Future | None = None  # a read() waiting for the next message or the end
+
+    def wake(self) -> None:
+        reader = self.reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+
+def _status_error(call: _Call) -> GrpcError | None:
+    """What an ended call's headers and trailers say: None for grpc-status 0, else the error."""
     status, message, http_status = None, b"", b""
     for name, value in call.headers:
         if name == b"grpc-status":
@@ -161,15 +183,23 @@ def _outcome(call: _Call) -> tuple[GrpcError | None, memoryview | None]:
             http_status = value
     if status is None:
         if http_status and not (len(http_status) == 3 and http_status.isdigit()):
-            return GrpcError("INTERNAL", f"the answer's :status {http_status!r} is not an HTTP status"), None
+            return GrpcError("INTERNAL", f"the answer's :status {http_status!r} is not an HTTP status")
         code = "UNKNOWN" if http_status == b"200" else HTTP_STATUS.get(http_status, "UNKNOWN")
-        return GrpcError(code, f"no grpc-status in the answer (HTTP status {http_status.decode() or 'none'})"), None
+        return GrpcError(code, f"no grpc-status in the answer (HTTP status {http_status.decode() or 'none'})")
     if not status.isdigit():
-        return GrpcError("INTERNAL", f"the answer's grpc-status {status!r} is not a number"), None
+        return GrpcError("INTERNAL", f"the answer's grpc-status {status!r} is not a number")
     if status != b"0":
         number = int(status)
         name = STATUS_NAMES[number] if number < len(STATUS_NAMES) else "UNKNOWN"
-        return GrpcError(name, unquote(message.decode(errors="replace"))), None
+        return GrpcError(name, unquote(message.decode(errors="replace")))
+    return None
+
+
+def _outcome(call: _Call) -> tuple[GrpcError | None, memoryview | None]:
+    """What a complete unary answer says: an error, or the serialized message."""
+    error = _status_error(call)
+    if error is not None:
+        return error, None
     body = call.body[0] if len(call.body) == 1 else b"".join(call.body)
     if len(body) < 5 or body[0] != 0:
         return GrpcError("INTERNAL", "the answer is not one uncompressed gRPC message"), None
@@ -326,9 +356,33 @@ class _Connection(asyncio.Protocol):
             if stream_id == 0:
                 raise _ProtocolError(PROTOCOL_ERROR, "DATA on stream 0")
             return  # a call given up on (deadline, cancel): its late data is dropped
-        call.body.append(payload)
+        if type(call) is _StreamCall:
+            self._stream_data(stream_id, call, payload)
+        else:
+            call.body.append(payload)
         if flags & FLAG_END_STREAM:
             self._complete(stream_id, call)
+
+    def _stream_data(self, stream_id: int, call: _StreamCall, payload: bytes) -> None:
+        """A stream's DATA: the gRPC messages it completes go to the stream's inbox."""
+        self._data_seen = True  # the server sent data: its ping strikes start over (see keepalive)
+        if not call.partial and len(payload) >= 5 and payload[0] == 0 \
+                and int.from_bytes(payload[1:5], "big") == len(payload) - 5:
+            call.inbox.append(memoryview(payload)[5:])  # the usual case: one whole message per frame
+        else:
+            partial = call.partial
+            partial += payload
+            while len(partial) >= 5:
+                if partial[0] != 0:
+                    raise _StreamError(stream_id, PROTOCOL_ERROR, "a stream message is compressed, or not a "
+                                                                  "gRPC message")
+                end = 5 + int.from_bytes(partial[1:5], "big")
+                if len(partial) < end:
+                    break
+                call.inbox.append(bytes(partial[5:end]))
+                del partial[:end]
+        if call.inbox:
+            call.wake()
 
     def _on_headers_frame(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -458,6 +512,12 @@ class _Connection(asyncio.Protocol):
 
     # -- calls ----------------------------------------------------------------------------------
     def _complete(self, stream_id: int, call: _Call) -> None:
+        if type(call) is _StreamCall:
+            error = _status_error(call)
+            if error is None and call.partial:
+                error = GrpcError("INTERNAL", f"the stream ended inside a message ({len(call.partial)} bytes of it)")
+            self._finish(stream_id, error)
+            return
         try:
             error, result = _outcome(call)
         except Exception as exc:  # an answer that cannot be read fails its call, nothing else
@@ -486,6 +546,8 @@ class _Connection(asyncio.Protocol):
                 call.future.set_result(result)
             else:
                 call.future.set_exception(error)
+        if type(call) is _StreamCall:
+            call.wake()
         return True
 
     def _fail_all(self, code: str, message: str) -> None:
@@ -653,7 +715,8 @@ class _Connection(asyncio.Protocol):
             await self._wait()
         return not self.closing
 
-    async def _send_large(self, stream_id: int, call: _Call, prefix: bytes, message: memoryview) -> None:
+    async def _send_large(self, stream_id: int, call: _Call, prefix: bytes, message: memoryview,
+                          end_stream: bool = True) -> None:
         """DATA frames as the windows allow; other calls go on between them. A connection that
         takes no new streams still carries this one to its end."""
         pending: list[bytes | memoryview] = [prefix, message]
@@ -677,11 +740,45 @@ class _Connection(asyncio.Protocol):
                     pending[0] = piece[take:]
             self._conn_window -= taken
             call.send_window -= taken
-            flags = 0 if pending else FLAG_END_STREAM
+            flags = FLAG_END_STREAM if end_stream and not pending else 0
             self._write(head(taken, DATA, flags, stream_id))
             for piece in chunk:
                 self._write(piece)
             self._flush()  # now: what waits for a window must not hold the frames before it
+
+    # -- streams ------------------------------------------------------------------------------
+    async def open_stream(self, headers: bytes, timeout: float | None) -> tuple[int, _StreamCall] | None:
+        """A new stream (its HEADERS queued, no message yet); None when this connection stopped
+        taking new streams while the caller waited for a slot."""
+        if (self.closing or len(self.calls) >= self._max_streams) and not await self._slot():
+            return None
+        stream_id = self._next_id
+        self._next_id += 2
+        if self._next_id > self._max_stream_id:
+            self._stop_new_streams()
+        call = _StreamCall(self._loop.create_future(), self._peer_window)
+        call.future.add_done_callback(_seen)  # how a stream ended is read by read(), if anyone still reads
+        self.calls[stream_id] = call
+        if timeout is not None:
+            call.timer = self._loop.call_later(timeout, self._expire, stream_id)
+            headers += timeout_header(timeout)
+        self._write(frame(HEADERS, FLAG_END_HEADERS, stream_id, headers))
+        return stream_id, call
+
+    async def send_message(self, stream_id: int, call: _StreamCall, message: bytes | memoryview) -> None:
+        """One message on an open stream, as the windows allow."""
+        size = len(message) + 5
+        prefix = b"\x00" + (size - 5).to_bytes(4, "big")
+        if size <= min(self._max_frame, self._conn_window, call.send_window) and self._writable:
+            self._conn_window -= size
+            call.send_window -= size
+            frames = b"".join((head(size, DATA, 0, stream_id), prefix, message))
+            if self._out:
+                self._write(frames)  # behind frames queued this turn (this stream's HEADERS, maybe)
+            else:
+                self.transport.write(frames)
+        else:
+            await self._send_large(stream_id, call, prefix, memoryview(message), end_stream=False)
 
     def close(self) -> None:
         """Graceful: GOAWAY, then the transport closes once what is queued has left."""
@@ -694,6 +791,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
 
+def _seen(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _control(stream_id: int, payload: bytes, size: int, name: str, exact: bool = True) -> None:
     """A connection-level frame's checks: stream 0, and its payload size (at least `size` bytes
     where not `exact`)."""
@@ -703,8 +805,74 @@ def _control(stream_id: int, payload: bytes, size: int, name: str, exact: bool =
         raise _ProtocolError(FRAME_SIZE_ERROR, f"a {name} frame of {len(payload)} bytes")
 
 
+class GrpcStream:
+    """A bidirectional gRPC stream of serialized messages (e.g. ModelStreamInfer): write() and read()
+    in any order; read() gives None once the server has ended the stream with OK, and raises
+    GrpcError when it ended with an error (or the connection did)."""
+
+    __slots__ = ("_connection", "_stream_id", "_call", "_half_closed")
+
+    def __init__(self, connection: _Connection, stream_id: int, call: _StreamCall) -> None:
+        self._connection, self._stream_id, self._call = connection, stream_id, call
+        self._half_closed = False
+
+    @property
+    def ended(self) -> bool:
+        """The server ended the stream, or the client cancelled it (unread messages may remain)."""
+        return self._call.future.done()
+
+    def _end_error(self) -> GrpcError | None:
+        future = self._call.future
+        error = future.exception() if future.done() else None
+        if isinstance(error, _Unprocessed):  # the server never saw it; a stream is not sent again
+            return GrpcError("UNAVAILABLE", str(error))
+        return error  # type: ignore[return-value]
+
+    async def write(self, message: bytes | memoryview) -> None:
+        if self._call.future.done() or self._half_closed:
+            raise self._end_error() or GrpcError("FAILED_PRECONDITION", "write on a stream that has ended")
+        await self._connection.send_message(self._stream_id, self._call, message)
+
+    async def read(self) -> bytes | memoryview | None:
+        call = self._call
+        while True:
+            if call.inbox:
+                return call.inbox.popleft()
+            if call.future.done():
+                error = self._end_error()
+                if error is not None:
+                    raise error
+                return None
+            call.reader = self._connection._loop.create_future()
+            try:
+                await call.reader
+            finally:
+                call.reader = None
+
+    def done_writing(self) -> None:
+        """Half-close: no more messages; the server ends the stream once it has answered (the
+        gentle end: no cancellation for the server to handle). One that has not ended within
+        HALF_CLOSED_LINGER_S (a hung server) is reset then, as if its deadline had passed."""
+        call = self._call
+        if not self._half_closed and not call.future.done():
+            self._half_closed = True
+            connection = self._connection
+            connection._write(head(0, DATA, FLAG_END_STREAM, self._stream_id))
+            if call.timer is None:
+                call.timer = connection._loop.call_later(HALF_CLOSED_LINGER_S, connection._expire, self._stream_id)
+
+    def cancel(self) -> None:
+        """Give the stream up (RST_STREAM CANCEL): a read() waiting now raises CANCELLED."""
+        connection, call = self._connection, self._call
+        if connection.calls.get(self._stream_id) is call:
+            connection._cancel_stream(self._stream_id)
+        if not call.future.done():
+            call.future.set_exception(GrpcError("CANCELLED", "the stream was cancelled by the client"))
+            call.wake()
+
+
 class GrpcWireClient:
-    """Unary gRPC calls with raw (serialized) messages; one connection for new calls, opened on
+    """Unary gRPC calls and streams with raw (serialized) messages; one connection for new calls, opened on
     first use and again when it stops taking calls; the one it replaces finishes its own first."""
 
     # Private knobs (tests lower them): the stream ids a connection may use, and keepalive.
@@ -776,6 +944,18 @@ class GrpcWireClient:
         if reroutes >= MAX_REROUTES:
             raise GrpcError("UNAVAILABLE", reason)
         return await self._open_and_call(headers, message, timeout, reroutes + 1)
+
+    async def stream(self, method: str, timeout: float | None = None) -> GrpcStream:
+        """Open a bidirectional stream to `method`; `timeout` bounds the whole stream (grpc-timeout)."""
+        headers = self._headers.get(method)
+        if headers is None:
+            headers = self._headers[method] = request_headers(method, self.authority)
+        for _ in range(MAX_REROUTES + 1):
+            connection = await self._open()
+            opened = await connection.open_stream(headers, timeout)
+            if opened is not None:
+                return GrpcStream(connection, *opened)
+        raise GrpcError("UNAVAILABLE", f"the connections to {self.authority} take no new streams")
 
     async def close(self) -> None:
         for connection in list(self._connections):

@@ -1,4 +1,5 @@
-"""ModelInfer messages built and read directly as protobuf, for the lean gRPC path.
+"""ModelInfer messages built and read directly as protobuf, for the lean gRPC path (unary calls and
+ModelStreamInfer streams alike: a stream carries the same ModelInferRequest).
 
 tritonclient's gRPC client builds InferInput objects, copies every tensor into them and then
 again into the request; here a request is one ModelInferRequest filled in place (inline tensors
@@ -14,11 +15,18 @@ from dataclasses import dataclass
 
 import numpy as np
 from tritonclient.grpc import service_pb2
-from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, serialize_byte_tensor, triton_to_np_dtype
+from tritonclient.utils import (
+    InferenceServerException,
+    deserialize_bytes_tensor,
+    np_to_triton_dtype,
+    serialize_byte_tensor,
+    triton_to_np_dtype,
+)
 
 from shm import Slot
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 @dataclass(slots=True)  # made per request: not frozen, see plans.Step
@@ -66,8 +74,10 @@ _heads: dict[tuple, bytes] = {}
 
 
 def infer_request(model: str, inputs: list[TensorRef], outputs: list[TensorRef], *, sequence_id: int | str = 0,
-                  sequence_start: bool = False, sequence_end: bool = False) -> bytes:
-    """A serialized ModelInferRequest, with the sequence parameters tritonclient would send.
+                  sequence_start: bool = False, sequence_end: bool = False,
+                  enable_empty_final_response: bool = False) -> bytes:
+    """A serialized ModelInferRequest, with the sequence parameters tritonclient would send (and
+    its flag asking a decoupled model for an empty final response). No outputs: all of them.
 
     The description (model, tensors, parameters) is built with protobuf; inline tensors' bytes are
     appended after it as raw_input_contents fields, written by hand: serialized protobuf messages
@@ -76,7 +86,8 @@ def infer_request(model: str, inputs: list[TensorRef], outputs: list[TensorRef],
     request with inline tensors only is described by its model, names, types and shapes: that
     description is serialized once and kept (a protobuf build saved per request)."""
     key = None
-    if not sequence_id and all(ref.slot is None for ref in inputs) and all(ref.slot is None for ref in outputs):
+    if not sequence_id and not enable_empty_final_response and all(ref.slot is None for ref in inputs) \
+            and all(ref.slot is None for ref in outputs):
         key = (model, *[(ref.name, ref.array.dtype, ref.array.shape) for ref in inputs],  # type: ignore[union-attr]
                *[ref.name for ref in outputs])
         head = _heads.get(key)
@@ -109,6 +120,8 @@ def infer_request(model: str, inputs: list[TensorRef], outputs: list[TensorRef],
             parameters["sequence_id"].int64_param = sequence_id
         parameters["sequence_start"].bool_param = sequence_start
         parameters["sequence_end"].bool_param = sequence_end
+    if enable_empty_final_response:
+        request.parameters["triton_enable_empty_final_response"].bool_param = True
     head = request.SerializeToString()
     if key is not None:
         if len(_heads) >= HEAD_CACHE_SIZE:
@@ -181,3 +194,12 @@ class WireResult:
 
 def infer_result(answer: bytes | memoryview) -> WireResult:
     return WireResult(service_pb2.ModelInferResponse.FromString(answer))
+
+
+def stream_result(answer: bytes | memoryview) -> WireResult:
+    """A ModelStreamInferResponse: its answer, or its in-band error raised as tritonclient's
+    stream raises it (InferenceServerException with the server's message)."""
+    response = service_pb2.ModelStreamInferResponse.FromString(answer)
+    if response.error_message:
+        raise InferenceServerException(msg=response.error_message)
+    return WireResult(response.infer_response)
