@@ -137,11 +137,7 @@ class Aggregator:
         self._missing: set[str] = set()  # workers whose heartbeats stopped (reported once)
         self.drift = DriftWatch(s)
         self.health = ClientHealth()
-        # The model's stage metrics over a drift's spans: its baseline lies in the first windows
-        # after warm-up, its current windows are the latest.
-        d = s.drift
-        self.stages = StageWatch(head_s=(d.warmup_windows + d.baseline_windows + 2) * s.window_s
-                                 + s.leak.warmup_s, tail_s=(d.current_windows + 2) * s.window_s)
+        self.stages = StageWatch.for_settings(s)  # each model's stage metrics over a drift's spans
         self.stall = StallDetector(s.stall, spec.timings)
         self.errors = ErrorDetector(tuple(d for d in s.enabled if d in ("errors", "wrong_answers")))
         self.model_latency: dict[str, LatencyHistogram] = {}  # after warm-up, for the stall threshold

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.detectors.settings import DetectorSettings
 from engine.series_names import model_metric
 
 COUNT = "success"  # nv_inference_request_success: requests that completed
@@ -109,6 +110,20 @@ class StageWatch:
     def __init__(self, head_s: float, tail_s: float) -> None:
         self.head_s, self.tail_s = head_s, tail_s
         self.models: dict[str, StageHistory] = {}
+
+    @classmethod
+    def for_settings(cls, settings: DetectorSettings) -> StageWatch:
+        """The spans a drift reads: its baseline lies in the first windows after warm-up (and the
+        leak warm-up), its current windows are the latest."""
+        d = settings.drift
+        return cls(head_s=(d.warmup_windows + d.baseline_windows + 2) * settings.window_s + settings.leak.warmup_s,
+                   tail_s=(d.current_windows + 2) * settings.window_s)
+
+    @property
+    def filled_s(self) -> float:
+        """The run second by which every model's history holds all it will ever hold: until then
+        the aggregator's memory grows by design (tools/soak/real.py measures growth after it too)."""
+        return self.head_s + self.tail_s
 
     def add(self, at: float, samples: Mapping[str, float]) -> None:
         found: dict[str, dict[str, float]] = {}
