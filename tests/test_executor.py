@@ -242,12 +242,19 @@ def _pooled_steps(plans: list[Plan]) -> dict[int, np.ndarray]:
     return {id(step.values): step.values for plan in plans for step in plan.steps}
 
 
-def _successes_of(metrics_url: str, models: list[str]) -> float:
-    """The server's own count of successful requests of `models`."""
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("nv_inference_request_success{")
-               and any(f'model="{name}"' in line for name in models))
+def _successes_of(metrics_url: str, models: list[str], at_least: float = 0.0, wait_s: float = 5.0) -> float:
+    """The server's own count of successful requests of `models`; with `at_least`, read again (up to
+    `wait_s`) until it gets there: Triton sends an answer before it counts its request (the count is
+    taken when the request is released), so a read right after the last answer can miss it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+        count = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("nv_inference_request_success{")
+                    and any(f'model="{name}"' in line for name in models))
+        if count >= at_least or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -277,7 +284,7 @@ def test_pooled_echo_inputs_are_written_once_answered_right_and_counted(server, 
         before = _successes_of(running.metrics_url, echoes)
         outcomes = asyncio.run(_run_plans(executor, [*plans, wrong, *plans[-3:]], {n: i for i, n in
                                                                                    enumerate(scenarios)}))
-        after = _successes_of(running.metrics_url, echoes)
+        after = _successes_of(running.metrics_url, echoes, at_least=before + len(plans) + 4)
         sender.close()
         batches, _ = _drain(pull)
         sent = _pooled_steps(plans)
