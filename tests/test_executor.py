@@ -4,6 +4,7 @@ recorded, and the count of successes equals the server's own count."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import urllib.request
 from pathlib import Path
@@ -189,14 +190,17 @@ def test_a_sequence_that_idled_out_on_the_way_is_an_expected_refusal(server, tmp
         sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("sequence_valid",), "grpc"))
         executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
                             model_codes={n: i for i, n in enumerate(models)}, sender=sender)
-        unary = executor._unary
+        send = executor._send_unary
 
-        async def slow_second(spec, step, held):  # type: ignore[no-untyped-def]
-            if not step.start:
-                await asyncio.sleep(2.5)
-            return await unary(spec, step, held)
+        async def late(answer):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(2.5)
+            return await answer
 
-        executor._unary = slow_second  # type: ignore[method-assign]
+        def slow_second(spec, step, held, derived):  # type: ignore[no-untyped-def]
+            answer, names, slots = send(spec, step, held, derived)
+            return (answer if step.start else late(answer)), names, slots
+
+        executor._send_unary = slow_second  # type: ignore[method-assign]
         [outcome] = asyncio.run(_run_plans(executor, [plan], {"sequence_valid": 0}))
         sender.close()
         batches, events = _drain(pull)
@@ -337,3 +341,81 @@ def test_a_large_pooled_input_keeps_its_slot_through_the_host_budget(server, tmp
             assert np.array_equal(pool.read(slot, np.float32, sent[key].shape), sent[key])
     budget.close()
     sync.close()
+
+
+@pytest.mark.parametrize("protocol,shm_mode", [("grpc", "none"), ("grpc", "system"), ("http", "system")])
+def test_prebuilt_steps_are_built_once_and_never_mixed_up(server, tmp_path: Path, protocol: str,
+                                                          shm_mode: str) -> None:
+    """Prebuilt steps (pooled [[load]] requests) sent again and again, interleaved: every answer is
+    each step's own (what the executor keeps per step, its serialized request included, is never
+    another step's), a wrong expectation is still caught, and a large inline request is not kept."""
+    running, specs = server
+    models = {s.name: s for s in specs}
+    rng = np.random.default_rng(8)
+    arrays = [rng.standard_normal((1, 16)).astype(np.float32) for _ in range(3)]
+    steps = [Step(model="identity_fp32", values=a, expect=a, constant_input=True, prebuilt=True) for a in arrays]
+    large = rng.standard_normal((1, 32 << 10)).astype(np.float32)  # 128 KiB, above what is kept
+    steps.append(Step(model="identity_fp32", values=large, expect=large, constant_input=True, prebuilt=True))
+    wrong = Step(model="identity_fp32", values=arrays[0], expect=arrays[1], constant_input=True, prebuilt=True)
+    plans = [Plan("identity", (steps[i % len(steps)],), 10.0) for i in range(40)]
+    plans.insert(21, Plan("identity", (wrong,), 10.0))
+    sync = (httpclient.InferenceServerClient(running.http_url) if protocol == "http"
+            else grpcclient.InferenceServerClient(running.grpc_url))
+    shm = ShmPool(sync, f"testrun-prebuilt-{protocol}", 7) if shm_mode != "none" else contextlib.nullcontext()
+    with telemetry_sink(tmp_path) as (endpoint, pull), shm as pool:
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("identity",), protocol))
+        executor = Executor(protocol=protocol, grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender, pool=pool)
+        outcomes = asyncio.run(_run_plans(executor, plans, {"identity": 0}))
+        sender.close()
+        _drain(pull)
+        derived = {id(step): executor._derived[id(step)] for step in (*steps, wrong)}
+    sync.close()
+    failed = [i for i, o in enumerate(outcomes) if o.failed]
+    assert failed == [21] and "expected" in outcomes[21].failure, [o.failure for o in outcomes if o.failed]
+    assert all(d.step is s for s, d in zip((*steps, wrong), derived.values()))
+    if protocol == "grpc":
+        kept = [len(derived[id(step)].messages) for step in steps]
+        # one request per output slot a step was sent with (one in flight: a slot or two, as the
+        # next step's constant input may take the slot freed last)
+        assert all(1 <= k <= (1 if shm_mode == "none" else 2) for k in kept[:3]), kept
+        assert kept[3] == (0 if shm_mode == "none" else 1)  # 128 KiB inline is not kept; in shm it is small
+
+
+def test_answers_nothing_reads_share_one_output_slot_and_checked_ones_keep_their_own(server, tmp_path: Path) -> None:
+    """Over shared memory, requests whose answer nothing compares (a [[load]] of random data) name
+    one output slot per size, shared by all (perf_analyzer shares its output regions the same way):
+    no slot is taken per request, and each such step is serialized once. A checked request still
+    gets a poisoned slot of its own, so a stale answer cannot pass its check."""
+    running, specs = server
+    models = {s.name: s for s in specs}
+    rng = np.random.default_rng(9)
+    arrays = [rng.standard_normal((1, 1024)).astype(np.float32) for _ in range(3)]
+    unread = [Step(model="identity_fp32", values=a, constant_input=True, prebuilt=True) for a in arrays]
+    checked = Step(model="identity_fp32", values=arrays[0], expect=arrays[0], constant_input=True, prebuilt=True)
+    plans = [Plan("identity", (unread[i % 3],), 10.0) for i in range(30)] + [Plan("identity", (checked,), 10.0)]
+    sync = grpcclient.InferenceServerClient(running.grpc_url)
+    echoes = [s.name for s in specs if s.kind == "identity"]
+    with telemetry_sink(tmp_path) as (endpoint, pull), ShmPool(sync, "testrun-shared-output", 7) as pool:
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("identity",), "grpc"))
+        executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender, pool=pool)
+        before = _successes_of(running.metrics_url, echoes)
+
+        async def concurrently() -> list:
+            async with executor:  # all at once: the shared slot is written by requests in flight together
+                return await asyncio.gather(*(executor.run(plan, 0) for plan in plans))
+
+        outcomes = asyncio.run(concurrently())
+        after = _successes_of(running.metrics_url, echoes, at_least=before + len(plans))
+        sender.close()
+        _drain(pull)
+        shared = dict(executor._shared_outputs)
+        kept = [len(executor._derived[id(step)].messages) for step in unread]
+        tensors = [executor._derived[id(step)].tensors for step in (*unread, checked)]
+    sync.close()
+    assert not [o.failure for o in outcomes if o.failed]
+    assert after - before == len(plans)
+    assert list(shared) == [(id(pool), arrays[0].nbytes)]  # one slot for every unread answer of this size
+    assert kept == [1, 1, 1]  # each unread step serialized once: its tensors never change
+    assert all(t is not None for t in tensors[:3]) and tensors[3] is None  # the checked one takes a slot each time

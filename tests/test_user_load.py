@@ -14,8 +14,8 @@ import pytest
 from engine.config import ScenariosSection
 from model_repo_gen import RepoOptions, generate_repository
 from model_repo_gen.spec import ModelSpec, TensorSpec
-from workers.plans import IdSource, PlanContext
-from workers.user_load import ResolvedLoad, plan_user
+from workers.plans import IdSource, PlanContext, below
+from workers.user_load import ResolvedLoad, input_pool, plan_user
 
 pytestmark = pytest.mark.timeout(200)
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,3 +160,18 @@ def test_a_pool_is_made_once_per_worker_not_once_per_lane() -> None:
     load = _user_load("random", 16)
     first, second = ({id(s.values) for s in _sent(lane, load, 100)} for lane in lanes)
     assert first == second and len(first) == 8
+
+
+def test_a_single_request_load_sends_prebuilt_plans_drawn_as_its_inputs_were() -> None:
+    """A random (or zero) load's requests are a few plans made once per worker, one per pooled
+    input, marked prebuilt (the executor keeps what it builds from them); each is picked with the
+    same one draw that picked its input, so a run replays exactly from its seed."""
+    ctx, replay = _pool_context(input_pool=8), np.random.default_rng(7)
+    load = _user_load("random", 16)
+    pool = input_pool(ctx, load)
+    plans = [plan_user(ctx, load) for _ in range(200)]
+    assert len({id(plan) for plan in plans}) == 8  # the same eight plans, sent again and again
+    assert all(len(p.steps) == 1 and p.steps[0].prebuilt and p.steps[0].constant_input for p in plans)
+    assert [id(p.steps[0].values) for p in plans] == [id(pool[below(replay, len(pool))][0][1]) for _ in plans]
+    sequence = ResolvedLoad("load:mine", load.spec, "random", (), (), True)
+    assert not any(s.prebuilt for _ in range(20) for s in plan_user(ctx, sequence).steps)  # each sequence is new

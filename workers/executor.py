@@ -13,7 +13,7 @@ import collections
 import contextlib
 import ctypes
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,8 @@ from .wire.grpc_message import MODEL_INFER, MODEL_STREAM_INFER, TensorRef, infer
 from .wire.http_client import HttpClient
 from .wire.http_message import http_request, http_result
 
+OutputSlots = dict[str, tuple[ShmPool, Slot]]  # output name -> the slot its answer is written into
+
 SMALL_TENSOR_BYTES = 64 << 10  # below this, copying a tensor costs less than numpy's per-call overhead
 FAILURE_TEXT_LIMIT = 400  # characters of an error or a mismatch kept in an event
 QUARANTINE_S = 60.0  # how long a failed request's shared-memory slots stay out of use
@@ -53,9 +55,15 @@ QUARANTINE_S = 60.0  # how long a failed request's shared-memory slots stay out 
 PLAN_BUDGET_WAIT_S = 600.0
 STEP_BUDGET_WAIT_S = 20.0
 WRITTEN_GRACE_S = 1.0  # a large answer written into its slot: the server's own completion follows
+# Prebuilt steps (workers/user_load.py: pooled [[load]] requests): how many the executor keeps what it
+# derived from, how many serialized requests per step (one per set of output slots it was sent with)
+# and the largest kept.
+DERIVED_LIMIT = 4096
+MESSAGES_PER_STEP = 256
+MESSAGE_CACHE_BYTES = 64 << 10
 
 
-@dataclass
+@dataclass(slots=True)  # made for every plan
 class PlanOutcome:
     scenario: str
     requests: int = 0
@@ -227,6 +235,8 @@ class Executor:
         self._quarantine: collections.deque[tuple[float, ShmPool, Slot]] = collections.deque()
         self.retired_slots = 0
         self._constant_slots: dict[tuple[int, int], Slot] = {}  # (pool, array) -> slot written once
+        self._derived: dict[int, _Derived] = {}  # id(prebuilt step) -> what is worked out from it once
+        self._shared_outputs: dict[tuple[int, int], Slot] = {}  # (pool, bytes) -> the slot unread answers share
         # Large requests (inputs of LARGE_REQUEST_BYTES or more) take a lease of the host-wide budget
         # first. One the client gave up on keeps its lease and its slots until the server has
         # written its answer into the output slot (or the lease expires): the server still holds it.
@@ -265,11 +275,13 @@ class Executor:
         # A large first step waits for the host budget before the plan's clock starts: the draw is
         # honoured (the scenario keeps its weight among what is sent), only later; the wait is the
         # engine's own, so neither the plan's deadline nor an open-loop latency counts it.
-        first_lease = await self._take_lease(plan.steps[0], outcome, PLAN_BUDGET_WAIT_S) if plan.steps else None
-        if outcome.skipped:
-            return outcome
-        if first_lease is not None and self.budget is not None and self.budget.last_wait_s:
-            intended_ns = 0
+        first_lease = None
+        if plan.steps and self._large(plan.steps[0]):
+            first_lease = await self._take_lease(plan.steps[0], outcome, PLAN_BUDGET_WAIT_S)
+            if outcome.skipped:
+                return outcome
+            if first_lease is not None and self.budget is not None and self.budget.last_wait_s:
+                intended_ns = 0
         token = self._deadlines.start(plan.deadline_s)
         stream = None
         try:
@@ -343,7 +355,8 @@ class Executor:
         spec = self.models[step.model]
         model = self.model_codes[step.model]
         seq_code = step.sequence_id if isinstance(step.sequence_id, int) else 0
-        if index:  # a large later step waits inside the plan's deadline (no built-in plan has one)
+        # A large later step waits for the host budget inside the plan's deadline (no built-in plan has one).
+        if index and self._large(step):
             lease = await self._take_lease(step, outcome, STEP_BUDGET_WAIT_S)
             if outcome.skipped:
                 return False
@@ -351,6 +364,7 @@ class Executor:
             self.in_flight.sequences[step.sequence_id] = (model, time.monotonic_ns(), index)
         start = intended_ns or time.monotonic_ns()
         token = self.in_flight.begin(start, model, step.start)
+        derived = self._derive(spec, step) if step.prebuilt else None
         error: BaseException | None = None
         got: Any = None
         held: list[tuple[ShmPool, Slot, bool]] = []
@@ -360,7 +374,10 @@ class Executor:
             elif stream is not None and step.sequence_id:
                 got = await stream.infer(spec, step)
             else:
-                got = await self._unary(spec, step, held)
+                # sent and read around one await here: a coroutine of its own would be one more
+                # frame to suspend and resume per request
+                answer, names, slots = self._send_unary(spec, step, held, derived)
+                got = self._read_unary(step, names, slots, await answer)
         except Exception as exc:  # every failure is a finding: recorded, not raised
             error = exc
         except asyncio.CancelledError:
@@ -377,7 +394,7 @@ class Executor:
         outcome.answered_ns = time.monotonic_ns()
         latency = outcome.answered_ns - start
         outcome.requests += 1
-        status, failure = self._judge(spec, step, got, error)  # reads shm outputs in place, before release
+        status, failure = self._judge(spec, step, got, error, derived)  # reads shm outputs in place, before release
         if failure and index and self._idled_out_on_the_way(step, error, previous_sent_ns, outcome):
             status, failure = STATUS_EXPECTED_ERROR, ""
         if lease is None:
@@ -392,7 +409,8 @@ class Executor:
         self.sweep()
         return not failure and not outcome.abandoned
 
-    def _judge(self, spec: ModelSpec, step: Step, got: Any, error: BaseException | None) -> tuple[int, str]:
+    def _judge(self, spec: ModelSpec, step: Step, got: Any, error: BaseException | None,
+               derived: _Derived | None = None) -> tuple[int, str]:
         if step.expect_error:
             if error is None:
                 return STATUS_MISSING_ERROR, f"expected an error containing {step.expect_error!r}, got an answer"
@@ -402,7 +420,7 @@ class Executor:
             return STATUS_ERROR, f"expected an error containing {step.expect_error!r}, got: {text}"
         if error is not None:
             return STATUS_ERROR, _describe(error)
-        expected = _expected(spec, step)
+        expected = derived.expected if derived is not None else _expected(spec, step)
         wrong = _mismatch(expected, got, self.check) if expected else None
         if wrong is not None:
             name, answer, want = wrong
@@ -422,12 +440,15 @@ class Executor:
             self._quarantine.extend((now + QUARANTINE_S, pool, slot) for pool, slot, _ in held)
 
     # -- the host budget of large requests -------------------------------------------------------
+    def _large(self, step: Step) -> bool:
+        """Whether a step must take a lease of the host budget before it is sent."""
+        return self.budget is not None and _input_bytes(step) >= LARGE_REQUEST_BYTES
+
     async def _take_lease(self, step: Step, outcome: PlanOutcome, wait_s: float) -> int | None:
-        """A lease for a large step (None for others, and for a plan skipped after waiting `wait_s`:
+        """A lease for a large step (see `_large`; None for a plan skipped after waiting `wait_s`:
         then `outcome.skipped` is set and the plan goes no further)."""
         nbytes = _input_bytes(step)
-        if self.budget is None or nbytes < LARGE_REQUEST_BYTES:
-            return None
+        assert self.budget is not None
         lease = await self.budget.acquire(nbytes, (step.timeout_s or 30.0) + HOLD_AFTER_DEADLINE_S, wait_s,
                                           self.stopping)
         if lease is None:
@@ -475,6 +496,11 @@ class Executor:
         output slots the answer is read from."""
         pool = self._pool_for(step)
         inputs, outputs, slots = [], [], {}
+        # An output slot of the request's own, poisoned: where the answer is compared, and where a
+        # lease is held (a large request given up on is known to be over on the server once its slot
+        # is written). An answer nothing is expected of is never read: such requests share one slot
+        # of each size to be written into (as perf_analyzer's requests share its output regions).
+        checked = step.expect is not None or bool(step.extra_expect) or self._large(step)
         first_size = 0  # bytes of the first input: what a model that echoes it answers with
         for name, data in _inputs(spec, step):
             if pool is None:
@@ -498,14 +524,24 @@ class Executor:
             # in a slot nothing is kept.
             room = step.output_bytes if spec.kind == "user" else first_size if name == spec.outputs[0].name else 0
             if pool is not None and room and (not step.expect_error or room >= LARGE_REQUEST_BYTES):
-                slot = pool.output_slot(room)
-                pool.poison(slot)  # a stale answer in a reused slot must not pass the check
-                held.append((pool, slot, True))
+                if checked:
+                    slot = pool.output_slot(room)
+                    pool.poison(slot)  # a stale answer in a reused slot must not pass the check
+                    held.append((pool, slot, True))
+                else:
+                    slot = self._shared_output(pool, room)
                 slots[name] = (pool, slot)
                 outputs.append(TensorRef(name, slot=slot))
             else:
                 outputs.append(TensorRef(name))
         return inputs, outputs, slots
+
+    def _shared_output(self, pool: ShmPool, room: int) -> Slot:
+        """The one output slot of `room` bytes that the answers nothing reads are written into."""
+        slot = self._shared_outputs.get((id(pool), room))
+        if slot is None:
+            slot = self._shared_outputs[(id(pool), room)] = pool.output_slot(room)
+        return slot
 
     def _host_slot(self, pool: ShmPool, step: Step, data: np.ndarray) -> Slot | None:
         """The host-wide region that holds this constant input, registered with the server by this
@@ -525,22 +561,63 @@ class Executor:
                 else result.as_numpy(name) for name in names}
 
     # -- transports ---------------------------------------------------------------------------
-    async def _unary(self, spec: ModelSpec, step: Step, held: list[tuple[ShmPool, Slot, bool]]) -> dict[str, Any]:
-        names = _output_names(spec, step)
-        inputs, outputs, slots = self._tensors(spec, step, names, held)
+    def _derive(self, spec: ModelSpec, step: Step) -> _Derived:
+        """What a prebuilt step always needs, worked out the first time it is sent."""
+        derived = self._derived.get(id(step))
+        if derived is None or derived.step is not step:
+            if len(self._derived) >= DERIVED_LIMIT:
+                self._derived.clear()  # a planner that prebuilds without end: start over rather than grow
+            derived = self._derived[id(step)] = _Derived(step, _output_names(spec, step), _expected(spec, step))
+        return derived
+
+    @staticmethod
+    def _message(spec: ModelSpec, step: Step, inputs: list[TensorRef], outputs: list[TensorRef],
+                 derived: _Derived | None, fixed: bool) -> bytes:
+        """The serialized gRPC request; a prebuilt step's is kept per shared-memory slots it names
+        (`fixed`: the step's own tensors, always the same; up to MESSAGE_CACHE_BYTES, as a large
+        inline request is mostly its copy)."""
+        if derived is None:
+            return infer_request(spec.name, inputs, outputs, sequence_id=step.sequence_id,
+                                 sequence_start=step.start, sequence_end=step.end)
+        messages = derived.messages
+        key = () if fixed else \
+            tuple([(ref.slot.region, ref.slot.offset) for ref in (*inputs, *outputs) if ref.slot is not None])
+        message = messages.get(key)
+        if message is None:
+            message = infer_request(spec.name, inputs, outputs)  # a prebuilt step is a single stateless request
+            if len(message) <= MESSAGE_CACHE_BYTES:
+                if len(messages) >= MESSAGES_PER_STEP:
+                    messages.clear()
+                messages[key] = message
+        return message
+
+    def _send_unary(self, spec: ModelSpec, step: Step, held: list[tuple[ShmPool, Slot, bool]],
+                    derived: _Derived | None = None) -> tuple[Awaitable[Any], list[str], OutputSlots]:
+        """A unary request, built: the awaitable that sends it and gives its answer, the output names
+        and the output slots the answer is read from (`_read_unary`)."""
+        names = derived.names if derived is not None else _output_names(spec, step)
+        if derived is not None and derived.tensors is not None:
+            inputs, outputs, slots = derived.tensors
+        else:
+            inputs, outputs, slots = self._tensors(spec, step, names, held)
+            if derived is not None and not held:  # no slot of its own: the same tensors every time
+                derived.tensors = (inputs, outputs, slots)
         if (step.protocol or self.protocol) == "http":
             request = http_request(self._http.host, spec.name, inputs, outputs, sequence_id=step.sequence_id,
                                    sequence_start=step.start, sequence_end=step.end)
-            status, body, json_size = await self._http.send(request, step.timeout_s)
-            result = http_result(status, body, json_size)
+            return self._http.send(request, step.timeout_s), names, slots
+        message = self._message(spec, step, inputs, outputs, derived, fixed=not held)
+        return self._wire.unary(MODEL_INFER, message, step.timeout_s), names, slots
+
+    def _read_unary(self, step: Step, names: list[str], slots: OutputSlots, answer: Any) -> dict[str, Any]:
+        """The outputs of a unary answer (HTTP: status, body and JSON size; gRPC: the message)."""
+        if isinstance(answer, tuple):
+            result = http_result(*answer)
+        elif step.expect is None and not step.extra_expect:
+            # Nothing is expected of it (a user's random data without validation rows): its status
+            # is the finding, as for perf_analyzer; decoding it would only cost CPU.
+            return {}
         else:
-            message = infer_request(spec.name, inputs, outputs, sequence_id=step.sequence_id,
-                                    sequence_start=step.start, sequence_end=step.end)
-            answer = await self._wire.unary(MODEL_INFER, message, step.timeout_s)
-            if step.expect is None and not step.extra_expect:
-                # Nothing is expected of it (a user's random data without validation rows): its
-                # status is the finding, as for perf_analyzer; decoding it would only cost CPU.
-                return {}
             result = infer_result(answer)
         return self._answers(result, names, slots)
 
@@ -566,6 +643,20 @@ class Executor:
             raise
         stream.done_writing()  # all answered: the server ends the stream itself, nothing to cancel
         return {DECOUPLED_OUTPUT: np.array(values, dtype=np.int32)}
+
+
+@dataclass(slots=True)
+class _Derived:
+    """What the executor works out from a prebuilt step (its outputs, its checks, its serialized
+    requests), once instead of for every request."""
+
+    step: Step  # kept alive: the executor's table is keyed by its id
+    names: list[str]
+    expected: list[tuple[str, np.ndarray]]
+    messages: dict[tuple, bytes] = field(default_factory=dict)  # by the shared-memory slots the request names
+    # Its tensors where the request holds no slot of its own (inline, or constant inputs and shared
+    # output slots): the same every time.
+    tensors: tuple[list[TensorRef], list[TensorRef], OutputSlots] | None = None
 
 
 @dataclass(slots=True)

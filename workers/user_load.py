@@ -21,6 +21,8 @@ from model_repo_gen.spec import ModelSpec, TensorSpec
 
 from .plans import Plan, PlanContext, Step, below, pool_size
 
+STATELESS_DEADLINE_S = 60.0  # a single request's plan must finish within this
+
 
 class LoadError(ValueError):
     """A `[[load]]` entry cannot be driven as written; the message says which and why."""
@@ -207,11 +209,25 @@ def _rows_nbytes(load: ResolvedLoad) -> int:
     return sum(data.nbytes for row in load.rows for _, data in row)
 
 
+def pooled_plans(ctx: PlanContext, load: ResolvedLoad) -> tuple[Plan, ...]:
+    """A plan of one request for each input of the pool of a single-request (not sequence) load:
+    nothing of such a request changes between sends, so its steps are `prebuilt`."""
+    return tuple(Plan(load.scenario, (Step(model=load.spec.name, values=tensors[0][1], extra_inputs=tuple(tensors[1:]),
+                                           protocol=load.protocol, shm=load.shm, constant_input=True,
+                                           output_bytes=load.output_bytes, prebuilt=True),), STATELESS_DEADLINE_S)
+                 for tensors in input_pool(ctx, load))
+
+
 def plan_user(ctx: PlanContext, load: ResolvedLoad) -> Plan:
     """One request (or one sequence, START ... END) of a user's model. Its inputs come from a
     pool (the random or zero pool, or a file's rows): the same arrays again and again, so shared
     memory writes each one once (`constant_input`); a file's rows only where they all fit in
-    `input_pool_bytes`, else each request's row is copied into a slot of its own, as it is sent."""
+    `input_pool_bytes`, else each request's row is copied into a slot of its own, as it is sent.
+    A single request from the random or zero pool is one of a few plans made once per worker
+    (`pooled_plans`), drawn with the same one number as its pooled input was."""
+    if not load.sequence and not load.rows:
+        plans = ctx.pooled(("plans", load.scenario), lambda _: pooled_plans(ctx, load))
+        return plans[below(ctx.rng, len(plans))]
     steps_count = max(1, int(round(ctx.rng.normal(ctx.settings.sequence_length_mean,
                                                  ctx.settings.sequence_length_stddev)))) if load.sequence else 1
     seq_id = ctx.ids.take(load.spec) if load.sequence else 0
@@ -232,4 +248,4 @@ def plan_user(ctx: PlanContext, load: ResolvedLoad) -> Plan:
                           extra_expect=tuple(checks), sequence_id=seq_id, start=load.sequence and index == 0,
                           end=load.sequence and index == steps_count - 1, protocol=load.protocol, shm=load.shm,
                           constant_input=constant, output_bytes=load.output_bytes))
-    return Plan(load.scenario, tuple(steps), ctx.settings.sequence_deadline if load.sequence else 60.0)
+    return Plan(load.scenario, tuple(steps), ctx.settings.sequence_deadline if load.sequence else STATELESS_DEADLINE_S)
