@@ -251,6 +251,29 @@ def test_a_malformed_answer_fails_its_call_only(run, malformed, says: str) -> No
     run(with_server(test))
 
 
+def test_answers_cut_anywhere_across_reads_are_read_whole(run) -> None:
+    """Two answers in one byte stream, cut at odd places (inside a frame's 9-byte head, inside a
+    header block, inside a message) and sent piece by piece: each call gets its own answer whole."""
+    async def test(server: FakeServer, client: GrpcWireClient) -> None:
+        first, second = start(client, b"first"), start(client, BIG[:3000])
+        conn = await server.connection(0)
+        one, two = await conn.requests_of(2)
+        data = b"".join(conn.answer_headers(r.stream_id) + frame(DATA, 0, r.stream_id, grpc_message(r.message))
+                        + conn.trailers(r.stream_id) for r in (two, one))
+        pos = 0
+        for size in (1, 4, 5, 13, 2, 700, 9, 3, 1000, 1):  # the rest in one piece
+            conn.send(data[pos:pos + size])
+            pos += size
+            await conn.writer.drain()
+            await asyncio.sleep(0.01)  # a read of its own on the client's side
+        conn.send(data[pos:])
+        assert bytes(await asyncio.wait_for(first, 5)) == b"first"
+        assert bytes(await asyncio.wait_for(second, 5)) == BIG[:3000]
+        assert await answered(conn, client, b"after") == b"after"
+
+    run(with_server(test))
+
+
 @pytest.mark.parametrize("broken, code, says", [
     (frame(HEADERS, END_HEADERS | END_STREAM, 1, b"\xff\xff\x7f"), COMPRESSION_ERROR, "undecodable header block"),
     (frame(PING, 0, 0, b"7 bytes"), FRAME_SIZE_ERROR, "a PING frame of 7 bytes"),

@@ -281,18 +281,26 @@ class _Connection(asyncio.Protocol):
         end, pos = len(view), 0
         unpack = HEAD.unpack_from
         try:
-            with memoryview(view) as frames:  # one copy per payload, whether view is bytes or bytearray
+            # One copy per payload: a slice of bytes is one; of a bytearray, through a memoryview
+            # (released before the buffer is cut: a bytearray with a view on it cannot be resized).
+            frames = view if type(view) is bytes else memoryview(view)
+            try:
                 while end - pos >= 9:
                     high, low, kind, flags, stream_id = unpack(frames, pos)
                     length = (high << 16) | low
                     if end - pos < 9 + length:
                         break
-                    payload = bytes(frames[pos + 9:pos + 9 + length])
+                    payload = frames[pos + 9:pos + 9 + length]
+                    if type(payload) is not bytes:
+                        payload = bytes(payload)
                     pos += 9 + length
                     try:
                         self._on_frame(kind, flags, stream_id & LARGEST_STREAM_ID, payload)
                     except _StreamError as exc:
                         self._stream_error(exc.stream_id, exc.code, exc.reason)
+            finally:
+                if frames is not view:
+                    frames.release()
         except _ProtocolError as exc:
             self._connection_error(exc.code, exc.reason)
             return
