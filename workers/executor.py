@@ -55,10 +55,10 @@ QUARANTINE_S = 60.0  # how long a failed request's shared-memory slots stay out 
 PLAN_BUDGET_WAIT_S = 600.0
 STEP_BUDGET_WAIT_S = 20.0
 WRITTEN_GRACE_S = 1.0  # a large answer written into its slot: the server's own completion follows
-# Prebuilt steps (workers/user_load.py: pooled [[load]] requests): how many the executor keeps what it
-# derived from, how many serialized requests per step (one per set of output slots it was sent with)
-# and the largest kept.
-DERIVED_LIMIT = 4096
+# Prebuilt steps (pooled requests: [[load]] entries, identity, large_tensor): how many the executor
+# keeps what it derived from (identity: 64 shapes x 8 inputs per model, about 1 KiB each), how many
+# serialized requests per step (one per set of output slots it was sent with) and the largest kept.
+DERIVED_LIMIT = 16384
 MESSAGES_PER_STEP = 256
 MESSAGE_CACHE_BYTES = 64 << 10
 

@@ -302,7 +302,7 @@ def plan_identity(ctx: PlanContext) -> Plan:
     candidates = ctx.constant(("identity models",),
                               lambda: ctx.of_kind("identity") + [m for m in ctx.models if m.kind in FAULT_KINDS])
     spec = ctx.pick(candidates or _need("identity", "an identity model"))
-    return Plan("identity", (_echo_step(ctx, spec, 1 + below(ctx.rng, 64)),), 30.0)
+    return _echo_plan(ctx, "identity", spec, 1 + below(ctx.rng, 64), 30.0)
 
 
 def plan_large_tensor(ctx: PlanContext) -> Plan:
@@ -311,7 +311,7 @@ def plan_large_tensor(ctx: PlanContext) -> Plan:
     elements = large_tensor_elements(ctx.settings)
     # Its pools together stay within input_pool_bytes: each holds a share of it.
     pools = ctx.constant(("large_tensor pools",), lambda: large_tensor_pools(ctx.models, elements))
-    return Plan("large_tensor", (_echo_step(ctx, spec, elements, pools),), 60.0)
+    return _echo_plan(ctx, "large_tensor", spec, elements, 60.0, pools)
 
 
 def plan_streaming(ctx: PlanContext) -> Plan:
@@ -357,12 +357,18 @@ def _echo_input(rng: np.random.Generator, datatype: str, shape: tuple[int, ...])
     return values
 
 
-def _echo_step(ctx: PlanContext, spec: ModelSpec, elements: int, share: int = 1) -> Step:
+def _echo_plan(ctx: PlanContext, scenario: str, spec: ModelSpec, elements: int, deadline_s: float,
+               share: int = 1) -> Plan:
     """One request to an identity model: a pooled input, expected back as it went (constant: the
-    executor writes it into a shared-memory slot once, by the array's identity; BYTES too)."""
-    pool = echo_pool(ctx, spec.inputs[0].datatype, echo_shape(spec, elements), share)
-    values = pool[below(ctx.rng, len(pool))]
-    return Step(model=spec.name, values=values, expect=values, constant_input=True)
+    executor writes it into a shared-memory slot once, by the array's identity; BYTES too). Such a
+    request never changes: it is one of the plans made once per worker for this model and shape,
+    one per pooled input (prebuilt), picked with the one draw that picks the input."""
+    def make(_: np.random.Generator) -> tuple[Plan, ...]:
+        pool = echo_pool(ctx, spec.inputs[0].datatype, echo_shape(spec, elements), share)
+        return tuple(Plan(scenario, (Step(model=spec.name, values=values, expect=values, constant_input=True,
+                                          prebuilt=True),), deadline_s) for values in pool)
+    plans = ctx.pooled(("echo plans", scenario, spec.name, elements, share), make)
+    return plans[below(ctx.rng, len(plans))]
 
 
 def _sequence_models(ctx: PlanContext) -> list[ModelSpec]:
