@@ -56,8 +56,9 @@ class Step:
     # Users' models: room in shared memory for each output of the answer (0: answers inline, unless
     # the model's own outputs say their size).
     output_bytes: int = 0
-    # Made once and sent again and again (a pooled [[load]] request): the executor works out what it
-    # needs from the step (outputs, checks, the serialized request) once, not per request.
+    # Made once and sent again and again (a pooled request of identity, large_tensor or a [[load]]
+    # entry): the executor works out what it needs from it (outputs, checks, tensors, the serialized
+    # request) once, not per request.
     prebuilt: bool = False
 
 
