@@ -419,3 +419,49 @@ def test_answers_nothing_reads_share_one_output_slot_and_checked_ones_keep_their
     assert list(shared) == [(id(pool), arrays[0].nbytes)]  # one slot for every unread answer of this size
     assert kept == [1, 1, 1]  # each unread step serialized once: its tensors never change
     assert all(t is not None for t in tensors[:3]) and tensors[3] is None  # the checked one takes a slot each time
+
+
+def test_slots_come_back_at_once_from_refusals_and_after_quarantine_from_requests_given_up(
+        server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request the server refused (or that never left) is over on the server: its shared-memory
+    slots go back to the pool at once, so a stream of failures cannot grow the pool. A request cut
+    off by its plan's deadline may still be in the server: its slots wait out the quarantine, and
+    then come back too (none is lost)."""
+    monkeypatch.setattr("workers.executor.QUARANTINE_S", 0.5)
+    running, specs = server
+    models = {s.name: s for s in specs}
+    wrong_type = np.ones((1, 70_000), np.int32)  # identity_fp32 takes FP32: refused
+    refused = [Plan("identity", (Step(model="identity_fp32", values=wrong_type, expect=wrong_type),), 10.0)
+               for _ in range(40)]
+    cut_off = Plan("identity", (Step(model="zero_slow_fp32", values=np.ones(4, np.float32),
+                                     expect=np.zeros(4, np.float32)),), 0.15)  # the model takes 600 ms
+    data = np.arange(3, dtype=np.float32).reshape(1, 3)
+    fine = Plan("identity", (Step(model="identity_fp32", values=data, expect=data),), 10.0)
+    sync = grpcclient.InferenceServerClient(running.grpc_url)
+    with telemetry_sink(tmp_path) as (endpoint, pull), ShmPool(sync, "testrun-give-back", 8) as pool:
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("identity",), "grpc"))
+        executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender, pool=pool)
+
+        async def run() -> tuple[list, int, int, int]:
+            async with executor:
+                outcomes = [await executor.run(plan, 0) for plan in refused]
+                after_refusals = pool.reserved_bytes
+                outcomes.append(await executor.run(cut_off, 0))
+                quarantined = len(executor._quarantine)
+                await asyncio.sleep(0.6)
+                outcomes.append(await executor.run(fine, 0))  # its give-back frees what waited out the quarantine
+                return outcomes, after_refusals, quarantined, len(executor._quarantine)
+
+        outcomes, after_refusals, quarantined, left = asyncio.run(run())
+        sender.close()
+        _drain(pull)
+        free = sum(len(places) for places in pool._free.values())
+    sync.close()
+    assert all(o.failed for o in outcomes[:40]) and "INT32" in outcomes[0].failure, outcomes[0].failure
+    assert outcomes[40].failure == "plan did not finish within 0.15 s"
+    assert not outcomes[41].failed, outcomes[41].failure
+    assert after_refusals <= 2 * (1 << 20)  # 40 refusals of 280 KiB inputs: the same slots each time
+    assert quarantined == 2  # the cut-off request's input and output slots, out of use for now
+    assert left == 0 and executor.retired_slots == 2
+    assert free >= 4  # the refused request's slots and the cut-off one's, all back in the pool

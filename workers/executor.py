@@ -230,8 +230,8 @@ class Executor:
         # that do not choose; `pools` (by mode) serves steps that do (users' [[load]] entries).
         self.pool = pool
         self.pools = dict(pools or {})
-        # Slots of failed requests wait out QUARANTINE_S before reuse: a request the client gave up
-        # on may still be read or answered by the server.
+        # Slots of requests the client gave up on (a deadline, a lost connection, a cancelled plan)
+        # wait out QUARANTINE_S before reuse: the server may still read or answer them.
         self._quarantine: collections.deque[tuple[float, ShmPool, Slot]] = collections.deque()
         self.retired_slots = 0
         self._constant_slots: dict[tuple[int, int], Slot] = {}  # (pool, array) -> slot written once
@@ -385,8 +385,13 @@ class Executor:
             # still a request, and it failed; without this record a hung request would vanish.
             outcome.requests += 1
             self.sender.record(start, time.monotonic_ns() - start, model, scenario, STATUS_ERROR, seq_code, index)
-            if lease is not None:  # cut off while the server may hold it: kept until it is done there
+            # Cut off while the server may hold it: its slots are kept out of use until it is done
+            # there (never forgotten: a slot left out of both the pool and the quarantine is lost
+            # for the rest of the run, one per hung request).
+            if lease is not None:
                 self._large_pending.append(_LargeRequest(lease, time.monotonic() + QUARANTINE_S, held))
+            else:
+                self._give_back(held, gave_up=True)
             raise
         finally:
             self.in_flight.end(token)
@@ -398,7 +403,7 @@ class Executor:
         if failure and index and self._idled_out_on_the_way(step, error, previous_sent_ns, outcome):
             status, failure = STATUS_EXPECTED_ERROR, ""
         if lease is None:
-            self._give_back(held, error is None)
+            self._give_back(held, gave_up=error is not None and _gave_up(error))
         else:
             self._end_lease(lease, held, error)
         self.sender.record(start, latency, model, scenario, status, seq_code, index)
@@ -427,12 +432,17 @@ class Executor:
             return STATUS_WRONG, f"{name} {_short(answer)} != expected {_short(want)}"[:FAILURE_TEXT_LIMIT]
         return STATUS_OK, ""
 
-    def _give_back(self, held: list[tuple[ShmPool, Slot, bool]], answered: bool) -> None:
+    def _give_back(self, held: list[tuple[ShmPool, Slot, bool]], gave_up: bool) -> None:
+        """A request's slots back to their pools: at once where the server is done with it (it
+        answered, or refused, or the request never left); after QUARANTINE_S where the client gave
+        up while the server may still read or write them. Only the latter: with every failed
+        request quarantined, a pool grew by its slots at the rate requests failed (a request path
+        failing at once, 4 MiB slots each, filled this host's 24 GiB of /dev/shm within minutes)."""
         now = time.monotonic()
         while self._quarantine and self._quarantine[0][0] <= now:
             _, pool, slot = self._quarantine.popleft()
             pool.release(slot)
-        if answered:
+        if not gave_up:
             for pool, slot, _ in held:
                 pool.release(slot)
         else:
