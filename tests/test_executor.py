@@ -35,6 +35,7 @@ from workers.telemetry import (
     decode_batch,
     unpack,
 )
+from workers.wire.grpc_message import infer_result
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -465,3 +466,42 @@ def test_slots_come_back_at_once_from_refusals_and_after_quarantine_from_request
     assert quarantined == 2  # the cut-off request's input and output slots, out of use for now
     assert left == 0 and executor.retired_slots == 2
     assert free >= 4  # the refused request's slots and the cut-off one's, all back in the pool
+
+
+def test_a_large_answer_read_in_place_is_compared_every_time(server, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prebuilt step's large answer over shared memory: a message the same as one read before
+    into the same slot is not decoded again (its views are kept), but its data is still compared
+    with what is expected, every time: an answer that stops matching is caught at once."""
+    running, specs = server
+    models = {s.name: s for s in specs}
+    values = np.random.default_rng(4).standard_normal((1, 65_536)).astype(np.float32)  # 256 KiB
+    expect = values.copy()
+    step = Step(model="identity_fp32", values=values, expect=expect, constant_input=True, prebuilt=True)
+    decoded = []
+    real_infer_result = infer_result
+    monkeypatch.setattr("workers.executor.infer_result", lambda answer: decoded.append(1) or real_infer_result(answer))
+    sync = grpcclient.InferenceServerClient(running.grpc_url)
+    with telemetry_sink(tmp_path) as (endpoint, pull), ShmPool(sync, "testrun-known-answer", 9) as pool:
+        sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("identity",), "grpc"))
+        executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
+                            model_codes={n: i for i, n in enumerate(models)}, sender=sender, pool=pool)
+
+        async def run() -> list:
+            async with executor:
+                outcomes = [await executor.run(Plan("identity", (step,), 10.0), 0) for _ in range(5)]
+                expect[0, 40_000] += 1.0  # what is expected changes; the server's answers do not
+                outcomes += [await executor.run(Plan("identity", (step,), 10.0), 0) for _ in range(2)]
+                return outcomes
+
+        outcomes = asyncio.run(run())
+        sender.close()
+        batches, _ = _drain(pull)
+        derived = executor._derived[id(step)]
+    sync.close()
+    assert [o.failed for o in outcomes] == [False] * 5 + [True] * 2
+    assert "OUTPUT0" in outcomes[5].failure
+    statuses = [s for b in batches for s in b.columns["status"].tolist()]
+    assert statuses == [STATUS_OK] * 5 + [STATUS_WRONG] * 2
+    assert len(decoded) == 1 and len(derived.answers) == 1  # one slot, one message: decoded once
+    assert derived.own_outputs is not None  # only its output slot taken per request

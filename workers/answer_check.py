@@ -48,7 +48,7 @@ class AnswerCheck:
     pages were drawn."""
 
     __slots__ = ("mode", "pages", "fraction", "paging", "_random", "answers_compared", "answers_sampled",
-                 "answers_skipped", "outputs_sampled")
+                 "answers_skipped", "outputs_sampled", "_stretches", "_stretches_of")
 
     def __init__(self, mode: str = "all", pages: int = DEFAULT_PAGES, fraction: float = DEFAULT_FRACTION,
                  seed: int | Sequence[int] = 0) -> None:
@@ -69,6 +69,8 @@ class AnswerCheck:
         self.answers_sampled = 0
         self.answers_skipped = 0
         self.outputs_sampled = 0
+        self._stretches: list[tuple[int, int]] = []  # page_offsets: (first page, pages) of each stretch
+        self._stretches_of = -1  # ... of an answer of this many bytes
 
     @property
     def not_fully_compared(self) -> int:
@@ -94,9 +96,13 @@ class AnswerCheck:
         if interior <= 2 * self.pages:
             return None
         self.outputs_sampled += 1
-        width = interior / self.pages
+        if nbytes != self._stretches_of:
+            # Where each stretch starts (page 1 is the first after the first page) and how many
+            # pages it has, in whole pages: worked out once per answer size.
+            bounds = [interior * i // self.pages for i in range(self.pages + 1)]
+            self._stretches = [(1 + bounds[i], bounds[i + 1] - bounds[i]) for i in range(self.pages)]
+            self._stretches_of = nbytes
         draw = self._random.random
-        last = interior - 1
         offsets = [0, nbytes - PAGE_BYTES]  # the last page ends with the answer (a partial one included)
-        offsets += [(1 + min(int((i + draw()) * width), last)) * PAGE_BYTES for i in range(self.pages)]
+        offsets += [(start + int(draw() * span)) * PAGE_BYTES for start, span in self._stretches]
         return offsets
