@@ -439,6 +439,8 @@ class Executor:
         up while the server may still read or write them. Only the latter: with every failed
         request quarantined, a pool grew by its slots at the rate requests failed (a request path
         failing at once, 4 MiB slots each, filled this host's 24 GiB of /dev/shm within minutes)."""
+        if not held and not self._quarantine:
+            return  # inline, or only constant inputs and shared outputs: nothing to give back
         now = time.monotonic()
         while self._quarantine and self._quarantine[0][0] <= now:
             _, pool, slot = self._quarantine.popleft()

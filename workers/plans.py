@@ -142,8 +142,9 @@ def pool_size(wanted: int, cap_bytes: int, input_bytes: int) -> int:
 
 def below(rng: np.random.Generator, n: int) -> int:
     """A uniform integer in [0, n) from one double: a fifth of what rng.integers costs per call
-    (it is drawn for every request); the bias of 53-bit floats over n < 2**20 is below 1e-10."""
-    return int(rng.random() * n)
+    (it is drawn for every request); the bias of 53-bit floats over n < 2**20 is below 1e-10.
+    Nothing is drawn where there is nothing to choose (n = 1: a pool of one input, one model)."""
+    return int(rng.random() * n) if n > 1 else 0
 
 
 def _sequence_length(rng: np.random.Generator, s: ScenarioSettings) -> int:

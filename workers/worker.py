@@ -186,9 +186,10 @@ class ScenarioDraw:
     def __init__(self, probabilities: np.ndarray) -> None:
         cdf = np.cumsum(probabilities, dtype=np.float64)
         self._cdf: list[float] = (cdf / cdf[-1] if len(cdf) else cdf).tolist()
+        self._only = len(self._cdf) == 1  # one scenario: nothing to draw (as `below` for one choice)
 
     def __call__(self, rng: np.random.Generator) -> int:
-        return bisect.bisect_right(self._cdf, rng.random())
+        return 0 if self._only else bisect.bisect_right(self._cdf, rng.random())
 
 
 def lane_generator(spec: WorkerSpec, lane: int) -> np.random.Generator:

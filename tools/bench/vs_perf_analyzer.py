@@ -25,6 +25,9 @@ The cases (the table of issue 18; identity_fp32 is the generated identity model)
   validated (the `large_tensor` scenario), against perf_analyzer's 4 MiB system-shm row
   (perf_analyzer does not validate); and the same with `[workers] validate = "pages"` (every answer
   checked on 18 sampled 4 KiB pages).
+The engine sends one input over and over in these rows, as perf_analyzer does (`[scenarios]
+input_pool = 1`: the same requests); two more rows keep its default pool of 8 inputs (a server
+reading 32 MiB of inputs in turn instead of the same 4 MiB), without a target.
 
 Targets (issue 18): client CPU per request <= 1.0x perf_analyzer's in every row (<= 2.0x for the
 validated one); throughput >= 1.0x at the same concurrency; shm vs inline throughput at 4 MiB for the
@@ -99,7 +102,11 @@ class EngineCase:
     shm: str = "none"
     protocol: str = "grpc"
     validate: str = "all"  # [workers] validate
-    cpu_goal: float = 1.0  # engine / perf_analyzer client CPU per request, at most
+    # [scenarios] input_pool: 1 sends one input over and over, as perf_analyzer does (the same
+    # requests); None keeps the engine's default pool (8 inputs, so that no cache sees one input
+    # again and again), shown beside it without a target.
+    input_pool: int | None = 1
+    cpu_goal: float | None = 1.0  # engine / perf_analyzer client CPU per request, at most (None: no target)
     rps_goal: float | None = 1.0  # engine / perf_analyzer throughput, at least (None: no target)
 
 
@@ -121,6 +128,11 @@ ENGINE_CASES = (
                LARGE, shm="system", cpu_goal=2.0, rps_goal=None),
     EngineCase("pages4m", 'identity 4 MiB, system shm, validate = "pages"', "shm4m", "large_tensor", 1, LARGE,
                shm="system", validate="pages", cpu_goal=2.0, rps_goal=None),
+    EngineCase("shm4m_pool8", "[[load]] 4 MiB FP32, system shm, 1 in flight, 8 pooled inputs", "shm4m", "load", 1,
+               LARGE, shm="system", input_pool=None, cpu_goal=None, rps_goal=None),
+    EngineCase("pages4m_pool8", 'identity 4 MiB, system shm, validate = "pages", 8 pooled inputs', "shm4m",
+               "large_tensor", 1, LARGE, shm="system", validate="pages", input_pool=None, cpu_goal=None,
+               rps_goal=None),
 )
 
 
@@ -154,6 +166,7 @@ max_windows = 1
     weights = "\n".join(f"{name} = {1 if case.kind == 'large_tensor' and name == 'large_tensor' else 0}"
                         for name in SCENARIOS)
     models = f'["{MODEL}"]' if case.kind == "large_tensor" else "[]"
+    pool = f"\ninput_pool = {case.input_pool}" if case.input_pool is not None else ""
     text = head + f"""
 [models]
 models = {models}
@@ -166,7 +179,7 @@ shm = "{case.shm}"
 validate = "{case.validate}"
 
 [scenarios]
-large_tensor_bytes = {case.elements * 4}
+large_tensor_bytes = {case.elements * 4}{pool}
 
 [scenarios.weights]
 {weights}
@@ -348,7 +361,7 @@ def _result(cases: list[EngineCase], pa_runs: dict[str, list[dict[str, float]]],
         rows.append([case.label, pa.get("rps", "-"), pa.get("cpu_us", "-"), engine.get("rps", "-"),
                      engine.get("cpu_us", "-"), f"{cpu_ratio:.2f}x" if cpu_ratio else "-",
                      f"{rps_ratio:.2f}x" if rps_ratio else "-"])
-        if cpu_ratio is not None:
+        if cpu_ratio is not None and case.cpu_goal is not None:
             targets.append(Target(f"client CPU per request, {case.label}", f"<= {case.cpu_goal:g}x perf_analyzer's",
                                   f"{cpu_ratio:.2f}x ({engine['cpu_us']:.0f} us vs {pa['cpu_us']:.0f} us)",
                                   cpu_ratio <= case.cpu_goal))
@@ -369,7 +382,10 @@ def _result(cases: list[EngineCase], pa_runs: dict[str, list[dict[str, float]]],
              "its whole process tree's CPU time (the engine: coordinator, aggregator, monitor, workers) / the "
              "requests the server counted",
              "perf_analyzer does not check answers; the engine's [[load]] rows have no expected values to check "
-             "(random data), its validated row compares every 4 MiB answer with the input, in its output slot"]
+             "(random data), its validated row compares every 4 MiB answer with the input, in its output slot",
+             "the same requests: perf_analyzer sends one input over and over, and so does the engine in the rows "
+             "with targets ([scenarios] input_pool = 1); the rows with '8 pooled inputs' keep the engine's default "
+             "pool (no cache in the server sees one input twice in a row), shown without a target"]
     return BenchResult("vs_perf_analyzer", "The engine beside perf_analyzer 2.51, one server, same requests",
                        ["case", "PA req/s", "PA CPU us/req", "engine req/s", "engine CPU us/req", "CPU vs PA",
                         "req/s vs PA"], rows, targets, notes, seconds)
