@@ -46,6 +46,10 @@ from .gpu import gpu_count, gpu_unavailable_reason
 
 ALIGN = 64  # slot offsets: cache-line aligned, and aligned for every Triton datatype
 DEFAULT_REGION_BYTES = 1 << 20
+# trim(): a region none of whose slots has been in use for this long is given back. A spike of
+# load (or of requests the client gave up on, whose slots wait out a quarantine) grows a pool; a
+# pool that kept every region would keep the spike's high-water mark of /dev/shm for the run.
+IDLE_REGION_S = 300.0
 MODES = ("system", "cuda", "auto")
 _NAME_ATTEMPTS = 64  # names taken by a dead predecessor of this worker are skipped, up to this many
 
@@ -124,6 +128,9 @@ class ShmPool:
         self._used = 0  # bytes carved from the current region
         self._free: dict[int, collections.deque[tuple[str, int]]] = collections.defaultdict(collections.deque)
         self._released: set[tuple[str, int]] = set()  # what is in _free, to refuse a double release
+        self._in_use: collections.Counter[str] = collections.Counter()  # slots handed out, not released, by region
+        self._idle_since: dict[str, float] = {}  # regions with no slot in use: since when (clock())
+        self.clock = time.monotonic  # trim()'s clock (tests compress time with their own)
         self._closed = False
 
     # -- slots -------------------------------------------------------------------------------
@@ -136,16 +143,22 @@ class ShmPool:
         capacity = align(byte_size)
         free = self._free.get(capacity)
         if free:
-            name, offset = free.popleft()
+            # The slot released last: warm in the caches, and a spike's extra slots stay unused,
+            # so that their regions can go (trim)
+            name, offset = free.pop()
             self._released.discard((name, offset))
-            return Slot(name, offset, byte_size, self.mode)
-        if capacity > self.region_bytes:  # a region of its own; the current one keeps filling
-            return Slot(self._new_region(capacity).name, 0, byte_size, self.mode)
-        if self._current is None or self._used + capacity > self._current.byte_size:
-            self._current = self._new_region(self.region_bytes)
-            self._used = 0
-        slot = Slot(self._current.name, self._used, byte_size, self.mode)
-        self._used += capacity
+            slot = Slot(name, offset, byte_size, self.mode)
+        elif capacity > self.region_bytes:  # a region of its own; the current one keeps filling
+            slot = Slot(self._new_region(capacity).name, 0, byte_size, self.mode)
+        else:
+            if self._current is None or self._used + capacity > self._current.byte_size:
+                self._current = self._new_region(self.region_bytes)
+                self._used = 0
+            slot = Slot(self._current.name, self._used, byte_size, self.mode)
+            self._used += capacity
+        self._in_use[slot.region] += 1
+        if self._idle_since:
+            self._idle_since.pop(slot.region, None)
         return slot
 
     def input_slot(self, array: np.ndarray, datatype: str | None = None) -> Slot:
@@ -207,6 +220,9 @@ class ShmPool:
             raise ValueError(f"slot {slot.region}@{slot.offset} was released already")
         self._released.add(place)
         self._free[align(max(slot.byte_size, 1))].append(place)
+        left = self._in_use[slot.region] = self._in_use[slot.region] - 1
+        if left <= 0:
+            self._idle_since[slot.region] = self.clock()
 
     def discard(self, slot: Slot) -> bool:
         """Free a slot that has a region of its own (one larger than `region_bytes`) at once:
@@ -223,9 +239,44 @@ class ShmPool:
             if "currently in use" in str(exc):
                 return False
             raise
-        del self._regions[slot.region]
-        region.close()
+        self._forget_region(slot.region)
         return True
+
+    def trim(self, idle_s: float = IDLE_REGION_S) -> list[str]:
+        """Give back every region none of whose slots has been in use for `idle_s` seconds (by
+        `clock`): unregistered, unlinked, its free slots forgotten. A steady load takes the slot
+        released last (allocate), so the regions a spike added fall idle and go, and the pool
+        comes back to its steady size. The names given back (a region the server still uses is
+        kept, and tried again next time). Call it now and then (a worker: every heartbeat)."""
+        if self._closed or not self._idle_since:
+            return []
+        now = self.clock()
+        gone = []
+        for name in [n for n, since in self._idle_since.items() if now - since >= idle_s]:
+            try:
+                unregister(self.client, name, self._regions[name].kind)
+            except Exception as exc:
+                if "currently in use" in str(exc):
+                    continue
+                raise
+            self._forget_region(name)
+            gone.append(name)
+        if gone:
+            names = set(gone)
+            for capacity, places in self._free.items():
+                if any(place[0] in names for place in places):
+                    self._free[capacity] = collections.deque(p for p in places if p[0] not in names)
+            self._released = {place for place in self._released if place[0] not in names}
+        return gone
+
+    def _forget_region(self, name: str) -> None:
+        """A region unregistered from the server: closed (unlinked) and no longer counted."""
+        region = self._regions.pop(name)
+        self._in_use.pop(name, None)
+        self._idle_since.pop(name, None)
+        if region is self._current:
+            self._current, self._used = None, 0
+        region.close()
 
     # -- requests ------------------------------------------------------------------------------
     def infer_input(self, name: str, slot: Slot) -> Any:
@@ -342,6 +393,8 @@ class ShmPool:
         self._regions.clear()
         self._free.clear()
         self._released.clear()
+        self._in_use.clear()
+        self._idle_since.clear()
         self._current = None
         if errors and raise_errors:
             raise ShmError(f"closing the pool: {len(errors)} error(s), first: {errors[0]}") from errors[0]

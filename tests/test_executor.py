@@ -482,7 +482,9 @@ def test_a_large_answer_read_in_place_is_compared_every_time(server, tmp_path: P
     real_infer_result = infer_result
     monkeypatch.setattr("workers.executor.infer_result", lambda answer: decoded.append(1) or real_infer_result(answer))
     sync = grpcclient.InferenceServerClient(running.grpc_url)
-    with telemetry_sink(tmp_path) as (endpoint, pull), ShmPool(sync, "testrun-known-answer", 9) as pool:
+    # regions of 256 KiB: the input fills one, the answers' slot has one of its own
+    with telemetry_sink(tmp_path) as (endpoint, pull), \
+            ShmPool(sync, "testrun-known-answer", 9, region_bytes=values.nbytes) as pool:
         sender = TelemetrySender(endpoint, "w", RecordBuffer(tuple(models), ("identity",), "grpc"))
         executor = Executor(protocol="grpc", grpc_url=running.grpc_url, http_url=running.http_url, models=models,
                             model_codes={n: i for i, n in enumerate(models)}, sender=sender, pool=pool)
@@ -498,10 +500,14 @@ def test_a_large_answer_read_in_place_is_compared_every_time(server, tmp_path: P
         sender.close()
         batches, _ = _drain(pull)
         derived = executor._derived[id(step)]
+        kept = len(derived.answers)
+        pool.clock = lambda: time.monotonic() + 3600.0  # an hour on: the answers' region has long been idle
+        trimmed = executor.trim_pools()
     sync.close()
+    assert trimmed == 1 and not derived.answers  # its region given back, and the views of it forgotten
     assert [o.failed for o in outcomes] == [False] * 5 + [True] * 2
     assert "OUTPUT0" in outcomes[5].failure
     statuses = [s for b in batches for s in b.columns["status"].tolist()]
     assert statuses == [STATUS_OK] * 5 + [STATUS_WRONG] * 2
-    assert len(decoded) == 1 and len(derived.answers) == 1  # one slot, one message: decoded once
+    assert len(decoded) == 1 and kept == 1  # one slot, one message: decoded once
     assert derived.own_outputs is not None  # only its output slot taken per request

@@ -248,6 +248,54 @@ def test_pool_grows_by_adding_regions(client: Any) -> None:
     assert ours() == []
 
 
+def test_after_a_spike_the_pool_gives_back_the_regions_it_added(client: Any, server: Any) -> None:
+    """A spike of load grows a pool by regions; once a steady load is back, it takes the slots
+    released last, the spike's regions fall idle, and trim() gives them back (unregistered,
+    unlinked, unmapped by the server) after the idle time: /dev/shm returns to its steady level.
+    A region with a slot in use (a constant input, a slot in quarantine) stays. Time is the
+    pool's injected clock."""
+    now = [0.0]
+    with ShmPool(client, RUN, 9, mode="system", region_bytes=4096) as pool:
+        pool.clock = lambda: now[0]
+        constant = pool.input_slot(np.ones((1, 16), np.float32))  # written once, never released
+        spike = [pool.output_slot(1024) for _ in range(12)]  # 13 slots of 1 KiB: 4 regions
+        assert len(pool.region_names) == 4
+        held = spike.pop(5)  # a slot still out (a request in quarantine): its region stays
+        for slot in spike:
+            pool.release(slot)
+
+        def steady_load() -> str:  # one request at a time: always the slot released last
+            for _ in range(50):
+                slot = pool.output_slot(1024)
+                pool.release(slot)
+            return slot.region
+
+        now[0] = 10.0
+        steady = steady_load()
+        assert pool.trim(idle_s=60.0) == []  # nothing idle for long enough yet
+        now[0] = 100.0
+        assert steady_load() == steady
+        gone = pool.trim(idle_s=60.0)
+        kept = {constant.region, held.region, steady}
+        assert sorted(gone) == sorted(set(region_name(RUN, 9, i) for i in range(4)) - kept)
+        assert sorted(pool.region_names) == sorted(kept) and ours() == sorted(kept)
+        assert not set(gone) & registered_names(client)
+        assert not any(mapped_by(server.pid, name) for name in gone)
+        again = [pool.output_slot(1024) for _ in range(4)]  # free slots of what went are not handed out
+        assert all(slot.region in pool.region_names for slot in again)
+        client.infer("identity_fp32", [pool.infer_input("INPUT0", constant)],  # the kept slots still serve
+                     outputs=[pool.requested_output("OUTPUT0", again[0])])
+        assert np.array_equal(pool.read(again[0], np.float32, (1, 16)), np.ones((1, 16), np.float32))
+        now[0] = 200.0
+        for slot in (held, *again):
+            pool.release(slot)
+        now[0] = 300.0
+        before = set(pool.region_names)
+        assert set(pool.trim(idle_s=60.0)) == before - {constant.region}  # all but the constant input's
+        assert ours() == [constant.region]
+    assert ours() == []
+
+
 def test_server_errors_are_typed_with_the_servers_text(client: Any, server: Any) -> None:
     module = module_of(client)
     grpc = module is grpcclient

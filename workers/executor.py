@@ -482,6 +482,19 @@ class Executor:
         else:
             self._large_pending.append(_LargeRequest(lease, time.monotonic() + QUARANTINE_S, held))
 
+    def trim_pools(self) -> int:
+        """Give back the pools' regions that have stayed unused for a while (ShmPool.trim; the
+        worker calls it every heartbeat), and forget the answers read from them. How many went."""
+        gone: set[str] = set()
+        for pool in {id(pool): pool for pool in (self.pool, *self.pools.values()) if pool is not None}.values():
+            gone.update(pool.trim())
+        if gone:
+            for derived in self._derived.values():
+                if derived.answers:  # views of a region given back would keep its memory mapped
+                    for key in [key for key in derived.answers if any(region in gone for region, _ in key)]:
+                        del derived.answers[key]
+        return len(gone)
+
     def sweep(self) -> None:
         """Give back the leases and slots of large requests the server has finished since (called
         after every step and by the worker's flush tick, so they go back while the worker idles)."""

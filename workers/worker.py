@@ -391,6 +391,7 @@ class Worker:
             if tick % ticks_per_beat == 0:
                 self._heartbeat()
                 heap.tick()
+                self.executor.trim_pools()  # regions a spike of load added, unused for minutes since
             else:
                 self.sender.maybe_flush(time.monotonic_ns())
             self.executor.sweep()  # large requests the server finished give back their budget
