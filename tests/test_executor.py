@@ -344,7 +344,8 @@ def test_a_large_pooled_input_keeps_its_slot_through_the_host_budget(server, tmp
     sync.close()
 
 
-@pytest.mark.parametrize("protocol,shm_mode", [("grpc", "none"), ("grpc", "system"), ("http", "system")])
+@pytest.mark.parametrize("protocol,shm_mode", [("grpc", "none"), ("grpc", "system"), ("http", "none"),
+                                               ("http", "system")])
 def test_prebuilt_steps_are_built_once_and_never_mixed_up(server, tmp_path: Path, protocol: str,
                                                           shm_mode: str) -> None:
     """Prebuilt steps (pooled [[load]] requests) sent again and again, interleaved: every answer is
@@ -375,12 +376,11 @@ def test_prebuilt_steps_are_built_once_and_never_mixed_up(server, tmp_path: Path
     failed = [i for i, o in enumerate(outcomes) if o.failed]
     assert failed == [21] and "expected" in outcomes[21].failure, [o.failure for o in outcomes if o.failed]
     assert all(d.step is s for s, d in zip((*steps, wrong), derived.values()))
-    if protocol == "grpc":
-        kept = [len(derived[id(step)].messages) for step in steps]
-        # one request per output slot a step was sent with (one in flight: a slot or two, as the
-        # next step's constant input may take the slot freed last)
-        assert all(1 <= k <= (1 if shm_mode == "none" else 2) for k in kept[:3]), kept
-        assert kept[3] == (0 if shm_mode == "none" else 1)  # 128 KiB inline is not kept; in shm it is small
+    kept = [len(derived[id(step)].messages) for step in steps]
+    # one request per output slot a step was sent with (one in flight: a slot or two, as the
+    # next step's constant input may take the slot freed last)
+    assert all(1 <= k <= (1 if shm_mode == "none" else 2) for k in kept[:3]), kept
+    assert kept[3] == (0 if shm_mode == "none" else 1)  # 128 KiB inline is not kept; in shm it is small
 
 
 def test_answers_nothing_reads_share_one_output_slot_and_checked_ones_keep_their_own(server, tmp_path: Path) -> None:

@@ -615,21 +615,25 @@ class Executor:
             derived = self._derived[id(step)] = _Derived(step, _output_names(spec, step), _expected(spec, step))
         return derived
 
-    @staticmethod
-    def _message(spec: ModelSpec, step: Step, inputs: list[TensorRef], outputs: list[TensorRef],
-                 derived: _Derived | None, fixed: bool) -> bytes:
-        """The serialized gRPC request; a prebuilt step's is kept per shared-memory slots it names
-        (`fixed`: the step's own tensors, always the same; up to MESSAGE_CACHE_BYTES, as a large
-        inline request is mostly its copy)."""
+    def _message(self, spec: ModelSpec, step: Step, inputs: list[TensorRef], outputs: list[TensorRef],
+                 derived: _Derived | None, fixed: bool, http: bool = False) -> bytes:
+        """The serialized request (gRPC; `http`: HTTP/1.1, head and body); a prebuilt step's is kept
+        per shared-memory slots it names (`fixed`: the step's own tensors, always the same; up to
+        MESSAGE_CACHE_BYTES, as a large inline request is mostly its copy)."""
         if derived is None:
+            if http:
+                return http_request(self._http.host, spec.name, inputs, outputs, sequence_id=step.sequence_id,
+                                    sequence_start=step.start, sequence_end=step.end)
             return infer_request(spec.name, inputs, outputs, sequence_id=step.sequence_id,
                                  sequence_start=step.start, sequence_end=step.end)
         messages = derived.messages
-        key = () if fixed else \
-            tuple([(ref.slot.region, ref.slot.offset) for ref in (*inputs, *outputs) if ref.slot is not None])
+        key = (http,) if fixed else \
+            (http, *[(ref.slot.region, ref.slot.offset) for ref in (*inputs, *outputs) if ref.slot is not None])
         message = messages.get(key)
         if message is None:
-            message = infer_request(spec.name, inputs, outputs)  # a prebuilt step is a single stateless request
+            # a prebuilt step is a single stateless request
+            message = (http_request(self._http.host, spec.name, inputs, outputs) if http
+                       else infer_request(spec.name, inputs, outputs))
             if len(message) <= MESSAGE_CACHE_BYTES:
                 if len(messages) >= MESSAGES_PER_STEP:
                     messages.clear()
@@ -657,8 +661,7 @@ class Executor:
                                                     for ref in outputs])
                 derived.large_answer = sum(slot.byte_size for _, slot in slots.values()) >= SMALL_TENSOR_BYTES
         if (step.protocol or self.protocol) == "http":
-            request = http_request(self._http.host, spec.name, inputs, outputs, sequence_id=step.sequence_id,
-                                   sequence_start=step.start, sequence_end=step.end)
+            request = self._message(spec, step, inputs, outputs, derived, fixed=not held, http=True)
             return self._http.send(request, step.timeout_s), names, slots
         message = self._message(spec, step, inputs, outputs, derived, fixed=not held)
         return self._wire.unary(MODEL_INFER, message, step.timeout_s), names, slots
@@ -722,7 +725,7 @@ class _Derived:
     step: Step  # kept alive: the executor's table is keyed by its id
     names: list[str]
     expected: list[tuple[str, np.ndarray]]
-    messages: dict[tuple, bytes] = field(default_factory=dict)  # by the shared-memory slots the request names
+    messages: dict[tuple, bytes] = field(default_factory=dict)  # by protocol and the shared-memory slots named
     # Its tensors where the request holds no slot of its own (inline, or constant inputs and shared
     # output slots): the same every time.
     tensors: tuple[list[TensorRef], list[TensorRef], OutputSlots] | None = None
