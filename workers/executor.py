@@ -659,7 +659,9 @@ class Executor:
                     derived.own_outputs = (inputs, [(ref.name, *slots[ref.name], ref.slot.byte_size)
                                                     if ref.name in slots else (ref.name, None, None, 0)
                                                     for ref in outputs])
-                derived.large_answer = sum(slot.byte_size for _, slot in slots.values()) >= SMALL_TENSOR_BYTES
+                # views of system memory (a CUDA slot is read as a copy: a kept one would be stale)
+                derived.answers_in_place = bool(slots) and all(slot.kind == SYSTEM for _, slot in slots.values()) \
+                    and sum(slot.byte_size for _, slot in slots.values()) >= SMALL_TENSOR_BYTES
         if (step.protocol or self.protocol) == "http":
             request = self._message(spec, step, inputs, outputs, derived, fixed=not held, http=True)
             return self._http.send(request, step.timeout_s), names, slots
@@ -675,7 +677,7 @@ class Executor:
             # Nothing is expected of it (a user's random data without validation rows): its status
             # is the finding, as for perf_analyzer; decoding it would only cost CPU.
             return {}
-        if derived is None or not slots or not derived.large_answer:
+        if derived is None or not derived.answers_in_place:
             return self._answers(infer_result(answer), names, slots)
         # A prebuilt step's answers in shared memory: a message the same, byte for byte, as one
         # read before into the same slots names the same outputs, datatypes and shapes, so the
@@ -735,7 +737,8 @@ class _Derived:
     # Answers read in place before, by the output slots they were written into: (the message, the
     # outputs it named, as views of those slots).
     answers: dict[tuple, tuple[bytes, dict[str, np.ndarray]]] = field(default_factory=dict)
-    large_answer: bool = False  # its answers in shared memory, SMALL_TENSOR_BYTES or more: `answers` kept
+    # Its answers are views of system shared memory, SMALL_TENSOR_BYTES or more: `answers` kept.
+    answers_in_place: bool = False
 
 
 @dataclass(slots=True)
