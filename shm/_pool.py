@@ -4,7 +4,9 @@ Regions are created and registered with the server once (offset 0), then carved 
 aligned slots. An input slot is written once and named by every request that sends that tensor;
 an output slot is where the server writes an answer, read back as a numpy view (system memory,
 no copy) or copied out (CUDA). Released slots go to a free list by size, so a steady load
-allocates nothing after warm-up. Build the InferInput / InferRequestedOutput objects once too:
+allocates nothing after warm-up; the slot released last is handed out first, and trim() gives
+back the regions a spike of load added once they have stayed unused for a while. Build the
+InferInput / InferRequestedOutput objects once too:
 
     with ShmPool(client, run_id, worker_id, mode="auto") as pool:
         x = pool.input_slot(data)                       # written once
