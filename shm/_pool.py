@@ -235,14 +235,7 @@ class ShmPool:
         if slot.offset or region.byte_size <= self.region_bytes:
             self.release(slot)
             return True
-        try:
-            unregister(self.client, slot.region, region.kind)
-        except Exception as exc:
-            if "currently in use" in str(exc):
-                return False
-            raise
-        self._forget_region(slot.region)
-        return True
+        return self._give_back_region(slot.region)
 
     def trim(self, idle_s: float = IDLE_REGION_S) -> list[str]:
         """Give back every region none of whose slots has been in use for `idle_s` seconds (by
@@ -253,16 +246,8 @@ class ShmPool:
         if self._closed or not self._idle_since:
             return []
         now = self.clock()
-        gone = []
-        for name in [n for n, since in self._idle_since.items() if now - since >= idle_s]:
-            try:
-                unregister(self.client, name, self._regions[name].kind)
-            except Exception as exc:
-                if "currently in use" in str(exc):
-                    continue
-                raise
-            self._forget_region(name)
-            gone.append(name)
+        gone = [name for name in [n for n, since in self._idle_since.items() if now - since >= idle_s]
+                if self._give_back_region(name)]
         if gone:
             names = set(gone)
             for capacity, places in self._free.items():
@@ -271,14 +256,22 @@ class ShmPool:
             self._released = {place for place in self._released if place[0] not in names}
         return gone
 
-    def _forget_region(self, name: str) -> None:
-        """A region unregistered from the server: closed (unlinked) and no longer counted."""
+    def _give_back_region(self, name: str) -> bool:
+        """Unregister a region, close (unlink) it and stop counting it; False while the server still
+        uses it (it stays, to be tried again)."""
+        try:
+            unregister(self.client, name, self._regions[name].kind)
+        except Exception as exc:
+            if "currently in use" in str(exc):
+                return False
+            raise
         region = self._regions.pop(name)
         self._in_use.pop(name, None)
         self._idle_since.pop(name, None)
         if region is self._current:
             self._current, self._used = None, 0
         region.close()
+        return True
 
     # -- requests ------------------------------------------------------------------------------
     def infer_input(self, name: str, slot: Slot) -> Any:

@@ -194,6 +194,15 @@ def _inputs(spec: ModelSpec, step: Step) -> list[tuple[str, np.ndarray]]:
     return [(spec.inputs[0].name, step.values), *step.extra_inputs]
 
 
+def _own_output_slot(pool: ShmPool, room: int, held: list[tuple[ShmPool, Slot, bool]]) -> Slot:
+    """An output slot of a checked request's own, poisoned (a stale answer in a reused slot must not
+    pass the check), held until the request is over."""
+    slot = pool.output_slot(room)
+    pool.poison(slot)
+    held.append((pool, slot, True))
+    return slot
+
+
 def _input_bytes(step: Step) -> int:
     return step.values.nbytes + sum(data.nbytes for _, data in step.extra_inputs)
 
@@ -551,9 +560,7 @@ class Executor:
             room = step.output_bytes if spec.kind == "user" else first_size if name == spec.outputs[0].name else 0
             if pool is not None and room and (not step.expect_error or room >= LARGE_REQUEST_BYTES):
                 if checked:
-                    slot = pool.output_slot(room)
-                    pool.poison(slot)  # a stale answer in a reused slot must not pass the check
-                    held.append((pool, slot, True))
+                    slot = _own_output_slot(pool, room, held)
                 else:
                     slot = self._shared_output(pool, room)
                 slots[name] = (pool, slot)
@@ -570,13 +577,11 @@ class Executor:
         assert derived.own_outputs is not None
         inputs, plan = derived.own_outputs
         outputs, slots = [], {}
-        for name, pool, _, room in plan:
+        for name, pool, room in plan:
             if pool is None:
                 outputs.append(TensorRef(name))
                 continue
-            slot = pool.output_slot(room)
-            pool.poison(slot)  # a stale answer in a reused slot must not pass the check
-            held.append((pool, slot, True))
+            slot = _own_output_slot(pool, room, held)
             slots[name] = (pool, slot)
             outputs.append(TensorRef(name, slot=slot))
         return inputs, outputs, slots
@@ -656,8 +661,8 @@ class Executor:
                     derived.tensors = (inputs, outputs, slots)
                 elif not any(pool.closed for pool, _, _ in held) and all(out for _, _, out in held):
                     # its inputs written once, only its output slots its own: those are taken anew
-                    derived.own_outputs = (inputs, [(ref.name, *slots[ref.name], ref.slot.byte_size)
-                                                    if ref.name in slots else (ref.name, None, None, 0)
+                    derived.own_outputs = (inputs, [(ref.name, slots[ref.name][0], slots[ref.name][1].byte_size)
+                                                    if ref.name in slots else (ref.name, None, 0)
                                                     for ref in outputs])
                 # views of system memory (a CUDA slot is read as a copy: a kept one would be stale)
                 derived.answers_in_place = bool(slots) and all(slot.kind == SYSTEM for _, slot in slots.values()) \
@@ -732,8 +737,8 @@ class _Derived:
     # output slots): the same every time.
     tensors: tuple[list[TensorRef], list[TensorRef], OutputSlots] | None = None
     # Where only its output slots are its own (a checked answer): its inputs, and per output (name,
-    # pool, a slot it had, room; pool None: answered inline).
-    own_outputs: tuple[list[TensorRef], list[tuple[str, ShmPool | None, Slot | None, int]]] | None = None
+    # pool, room; pool None: answered inline).
+    own_outputs: tuple[list[TensorRef], list[tuple[str, ShmPool | None, int]]] | None = None
     # Answers read in place before, by the output slots they were written into: (the message, the
     # outputs it named, as views of those slots).
     answers: dict[tuple, tuple[bytes, dict[str, np.ndarray]]] = field(default_factory=dict)
