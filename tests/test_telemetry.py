@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zmq
 
-from workers.sender import TelemetrySender
+from workers.sender import FLUSH_INTERVAL_NS, TelemetrySender
 from workers.telemetry import (
     KIND_BATCH,
     KIND_EVENT,
@@ -75,7 +75,7 @@ def test_partial_batch_leaves_after_the_flush_interval(pull) -> None:
     sender.record(1, 2, 0, 0, STATUS_OK)
     sender.maybe_flush(sender._last_flush_ns + 1)  # too early: nothing leaves
     assert not socket.poll(100)
-    sender.maybe_flush(sender._last_flush_ns + 100_000_000)
+    sender.maybe_flush(sender._last_flush_ns + FLUSH_INTERVAL_NS)
     assert len(decode_batch(_receive(socket, 1)[0])) == 1
     sender.close()
 

@@ -378,8 +378,8 @@ class Worker:
         return await run_steady_load(self.executor, ctx, self.steady, code, self.spec.grpc_url)
 
     async def _heartbeats(self) -> None:
-        """A partial batch leaves within 100 ms even while every lane waits on a slow model; a
-        heartbeat every second."""
+        """A partial batch leaves within the sender's flush interval (and this 100 ms tick) even
+        while every lane waits on a slow model; a heartbeat every second."""
         ticks_per_beat = round(HEARTBEAT_INTERVAL_S / FLUSH_TICK_S)
         tick = 0
         heap = ReleaseTimer()

@@ -63,9 +63,9 @@ RECENT_WINDOWS = 5  # the live figures' "worst recent p99" spans this many windo
 # The coordinator's event when it stops the load: memory and latency after it say nothing about
 # the load (a heap stops growing when requests stop), so leak and drift are not judged on them.
 LOAD_STOPPED = "load_stopped"
-# A worker's batch leaves every 100 ms, checked on a 100 ms tick: what it answered in up to 200 ms
-# before a SIGKILL never left.
-UNSENT_WINDOW_S = 0.2
+# A worker's batch leaves 250 ms after the last (workers.sender.FLUSH_INTERVAL_NS), checked on a
+# 100 ms tick: what it answered in up to 350 ms before a SIGKILL never left.
+UNSENT_WINDOW_S = 0.35
 WORKER_GONE = "worker_gone"  # the coordinator saw a worker die; text: its sender name
 UNCOUNTED = "uncounted_in_flight"  # count: requests a dead worker had on the wire, never reported
 # INCIDENT (workers.telemetry): the coordinator's and monitor's incidents, kept in their own table too
@@ -240,13 +240,19 @@ class Aggregator:
         codes = batch.columns["model"]
         ends = batch.columns["start_ns"] + batch.columns["latency_ns"]
         self.requests += len(batch)
+        if len(batch.models) == 1:  # a worker with one model (a user's [[load]]): no split by code
+            self._answered(batch.models[0], len(batch), int(ends.max()))
+            return
         for code, count in enumerate(np.bincount(codes).tolist()):
             if count:
-                name = batch.models[code]
-                self.completed[name] += count
-                last = self.run_s(int(ends[codes == code].max()))
-                if last > self.last_answer.get(name, -1e18):
-                    self.last_answer[name] = last
+                self._answered(batch.models[code], count, int(ends[codes == code].max()))
+
+    def _answered(self, model: str, count: int, last_ns: int) -> None:
+        """`count` answers of `model` came in a batch, the last at `last_ns`."""
+        self.completed[model] += count
+        last = self.run_s(last_ns)
+        if last > self.last_answer.get(model, -1e18):
+            self.last_answer[model] = last
 
     def _event(self, message: Message) -> None:
         event = Event.from_body(message.body)
@@ -389,7 +395,7 @@ class Aggregator:
     def _worker_gone(self, at: float, name: str) -> None:
         """A worker died without a goodbye (SIGKILL, a crash): what the server may have answered
         for it but the run never counted is what it had on the wire at its last heartbeat, plus
-        what it got after its last batch left (at most the sender's 100 ms flush interval)."""
+        what it got after its last batch left (at most UNSENT_WINDOW_S before it died)."""
         sender = self.senders.get(name)
         if sender is None or not sender.last_heartbeat:
             text = f"{name} died before its first heartbeat: none of its requests is known"

@@ -3,7 +3,7 @@ time (target: the server's name in a fleet, "" with one server).
 
 A record belongs to the window in which its request *completed* (start + latency), so a window
 is closed once its end plus a short lateness has passed: every record of it has been sent by then
-(workers flush at least every 100 ms). A record that still arrives for a closed window goes to the
+(workers flush at least every 250 ms). A record that still arrives for a closed window goes to the
 oldest window still open for its (model, scenario, protocol), or to a new one at the first window
 not yet closed, and is counted as late: never dropped. Only open windows are held, so memory stays
 flat over a run of any length."""
