@@ -17,7 +17,7 @@ import pytest
 from engine.config import Config, ConfigError, load_config
 from shm import SystemRegion, region_name
 from workers.answer_check import PAGE_BYTES, PAGED_MIN_BYTES, VALIDATE_MODES, AnswerCheck
-from workers.executor import _mismatch, _same
+from workers.executor import _mismatch, _same, digest
 
 MIB = 1 << 20
 
@@ -63,6 +63,27 @@ def test_all_finds_one_differing_byte_anywhere_in_16_mib(region: SystemRegion) -
         _flip(got, byte)
     assert _same(got, want)
     assert (check.answers_compared, check.answers_sampled, check.answers_skipped) == (1 + len(positions), 0, 0)
+
+
+def test_all_through_a_digest_finds_one_differing_byte_and_still_compares_by_value(region: SystemRegion) -> None:
+    """A prebuilt step's full check reads only the answer: its digest against the expectation's."""
+    want = _expected(4 * MIB, seed=2)
+    got = _answer(region, want)
+    check = AnswerCheck("all")
+    digests = [digest(want)]
+    assert digests[0] is not None and _mismatch([("OUTPUT0", want)], {"OUTPUT0": got}, check, digests) is None
+    for byte in [0, 4095, 2 * MIB + 1, 4 * MIB - 1, *np.random.default_rng(6).integers(0, 4 * MIB, 10).tolist()]:
+        _flip(got, byte)
+        wrong = _mismatch([("OUTPUT0", want)], {"OUTPUT0": got}, check, digests)
+        assert wrong is not None and wrong[1] is got, byte
+        _flip(got, byte)
+    zeros = np.zeros((1, MIB // 4), np.float32)
+    negative = zeros.copy()
+    negative[0, 0] = -0.0  # another digest, the same values
+    assert _same(negative, zeros, None, digest(zeros))
+    # what a digest is not made for: small tensors (compared as bytes), object and unusual types
+    assert digest(zeros[:, :1024]) is None and digest(np.array([b"x"] * 70_000, dtype=np.object_)) is None
+    assert digest(np.zeros(70_000, np.complex64)) is None
 
 
 def test_all_is_the_default_and_equal_by_value() -> None:

@@ -7,6 +7,9 @@ as a worker's slots) and the expectation an ordinary array, and the check is the
 (workers/executor.py `_mismatch`, which calls `_same`, as `_judge` does for every answer):
 
 - all:      every answer compared in full (the default): memcmp over both buffers;
+- all, digest: the same check for a prebuilt step (the generated identity and large_tensor
+            scenarios, a pooled [[load]] request), whose expectation never changes: the answer's
+            XXH3-128 digest against the expectation's, made once (reads the answer only);
 - pages:    every answer checked; over 256 KiB on its first and last 4 KiB page and `--pages` (16)
             random 4 KiB pages, drawn per answer from a seeded generator; smaller ones in full;
 - fraction: `--fraction` (0.1) of the answers compared in full, the others not at all (the figure
@@ -43,7 +46,7 @@ import numpy as np
 from common import BenchResult, run_alone  # isort: skip
 from shm import SystemRegion, region_name  # noqa: E402
 from workers.answer_check import AnswerCheck  # noqa: E402
-from workers.executor import _mismatch  # noqa: E402
+from workers.executor import _mismatch, digest  # noqa: E402
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -51,6 +54,7 @@ REFERENCE_BYTES = 4 * MIB
 ENGINE_REQUEST_US = 269.0  # a 4 MiB system-shm request, the engine's worker (user_load_cost, 2026-12-06)
 PERF_ANALYZER_REQUEST_US = 420.0  # the same request, perf_analyzer's client CPU (issue 18)
 OUTPUT = "OUTPUT0"
+DIGEST = "all, digest"  # "all" as a prebuilt step checks: through digests
 
 
 def _per_call_us(call: Callable[[int], object], slots: int, seconds: float) -> float:
@@ -84,17 +88,19 @@ class Slots:
         for got, want in zip(self.got, self.want):
             np.copyto(got, want)  # a right answer in every slot
         self.expected = [[(OUTPUT, want)] for want in self.want]
+        self.digests = [[digest(want)] for want in self.want]
         self.answers = [{OUTPUT: got} for got in self.got]
 
     def write(self, seconds: float) -> float:
         put, want = self.put, self.want
         return _per_call_us(lambda i: np.copyto(put[i], want[i]), self.count, seconds)
 
-    def check(self, check: AnswerCheck, seconds: float) -> float:
+    def check(self, check: AnswerCheck, seconds: float, digests: bool = False) -> float:
         expected, answers = self.expected, self.answers
+        known = self.digests if digests else [None] * self.count
 
         def one(i: int) -> None:
-            if _mismatch(expected[i], answers[i], check) is not None:
+            if _mismatch(expected[i], answers[i], check, known[i]) is not None:
                 raise AssertionError("a right answer was called wrong")
 
         return _per_call_us(one, self.count, seconds)
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     largest = max([*sizes, REFERENCE_BYTES])
     working_set = max(int(args.working_set * MIB), largest)
     run_id = f"bench-check-{os.getpid()}"
-    modes = {"all": {}, f"pages {args.pages}": {"pages": args.pages},
+    modes = {"all": {}, DIGEST: {}, f"pages {args.pages}": {"pages": args.pages},
              f"fraction {args.fraction:g}": {"fraction": args.fraction}}
     medians: dict[tuple[int, str], float] = {}
     counts: dict[str, AnswerCheck] = {}
@@ -121,13 +127,13 @@ def run(args: argparse.Namespace) -> BenchResult:
         for nbytes in sorted({*sizes, REFERENCE_BYTES}):
             slots = Slots(outputs, inputs, nbytes, working_set)
             rounds: dict[str, list[float]] = {"write": [], **{label: [] for label in modes}}
-            checks = {label: AnswerCheck(label.split()[0], seed=1, **kw) for label, kw in modes.items()}
+            checks = {label: AnswerCheck(label.split()[0].rstrip(","), seed=1, **kw) for label, kw in modes.items()}
             if nbytes not in sizes:  # the 4 MiB reference only
                 rounds = {"write": []}
             for _ in range(args.rounds):
                 rounds["write"].append(slots.write(args.seconds))
                 for label in [label for label in rounds if label != "write"]:
-                    rounds[label].append(slots.check(checks[label], args.seconds))
+                    rounds[label].append(slots.check(checks[label], args.seconds, digests=label == DIGEST))
             for label, values in rounds.items():
                 medians[(nbytes, label)] = statistics.median(values)
             counts.update({f"{label} @ {nbytes // KIB} KiB": check for label, check in checks.items()})
