@@ -128,7 +128,9 @@ class ShmPool:
         self._next_index = 0
         self._current: SystemRegion | CudaRegion | None = None
         self._used = 0  # bytes carved from the current region
-        self._free: dict[int, collections.deque[tuple[str, int]]] = collections.defaultdict(collections.deque)
+        # Released slots by aligned size, the Slot objects themselves: a slot taken again as it was
+        # given back (an output slot per checked request) costs no new Slot.
+        self._free: dict[int, collections.deque[Slot]] = collections.defaultdict(collections.deque)
         self._released: set[tuple[str, int]] = set()  # what is in _free, to refuse a double release
         self._in_use: collections.Counter[str] = collections.Counter()  # slots handed out, not released, by region
         self._idle_since: dict[str, float] = {}  # regions with no slot in use: since when (clock())
@@ -147,9 +149,10 @@ class ShmPool:
         if free:
             # The slot released last: warm in the caches, and a spike's extra slots stay unused,
             # so that their regions can go (trim)
-            name, offset = free.pop()
-            self._released.discard((name, offset))
-            slot = Slot(name, offset, byte_size, self.mode)
+            slot = free.pop()
+            self._released.discard((slot.region, slot.offset))
+            if slot.byte_size != byte_size or slot.datatype:  # only a bare slot of this size as it is
+                slot = Slot(slot.region, slot.offset, byte_size, self.mode)
         elif capacity > self.region_bytes:  # a region of its own; the current one keeps filling
             slot = Slot(self._new_region(capacity).name, 0, byte_size, self.mode)
         else:
@@ -221,7 +224,7 @@ class ShmPool:
         if place in self._released:
             raise ValueError(f"slot {slot.region}@{slot.offset} was released already")
         self._released.add(place)
-        self._free[align(max(slot.byte_size, 1))].append(place)
+        self._free[align(max(slot.byte_size, 1))].append(slot)
         left = self._in_use[slot.region] = self._in_use[slot.region] - 1
         if left <= 0:
             self._idle_since[slot.region] = self.clock()
@@ -250,9 +253,9 @@ class ShmPool:
                 if self._give_back_region(name)]
         if gone:
             names = set(gone)
-            for capacity, places in self._free.items():
-                if any(place[0] in names for place in places):
-                    self._free[capacity] = collections.deque(p for p in places if p[0] not in names)
+            for capacity, slots in self._free.items():
+                if any(slot.region in names for slot in slots):
+                    self._free[capacity] = collections.deque(s for s in slots if s.region not in names)
             self._released = {place for place in self._released if place[0] not in names}
         return gone
 

@@ -245,6 +245,17 @@ def test_pool_grows_by_adding_regions(client: Any) -> None:
         y = pool.output_slot(data.nbytes)
         client.infer("identity_fp32", [pool.infer_input("INPUT0", x)], outputs=[pool.requested_output("OUTPUT0", y)])
         assert np.array_equal(pool.read(y, np.float32, data.shape), data)
+        # released, a slot is handed out again as it was given back (the last first); a slot that
+        # held an input comes back bare, for what is asked now
+        pool.release(y)
+        assert pool.output_slot(data.nbytes) is y
+        pool.release(x)
+        again = pool.output_slot(data.nbytes)
+        assert (again.region, again.offset, again.byte_size, again.datatype, again.shape) == \
+            (x.region, x.offset, data.nbytes, "", ())
+        pool.release(y)
+        with pytest.raises(ValueError, match="released already"):
+            pool.release(y)
     assert ours() == []
 
 
