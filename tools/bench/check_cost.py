@@ -23,10 +23,10 @@ bytes in the core's caches (a worker's answer was just written by the server, on
 Figures are CPU time of this process per answer (time.process_time), the median of `--rounds`
 rounds of about `--seconds` each per variant; GB/s is answer bytes per CPU second.
 
-For scale, a 4 MiB request over system shared memory costs the engine's worker about 269 us of
-client CPU and perf_analyzer's loop about 420 us (tools/bench/user_load_cost.py, issue 18): a full
-check of a 4 MiB answer reads twice its bytes, about what writing the input costs; the "pages"
-mode reads 18 pages whatever the size.
+For scale, a 4 MiB request over system shared memory costs the whole engine about 230 us of client
+CPU and perf_analyzer about 200 us (tools/bench/vs_perf_analyzer.py, one run on a busy host): a full
+check of a 4 MiB answer by memcmp reads twice its bytes, about what writing the input costs; by
+digest, once; the "pages" mode reads 18 pages whatever the size.
 
     python tools/bench/check_cost.py [--sizes 64 256 1024 4096 16384] [--seconds 0.3] [--rounds 3]
                                      [--pages 16] [--fraction 0.1] [--working-set 128]
@@ -51,8 +51,8 @@ from workers.executor import _mismatch, digest  # noqa: E402
 KIB = 1 << 10
 MIB = 1 << 20
 REFERENCE_BYTES = 4 * MIB
-ENGINE_REQUEST_US = 269.0  # a 4 MiB system-shm request, the engine's worker (user_load_cost, 2026-12-06)
-PERF_ANALYZER_REQUEST_US = 420.0  # the same request, perf_analyzer's client CPU (issue 18)
+ENGINE_REQUEST_US = 230.0  # a 4 MiB system-shm request, the whole engine (vs_perf_analyzer, 2026-12-06)
+PERF_ANALYZER_REQUEST_US = 200.0  # the same request, perf_analyzer's client CPU (the same run)
 OUTPUT = "OUTPUT0"
 DIGEST = "all, digest"  # "all" as a prebuilt step checks: through digests
 
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> BenchResult:
              "smaller ones in full (so its 64 and 256 KiB rows are the full check's)"]
     if REFERENCE_BYTES in sizes:
         four = {label: medians[(REFERENCE_BYTES, label)] for label in modes}
-        notes.append("a 4 MiB answer beside a 4 MiB system-shm request's client CPU (the engine's worker "
+        notes.append("a 4 MiB answer beside a 4 MiB system-shm request's client CPU (the whole engine "
                      f"~{ENGINE_REQUEST_US:.0f} us, perf_analyzer ~{PERF_ANALYZER_REQUEST_US:.0f} us, issue 18): "
                      + "; ".join(f"{label} {us:.1f} us = {us / ENGINE_REQUEST_US:.0%} of the engine's, "
                                  f"{us / PERF_ANALYZER_REQUEST_US:.0%} of perf_analyzer's"
