@@ -66,6 +66,23 @@ def test_launch_serves_and_stop_leaves_nothing(repo: Path, tmp_path: Path) -> No
     assert "Started GRPCInferenceService" in server.log_path.read_text()
 
 
+def test_a_killed_server_leaves_no_python_backend_directory(repo: Path, tmp_path: Path) -> None:
+    """The python backend makes /tmp/python_env_XXXXXX and removes it only on a clean exit: after a
+    SIGKILL, stop() removes the one our server made, and nothing else."""
+    before = set(Path("/tmp").glob("python_env_*"))
+    server = LaunchedServer(_options(repo, tmp_path)).start()
+    try:
+        made = set(Path("/tmp").glob("python_env_*")) - before
+        assert len(made) == 1 and server._env_dirs == made
+        server._process.kill()
+        server._process.wait()
+        assert made <= set(Path("/tmp").glob("python_env_*"))  # what a killed server leaves
+    finally:
+        server.stop()
+    assert set(Path("/tmp").glob("python_env_*")) - before == set()
+    assert before <= set(Path("/tmp").glob("python_env_*"))  # other servers' are not touched
+
+
 def test_failure_inside_the_block_still_stops_the_server(repo: Path, tmp_path: Path) -> None:
     pids: list[int] = []
     with pytest.raises(RuntimeError, match="test body failed"), LaunchedServer(_options(repo, tmp_path)) as server:

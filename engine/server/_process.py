@@ -24,6 +24,13 @@ from ._ports import free_ports
 _PR_SET_PDEATHSIG = 1
 _PORT_RETRIES = 3
 _ADDRESS_IN_USE = ("Address already in use", "address in use", "Failed to start")
+# The python backend's own directory, /tmp/python_env_XXXXXX (a fixed path, not TMPDIR), made when
+# it starts and removed only when the server exits cleanly: a killed server leaves it behind.
+_PYTHON_ENV_DIR = "python_env_*"
+
+
+def _python_env_dirs() -> set[Path]:
+    return set(Path("/tmp").glob(_PYTHON_ENV_DIR))
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,8 @@ class LaunchedServer:
         self._known_stubs: dict[int, StubProcess] = {}
         self.endpoints = ServerEndpoints(http="", grpc="", metrics="")
         self.started_at = 0.0  # monotonic seconds when the server became ready
+        self._env_before: set[Path] = set()  # the python backend's directories before our start
+        self._env_dirs: set[Path] = set()  # the one our server made (see _wait_ready)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> LaunchedServer:
@@ -179,6 +188,7 @@ class LaunchedServer:
         command = self._command(http, grpc, metrics)
         env = stub_environment()
         env.update(dict(opts.env))
+        self._env_before = _python_env_dirs()
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
             log.flush()
@@ -201,6 +211,10 @@ class LaunchedServer:
             if is_ready(self.endpoints.http, timeout=1.0):
                 self.started_at = time.monotonic()
                 self._known_stubs = {s.pid: s for s in find_stub_processes(self._process.pid)}
+                # Ours only when it is the one that appeared while our server started: another
+                # server starting on this host at the same time makes the owner unknowable.
+                made = _python_env_dirs() - self._env_before
+                self._env_dirs = made if len(made) == 1 else set()
                 return
             time.sleep(0.1)
         # A model whose stub cannot start hangs the load forever and ignores SIGINT (TRITON_ON_CPU.md).
@@ -223,6 +237,7 @@ class LaunchedServer:
                 process.wait()
         self._reap_group()
         self._remove_backend_regions()
+        self._remove_python_env_dir()
         return process.returncode
 
     def _reap_group(self) -> None:
@@ -244,6 +259,14 @@ class LaunchedServer:
         for entry in shm.glob(f"{self.options.shm_prefix}*"):
             with contextlib.suppress(OSError):
                 entry.unlink()
+
+    def _remove_python_env_dir(self) -> None:
+        """The python backend's directory of a server that did not exit cleanly (a clean exit has
+        removed it): only while empty, so an execution environment extracted there is never touched."""
+        for path in self._env_dirs:
+            with contextlib.suppress(OSError):  # gone already, or not empty
+                path.rmdir()
+        self._env_dirs = set()
 
     # -- what the monitor needs --------------------------------------------------------------
     @property
