@@ -104,6 +104,7 @@ def test_killed_engine_takes_its_server_along(repo: Path, tmp_path: Path) -> Non
         print(s.pid, *(x.pid for x in s.stub_processes()), flush=True)
         time.sleep(120)
     """)
+    env_dirs = set(Path("/tmp").glob("python_env_*"))
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                              cwd=Path(__file__).resolve().parents[1])
     try:
@@ -117,6 +118,8 @@ def test_killed_engine_takes_its_server_along(repo: Path, tmp_path: Path) -> Non
         child.wait()
     for region in Path("/dev/shm").glob(f"tee_srv_{tmp_path.name}_*"):
         region.unlink()  # the hard-killed engine could not clean these; `cleanup` will (a later command)
+    for directory in set(Path("/tmp").glob("python_env_*")) - env_dirs:
+        directory.rmdir()  # nor its server's python backend directory (empty: no environment is extracted)
 
 
 def test_model_that_fails_to_load_gives_the_log_tail(tmp_path: Path) -> None:
@@ -135,10 +138,12 @@ def test_model_that_fails_to_load_gives_the_log_tail(tmp_path: Path) -> None:
 
 
 def test_startup_deadline_kills_a_server_that_is_not_ready(repo: Path, tmp_path: Path) -> None:
+    env_dirs = set(Path("/tmp").glob("python_env_*"))
     server = LaunchedServer(_options(repo, tmp_path, startup_timeout=0.05))
     with pytest.raises(ServerSetupError, match="not ready within"):
         server.start()
     assert server.pid is not None and _wait_gone([server.pid], 1.0) == []
+    assert set(Path("/tmp").glob("python_env_*")) == env_dirs  # nor its python backend's directory
 
 
 def test_missing_binary_is_a_clear_error(repo: Path, tmp_path: Path) -> None:

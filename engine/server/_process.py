@@ -108,7 +108,8 @@ class LaunchedServer:
         self.endpoints = ServerEndpoints(http="", grpc="", metrics="")
         self.started_at = 0.0  # monotonic seconds when the server became ready
         self._env_before: set[Path] = set()  # the python backend's directories before our start
-        self._env_dirs: set[Path] = set()  # the one our server made (see _wait_ready)
+        self._env_dirs: set[Path] = set()  # the one our server made (_own_python_env_dir)
+        self._env_known = False  # _env_dirs worked out for the process started last
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> LaunchedServer:
@@ -189,6 +190,7 @@ class LaunchedServer:
         env = stub_environment()
         env.update(dict(opts.env))
         self._env_before = _python_env_dirs()
+        self._env_known = False
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
             log.flush()
@@ -211,10 +213,7 @@ class LaunchedServer:
             if is_ready(self.endpoints.http, timeout=1.0):
                 self.started_at = time.monotonic()
                 self._known_stubs = {s.pid: s for s in find_stub_processes(self._process.pid)}
-                # Ours only when it is the one that appeared while our server started: another
-                # server starting on this host at the same time makes the owner unknowable.
-                made = _python_env_dirs() - self._env_before
-                self._env_dirs = made if len(made) == 1 else set()
+                self._env_dirs, self._env_known = self._own_python_env_dir(), True
                 return
             time.sleep(0.1)
         # A model whose stub cannot start hangs the load forever and ignores SIGINT (TRITON_ON_CPU.md).
@@ -237,6 +236,8 @@ class LaunchedServer:
                 process.wait()
         self._reap_group()
         self._remove_backend_regions()
+        if not self._env_known:  # stopped while starting (a load that hangs past the deadline):
+            self._env_dirs, self._env_known = self._own_python_env_dir(), True  # gone, it makes no more
         self._remove_python_env_dir()
         return process.returncode
 
@@ -259,6 +260,13 @@ class LaunchedServer:
         for entry in shm.glob(f"{self.options.shm_prefix}*"):
             with contextlib.suppress(OSError):
                 entry.unlink()
+
+    def _own_python_env_dir(self) -> set[Path]:
+        """The python backend directory our server made: ours only when it is the one that appeared
+        since our server started (another server starting on this host meanwhile makes the owner
+        unknowable: then none)."""
+        made = _python_env_dirs() - self._env_before
+        return made if len(made) == 1 else set()
 
     def _remove_python_env_dir(self) -> None:
         """The python backend's directory of a server that did not exit cleanly (a clean exit has
