@@ -19,6 +19,7 @@ from engine.server import (
     endpoints_from_urls,
 )
 from engine.server._health import http_status
+from engine.server._process import _python_env_dirs
 from model_repo_gen import RepoOptions, generate_repository
 
 pytestmark = pytest.mark.timeout(180)
@@ -69,18 +70,18 @@ def test_launch_serves_and_stop_leaves_nothing(repo: Path, tmp_path: Path) -> No
 def test_a_killed_server_leaves_no_python_backend_directory(repo: Path, tmp_path: Path) -> None:
     """The python backend makes /tmp/python_env_XXXXXX and removes it only on a clean exit: after a
     SIGKILL, stop() removes the one our server made, and nothing else."""
-    before = set(Path("/tmp").glob("python_env_*"))
+    before = _python_env_dirs()
     server = LaunchedServer(_options(repo, tmp_path)).start()
     try:
-        made = set(Path("/tmp").glob("python_env_*")) - before
+        made = _python_env_dirs() - before
         assert len(made) == 1 and server._env_dirs == made
         server._process.kill()
         server._process.wait()
-        assert made <= set(Path("/tmp").glob("python_env_*"))  # what a killed server leaves
+        assert made <= _python_env_dirs()  # what a killed server leaves
     finally:
         server.stop()
-    assert set(Path("/tmp").glob("python_env_*")) - before == set()
-    assert before <= set(Path("/tmp").glob("python_env_*"))  # other servers' are not touched
+    assert _python_env_dirs() - before == set()
+    assert before <= _python_env_dirs()  # other servers' are not touched
 
 
 def test_failure_inside_the_block_still_stops_the_server(repo: Path, tmp_path: Path) -> None:
@@ -104,7 +105,7 @@ def test_killed_engine_takes_its_server_along(repo: Path, tmp_path: Path) -> Non
         print(s.pid, *(x.pid for x in s.stub_processes()), flush=True)
         time.sleep(120)
     """)
-    env_dirs = set(Path("/tmp").glob("python_env_*"))
+    env_dirs = _python_env_dirs()
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                              cwd=Path(__file__).resolve().parents[1])
     try:
@@ -118,7 +119,7 @@ def test_killed_engine_takes_its_server_along(repo: Path, tmp_path: Path) -> Non
         child.wait()
     for region in Path("/dev/shm").glob(f"tee_srv_{tmp_path.name}_*"):
         region.unlink()  # the hard-killed engine could not clean these; `cleanup` will (a later command)
-    for directory in set(Path("/tmp").glob("python_env_*")) - env_dirs:
+    for directory in _python_env_dirs() - env_dirs:
         directory.rmdir()  # nor its server's python backend directory (empty: no environment is extracted)
 
 
@@ -138,12 +139,12 @@ def test_model_that_fails_to_load_gives_the_log_tail(tmp_path: Path) -> None:
 
 
 def test_startup_deadline_kills_a_server_that_is_not_ready(repo: Path, tmp_path: Path) -> None:
-    env_dirs = set(Path("/tmp").glob("python_env_*"))
+    env_dirs = _python_env_dirs()
     server = LaunchedServer(_options(repo, tmp_path, startup_timeout=0.05))
     with pytest.raises(ServerSetupError, match="not ready within"):
         server.start()
     assert server.pid is not None and _wait_gone([server.pid], 1.0) == []
-    assert set(Path("/tmp").glob("python_env_*")) == env_dirs  # nor its python backend's directory
+    assert _python_env_dirs() == env_dirs  # nor its python backend's directory
 
 
 def test_missing_binary_is_a_clear_error(repo: Path, tmp_path: Path) -> None:
