@@ -1,8 +1,9 @@
 """Every process of a run sets itself up the same way (workers.process_setup): the real aggregator,
 monitor and worker processes carry `triton-endurance <run id>: <role>` where ps reads it
 (/proc/<pid>/cmdline), their role as the task name, and each keeps its own signals: the aggregator
-ignores SIGINT and stops on SIGTERM, the monitor and the worker stop on either. No server runs:
-the monitor and the worker point at a port where nothing listens."""
+ignores SIGINT and stops on SIGTERM, the monitor and the worker stop on either, cleanly from the
+moment they carry their title (the signal goes as soon as the title shows, while the process is
+still setting up). No server runs: the monitor and the worker point at a port where nothing listens."""
 
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ def _argv(pid: int) -> list[str]:
 
 
 def _title(process) -> list[str]:
-    """The command line once the process has titled itself."""
+    """The command line as soon as the process has titled itself (polled without a pause, so that a
+    signal sent next reaches it while it is still setting up)."""
     deadline = time.monotonic() + START_S
     while process.is_alive() and time.monotonic() < deadline:
         argv = _argv(process.pid)
         if argv and argv[0].startswith("triton-endurance"):
             return argv
-        time.sleep(0.05)
+        time.sleep(0.001)
     raise AssertionError(f"no title came: exit status {process.exitcode}")
 
 
@@ -130,20 +132,21 @@ def _record_setup(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return steps
 
 
-def test_a_watch_process_gets_its_handlers_before_the_parent_death_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_watch_process_gets_its_handlers_before_its_title_and_the_parent_death_signal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     steps = _record_setup(monkeypatch)
     stopped: list[int] = []
     timer = enter_process("r1", "aggregator", stop=lambda: stopped.append(1), stop_on=(signal.SIGTERM,),
                           ignore=(signal.SIGINT,), watch=True)
-    assert steps[0] == ("title", "aggregator")
-    assert steps[1][0] == signal.SIGTERM and steps[2] == (signal.SIGINT, signal.SIG_IGN)
+    assert steps[0][0] == signal.SIGTERM and steps[1] == (signal.SIGINT, signal.SIG_IGN)
+    assert steps[2] == ("title", "aggregator")
     assert steps[3:] == ["stop_with_parent", "limit_arenas", "fix_mmap_threshold"]
-    steps[1][1](signal.SIGTERM, None)  # the handler calls the process's stop
+    steps[0][1](signal.SIGTERM, None)  # the handler calls the process's stop
     assert stopped == [1]
     assert timer.interval_s > 0  # the heap timer its loop ticks
 
 
-def test_a_worker_leaves_its_signals_to_its_loop_and_keeps_the_mmap_threshold(monkeypatch) -> None:
+def test_a_process_given_no_signals_keeps_their_defaults_and_the_mmap_threshold(monkeypatch) -> None:
     steps = _record_setup(monkeypatch)
     enter_process("r1", "worker 0")
     assert steps == [("title", "worker 0"), "stop_with_parent", "limit_arenas"]

@@ -50,20 +50,22 @@ def enter_process(run_id: str, role: str, *, stop: Callable[[], None] | None = N
     threads started after it.
 
     `stop_on`: the signals that call `stop` (the process's graceful stop); `ignore`: the signals it
-    leaves to the coordinator. A process whose event loop installs its own handlers passes neither.
-    The handlers come before the parent-death signal, which stops the process at once when the
-    coordinator is already gone. `watch`: a watch process (aggregator, monitor), whose heap also
-    gets a fixed mmap threshold (workers.heap.fix_mmap_threshold says why the workers do not).
+    leaves to the coordinator. A process whose event loop installs its own handlers later passes a
+    `stop` that notes the request, for the loop to act on once it runs (the worker does). The
+    handlers come before the title, so that whoever sees the title may signal the process, and
+    before the parent-death signal, which stops the process at once when the coordinator is already
+    gone. `watch`: a watch process (aggregator, monitor), whose heap also gets a fixed mmap
+    threshold (workers.heap.fix_mmap_threshold says why the workers do not).
 
     Returns the process's heap ReleaseTimer, for its own loop to tick."""
     if stop_on and stop is None:
         raise ValueError(f"{role}: signals {stop_on} are to stop the process, but no stop was given")
-    set_process_title(run_id, role)
     if stop is not None:
         for sig in stop_on:
             signal.signal(sig, lambda *_: stop())
     for sig in ignore:
         signal.signal(sig, signal.SIG_IGN)
+    set_process_title(run_id, role)  # after the handlers: a titled process can be signalled safely
     parent = multiprocessing.parent_process()
     stop_with_parent(parent.pid if parent else None)
     limit_arenas()

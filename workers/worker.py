@@ -419,14 +419,21 @@ def worker_main(spec: WorkerSpec) -> None:
     """Process entry point (spawn context). SIGTERM and SIGINT stop it gracefully: in-flight plans
     finish (each is bounded by its deadline), the last records and heartbeat are sent. The same
     happens when the coordinator dies."""
-    # The signals are the event loop's (below); the heap timer is the heartbeat loop's, which a Ray actor runs too.
-    enter_process(spec.run_id, f"worker {spec.worker_id}")
+    # Until the event loop takes the signals over (below), a stop is only noted: building the worker
+    # takes a while, and a SIGTERM then (a run stopped while it starts) must still end it cleanly,
+    # not kill it with its telemetry unsent. The heap timer is the heartbeat loop's, which a Ray actor runs too.
+    stopped_early: list[bool] = []
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    enter_process(spec.run_id, f"worker {spec.worker_id}", stop=lambda: stopped_early.append(True),
+                  stop_on=stop_signals)
     worker = Worker(spec)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in stop_signals:
             loop.add_signal_handler(sig, worker.stop)
+        if stopped_early:
+            worker.stop()
         await worker.run()
 
     event_loop.run(main(), spec.event_loop)
