@@ -106,20 +106,24 @@ class DriftWatch:
         """The median over series of each window's p50 and p99 relative to the series' own
         baseline: a server (or host) that slows everything down drifts here. Windows are matched
         by start time; the kept ones (each series' first and latest) are what the common mode's
-        own baseline and current windows are drawn from."""
+        own baseline and current windows are drawn from. A common window counts the answers of
+        its thinnest series: p99 is judged only where every series behind the median had enough
+        requests for its own p99 to mean something (a median of the top few samples of several
+        thin windows moves with every hiccup of a loaded host as much as one does)."""
         p = self.params
         base = slice(p.warmup_windows, p.warmup_windows + p.baseline_windows)
-        by_start: dict[float, list[tuple[float, float]]] = collections.defaultdict(list)
+        by_start: dict[float, list[tuple[float, float, int]]] = collections.defaultdict(list)
         for key in changes:
-            t, p50, p99, _ = columns[key]
+            t, p50, p99, answered = columns[key]
             b50, b99 = float(np.median(p50[base])), float(np.median(p99[base]))
-            for start, v50, v99 in zip(t.tolist(), p50.tolist(), p99.tolist()):
-                by_start[start].append((v50 / b50, v99 / b99))
+            for start, v50, v99, n in zip(t.tolist(), p50.tolist(), p99.tolist(), answered.tolist()):
+                by_start[start].append((v50 / b50, v99 / b99, n))
         quorum = max(2, len(changes) // 2)
         starts = sorted(start for start, values in by_start.items() if len(values) >= quorum)
         t = np.array(starts)
         p50 = np.array([np.median([v[0] for v in by_start[x]]) for x in starts])
         p99 = np.array([np.median([v[1] for v in by_start[x]]) for x in starts])
+        thinnest = np.array([min(v[2] for v in by_start[x]) for x in starts])
         if self.common is None:
             self.common = DriftDetector("all models", p)
-        return self.common.evaluate(t, p50, p99, now)
+        return self.common.evaluate(t, p50, p99, now, thinnest)
