@@ -272,3 +272,18 @@ def test_a_stall_said_vaguely_first_is_named_when_the_evidence_comes() -> None:
     assert detector.evaluate(_view(40.0, 20.0, 31.0, idle)) == []  # nothing answered for 9 s > T
     [update] = detector.take_updates()
     assert update.subject == "m instances m_0_0, m_0_1" and update.size == 20.0
+
+
+def test_the_holders_work_before_it_hung_is_not_counted() -> None:
+    """The holder worked until just after the request began (the sequence's earlier steps, 50 ms
+    of them), then blocked; its sibling, at a light load, used next to nothing. Counted from the
+    sample before the request, the holder used more than its sibling, which a CI run named as
+    the hung instance; from the request on, neither tells: "unknown" at 2 x T."""
+    t = np.arange(0.3, 40.0, 1.0)
+    holder = np.where(t >= 2.3, 0.19, 0.14)  # the samples of that run: +50 ms between 1.3 s and 2.3 s
+    sibling = np.where(t >= 2.3, 0.16, 0.14)
+    detector = StallDetector(SMOKE, {"m": ModelTiming(0.0, 2, 0)})
+    stubs = {"m_0_0": (t, holder), "m_0_1": (t, sibling)}
+    assert detector.evaluate(_view(7.0, 1.58, 6.9, stubs)) == []  # past T, no evidence yet: wait
+    [verdict] = detector.evaluate(_view(11.7, 1.58, 11.6, stubs))
+    assert verdict.subject == "m instance unknown", verdict.subject

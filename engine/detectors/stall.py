@@ -117,11 +117,15 @@ def instance_model(instance: str) -> str:
 
 
 def _cpu_used(t: np.ndarray, cpu: np.ndarray, since_s: float, now_s: float) -> float | None:
-    """CPU seconds used between the last samples at or before `since_s` and `now_s`."""
-    first = int(np.searchsorted(t, since_s, side="right")) - 1
+    """CPU seconds used between the first sample at or after `since_s` and the last one at or
+    before `now_s`. Not from the sample before `since_s`: the holder's work on the requests before
+    the one it hangs on (a sequence's earlier steps, a first execution's warm-up) would count as
+    CPU it used while holding, and at a light load outweigh what an idle sibling used (a CI run
+    named the healthy sibling so: 0.05 s against 0.02, all of the holder's before the hang)."""
+    first = int(np.searchsorted(t, since_s, side="left"))
     last = int(np.searchsorted(t, now_s, side="right")) - 1
-    if first < 0 or last <= first:
-        return None  # no sample from before the request started, or none since: cannot tell
+    if last <= first:
+        return None  # fewer than two samples since the request started: cannot tell yet
     return float(cpu[last] - cpu[first])
 
 
