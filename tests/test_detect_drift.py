@@ -73,21 +73,27 @@ def test_what_moved_every_series_is_taken_out_by_the_reference() -> None:
     assert run_with_reference(own50 * host, own99 * host).raised
 
 
+def _smoke_watch() -> DriftWatch:
+    return DriftWatch(resolve_settings(DetectorsSection(profile="smoke", window=5.0)))
+
+
+def _window(start: float, model: str, p50: float, p99: float, answered: int) -> WindowStats:
+    """A 5 s window of `answered` requests (what drift reads: p50, p99 and the answers)."""
+    return WindowStats(start, 5.0, model, "identity", "grpc", answered, answered, 0, 0, 0, 0, answered / 5.0,
+                       p50, p50, p99, p99, p99, p99)
+
+
 def _tail_rise(answered: int) -> list[str]:
     """Four models' 5 s windows (smoke profile) with `answered` requests each: p50 steady, p99
     up 70 % on every model from window 30 (the top few samples of a loaded host). The subjects
     of what DriftWatch raised."""
-    watch = DriftWatch(resolve_settings(DetectorsSection(profile="smoke", window=5.0)))
+    watch = _smoke_watch()
     rng = np.random.default_rng(11)
     subjects = []
     for k in range(60):
         tail = 1.7 if k >= 30 else 1.0
-        closed = []
-        for model in ("a", "b", "c", "d"):
-            p50 = 4.0 * rng.lognormal(0, 0.03)
-            p99 = 8.0 * tail * rng.lognormal(0, 0.05)
-            closed.append(WindowStats(k * 5.0, 5.0, model, "identity", "grpc", answered, answered, 0, 0, 0, 0,
-                                      answered / 5.0, p50, p50, p99, p99, p99, p99))
+        closed = [_window(k * 5.0, model, 4.0 * rng.lognormal(0, 0.03), 8.0 * tail * rng.lognormal(0, 0.05), answered)
+                  for model in ("a", "b", "c", "d")]
         subjects += [v.subject for v in watch.evaluate(closed, k * 5.0 + 7.0)]
     return subjects
 
@@ -99,8 +105,6 @@ def test_the_common_mode_judges_p99_only_on_windows_full_enough_for_it() -> None
     p99, nearly their maximum, went from ~4 to ~6 ms); from full ones it is the drift of all models."""
     assert _tail_rise(55) == []
     assert "all models p99" in _tail_rise(1000)
-
-
 
 
 # p50 (ms) of each series' 5 s windows from 15 s on (the earlier ones were not judged) in an acceptance
@@ -130,14 +134,12 @@ def _hiccup_run(slower_from_s: float | None = None) -> list[str]:
     """HICCUP_P50_MS through DriftWatch as the aggregator feeds it (smoke profile, 5 s windows of
     100 answers); with `slower_from_s`, every model is also 60 % slower from then on. The
     subjects of what it raised."""
-    watch = DriftWatch(resolve_settings(DetectorsSection(profile="smoke", window=5.0)))
+    watch = _smoke_watch()
     subjects = []
     for k in range(len(HICCUP_P50_MS["drift_fp32"])):
         start = 15.0 + 5.0 * k
         host = 1.6 if slower_from_s is not None and start >= slower_from_s else 1.0
-        closed = [WindowStats(start, 5.0, model, "identity", "grpc", 100, 100, 0, 0, 0, 0, 20.0, host * p50[k],
-                              host * p50[k], 2 * host * p50[k], 2 * host * p50[k], 3 * host * p50[k],
-                              3 * host * p50[k]) for model, p50 in HICCUP_P50_MS.items()]
+        closed = [_window(start, model, host * p50[k], 3 * host * p50[k], 100) for model, p50 in HICCUP_P50_MS.items()]
         subjects += [v.subject for v in watch.evaluate(closed, start + 7.0)]
     return subjects
 
