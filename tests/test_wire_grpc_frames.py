@@ -251,6 +251,37 @@ def test_a_malformed_answer_fails_its_call_only(run, malformed, says: str) -> No
     run(with_server(test))
 
 
+def test_the_last_grpc_status_decides_and_a_known_ok_trailer_still_has_its_message_checked(run) -> None:
+    """A call's status is its last grpc-status (headers may carry one, the trailers' wins); and
+    trailers the client has seen before (its header cache) that say 0 still leave the message to
+    be checked: a message shorter than its length fails as it would with new trailers."""
+    async def test(server: FakeServer, client: GrpcWireClient) -> None:
+        conn = await first_answered(server, client)
+        for index in range(3):  # the same OK trailers again and again: indexed, then known to the client
+            assert await answered(conn, client, b"warm %d" % index) == b"warm %d" % index
+
+        def headers_saying(status: str) -> bytes:
+            return conn.header_block([(":status", "200"), ("content-type", "application/grpc"),
+                                      ("grpc-status", status)])
+
+        late_ok, late_error, short = start(client, b"late ok"), start(client, b"late error"), start(client, b"short")
+        one, two, three = await conn.requests_of(3)
+        conn.send(frame(HEADERS, END_HEADERS, one.stream_id, headers_saying("13"))
+                  + frame(DATA, 0, one.stream_id, grpc_message(b"late ok")) + conn.trailers(one.stream_id))
+        assert bytes(await asyncio.wait_for(late_ok, 5)) == b"late ok"
+        conn.send(frame(HEADERS, END_HEADERS, two.stream_id, headers_saying("0"))
+                  + frame(DATA, 0, two.stream_id, grpc_message(b"late error"))
+                  + conn.trailers(two.stream_id, "14", "went away"))
+        error = await failure(late_error)
+        assert (error.code, error.message) == ("UNAVAILABLE", "went away")
+        conn.send(_length_past_the_message(conn, three.stream_id))
+        error = await failure(short)
+        assert error.code == "INTERNAL" and "says 9 bytes but 3 came" in error.message, error
+        assert await answered(conn, client, b"after") == b"after"
+
+    run(with_server(test))
+
+
 def test_answers_cut_anywhere_across_reads_are_read_whole(run) -> None:
     """Two answers in one byte stream, cut at odd places (inside a frame's 9-byte head, inside a
     header block, inside a message) and sent piece by piece: each call gets its own answer whole."""

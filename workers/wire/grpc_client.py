@@ -52,6 +52,7 @@ from .grpc_frames import (
     COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
+    DATA_MESSAGE_HEAD,
     DEFAULT_FRAME,
     DEFAULT_WINDOW,
     ENHANCE_YOUR_CALM,
@@ -195,11 +196,26 @@ def _status_error(call: _Call) -> GrpcError | None:
     return None
 
 
+def _says_ok(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a header block's last grpc-status is 0: the end of a call that went well, whatever
+    came before it (the last grpc-status is the one `_status_error` reads)."""
+    status = None
+    for name, value in headers:
+        if name == b"grpc-status":
+            status = value
+    return status == b"0"
+
+
 def _outcome(call: _Call) -> tuple[GrpcError | None, memoryview | None]:
     """What a complete unary answer says: an error, or the serialized message."""
     error = _status_error(call)
     if error is not None:
         return error, None
+    return _message(call)
+
+
+def _message(call: _Call) -> tuple[GrpcError | None, memoryview | None]:
+    """The serialized message of a unary answer whose status is OK (or the error its body is)."""
     body = call.body[0] if len(call.body) == 1 else b"".join(call.body)
     if len(body) < 5 or body[0] != 0:
         return GrpcError("INTERNAL", "the answer is not one uncompressed gRPC message"), None
@@ -223,7 +239,8 @@ class _Connection(asyncio.Protocol):
         self._next_id = 1
         self._max_stream_id = owner._max_stream_id
         self._decoder = hpack.Decoder()
-        self._header_cache: dict[bytes, list] = {}
+        # block -> (its headers, whether it says grpc-status 0): see _on_headers
+        self._header_cache: dict[bytes, tuple[list, bool]] = {}
         self._buffer = bytearray()
         self._block: tuple[int, int, bytearray] | None = None  # (stream, flags, fragments) until END_HEADERS
         self._received = 0
@@ -322,6 +339,8 @@ class _Connection(asyncio.Protocol):
             self._on_data(flags, stream_id, payload)
         elif kind == HEADERS:
             self._on_headers_frame(flags, stream_id, payload)
+        elif kind == WINDOW_UPDATE:  # one per request at least: asked before the rarer kinds
+            self._on_window_update(stream_id, payload)
         elif kind == CONTINUATION:
             if self._block is None or self._block[0] != stream_id:
                 raise _ProtocolError(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
@@ -332,8 +351,6 @@ class _Connection(asyncio.Protocol):
                 self._on_headers(block_stream, block_flags, bytes(block))
         elif kind == SETTINGS:
             self._on_settings(flags, stream_id, payload)
-        elif kind == WINDOW_UPDATE:
-            self._on_window_update(stream_id, payload)
         elif kind == PING:
             _control(stream_id, payload, 8, "PING")
             if not flags & FLAG_ACK:
@@ -411,25 +428,33 @@ class _Connection(asyncio.Protocol):
             self._block = (stream_id, flags, bytearray(payload))
 
     def _on_headers(self, stream_id: int, flags: int, block: bytes) -> None:
-        headers = self._header_cache.get(block)
-        if headers is None:
+        cached = self._header_cache.get(block)
+        if cached is None:
             try:
                 headers = self._decoder.decode(block, raw=True)
             except Exception as exc:  # hpack.HPACKError and anything else: the shared table is lost
                 raise _ProtocolError(COMPRESSION_ERROR, f"undecodable header block: {exc!r}") from None
+            cached = (headers, _says_ok(headers))
             if all(byte & 0x80 for byte in block):
                 # Only one-byte indexed fields: the table is untouched, the same bytes mean the
                 # same headers until a block that adds to the table clears the cache.
                 if len(self._header_cache) < _HEADER_CACHE_LIMIT:
-                    self._header_cache[block] = headers
+                    self._header_cache[block] = cached
             else:
                 self._header_cache.clear()
+        headers, says_ok = cached
         self._data_seen = True
         call = self.calls.get(stream_id)
         if call is None:
             return  # decoded all the same: the HPACK table must see every block
-        call.headers.extend(headers)
-        if flags & FLAG_END_STREAM:
+        if not flags & FLAG_END_STREAM:
+            call.headers.extend(headers)
+        elif says_ok and type(call) is _Call:
+            # The usual end of a unary call: trailers whose grpc-status 0 settles its status (the
+            # last one counts), so the headers need not be kept and read again (per request).
+            self._complete(stream_id, call, status_ok=True)
+        else:
+            call.headers.extend(headers)
             self._complete(stream_id, call)
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
@@ -519,7 +544,8 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     # -- calls ----------------------------------------------------------------------------------
-    def _complete(self, stream_id: int, call: _Call) -> None:
+    def _complete(self, stream_id: int, call: _Call, status_ok: bool = False) -> None:
+        """A call's last frame came (`status_ok`: its last header block said grpc-status 0)."""
         if type(call) is _StreamCall:
             error = _status_error(call)
             if error is None and call.partial:
@@ -527,7 +553,7 @@ class _Connection(asyncio.Protocol):
             self._finish(stream_id, error)
             return
         try:
-            error, result = _outcome(call)
+            error, result = _message(call) if status_ok else _outcome(call)
         except Exception as exc:  # an answer that cannot be read fails its call, nothing else
             error, result = GrpcError("INTERNAL", f"unreadable answer: {exc!r}"), None
         self._finish(stream_id, error, result)
@@ -685,20 +711,23 @@ class _Connection(asyncio.Protocol):
             call.timer = loop.call_later(timeout, self._expire, stream_id)
             block += timeout_header(timeout)
         size = len(message) + 5
-        head_frame = frame(HEADERS, FLAG_END_HEADERS, stream_id, block)
-        prefix = b"\x00" + (size - 5).to_bytes(4, "big")
         try:
-            if size <= min(self._max_frame, self._conn_window, call.send_window) and self._writable:
+            if size <= self._max_frame and size <= self._conn_window and size <= call.send_window \
+                    and self._writable:
                 self._conn_window -= size
                 call.send_window -= size
-                frames = b"".join((head_frame, head(size, DATA, FLAG_END_STREAM, stream_id), prefix, message))
+                # Both frames' heads packed here, not through frame() and head(): this runs per request.
+                length = len(block)
+                frames = b"".join((HEAD.pack(length >> 16, length & 0xFFFF, HEADERS, FLAG_END_HEADERS, stream_id),
+                                   block, DATA_MESSAGE_HEAD.pack(size >> 16, size & 0xFFFF, DATA, FLAG_END_STREAM,
+                                                                 stream_id, 0, size - 5), message))
                 if len(self.calls) == 1 and not self._out:
                     self.transport.write(frames)  # alone in flight: nothing to share a send() with
                 else:
                     self._write(frames)
             else:
-                self._write(head_frame)
-                await self._send_large(stream_id, call, prefix, memoryview(message))
+                self._write(frame(HEADERS, FLAG_END_HEADERS, stream_id, block))
+                await self._send_large(stream_id, call, b"\x00" + (size - 5).to_bytes(4, "big"), memoryview(message))
             return await call.future
         except _Unprocessed as exc:
             # The server never processed this stream (HTTP/2 guarantees it for streams above a

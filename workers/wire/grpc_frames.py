@@ -51,6 +51,11 @@ def error_name(code: int) -> str:
 HEAD = struct.Struct(">BHBBI")  # a frame's 9 bytes: length (high byte, low 16 bits), type, flags, stream
 
 
+# A DATA frame's head and, right after it, the gRPC prefix of the one message it carries whole
+# (uncompressed, its length): a unary request's are packed in one call, per request.
+DATA_MESSAGE_HEAD = struct.Struct(">BHBBIBI")
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return head(len(payload), kind, flags, stream_id) + payload
 
