@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 
 CHECK_EVERY_S = 0.1
@@ -21,19 +20,22 @@ class PlanDeadlines:
     def __init__(self) -> None:
         self._running: dict[int, tuple[float, asyncio.Task]] = {}
         self._expired: set[int] = set()
-        self._tokens = itertools.count(1)
+        self._token = 0
         self._watchdog: asyncio.Task | None = None
         # The loop, asked for once: asyncio.current_task() without it makes a getpid() system
         # call per plan (get_running_loop's fork check).
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self, deadline_s: float) -> int:
-        """Watch the current task until finish(token); cancelled when `deadline_s` is over."""
+    def start(self, deadline_s: float, task: asyncio.Task | None = None) -> int:
+        """Watch `task` (None: the current one) until finish(token); cancelled when `deadline_s`
+        is over. A lane that runs plan after plan passes its own task: asking for the current one
+        per plan is a visible share of a fast model's CPU per request."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task(self._loop)
-        assert task is not None, "a plan runs inside a task on the loop of the first"
-        token = next(self._tokens)
+        if task is None:
+            task = asyncio.current_task(self._loop)
+            assert task is not None, "a plan runs inside a task on the loop of the first"
+        token = self._token = self._token + 1
         self._running[token] = (time.monotonic() + deadline_s, task)
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = self._loop.create_task(self._watch())
@@ -49,7 +51,8 @@ class PlanDeadlines:
 
     def finish(self, token: int) -> None:
         self._running.pop(token, None)
-        self._expired.discard(token)
+        if self._expired:
+            self._expired.discard(token)
 
     async def _watch(self) -> None:
         while self._running:

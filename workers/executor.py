@@ -225,7 +225,10 @@ def _own_output_slot(pool: ShmPool, room: int, held: list[tuple[ShmPool, Slot, b
 
 
 def _input_bytes(step: Step) -> int:
-    return step.values.nbytes + sum(data.nbytes for _, data in step.extra_inputs)
+    nbytes = step.values.nbytes
+    for _, data in step.extra_inputs:  # a plain loop: sum() over a generator costs more, per plan
+        nbytes += data.nbytes
+    return nbytes
 
 
 def _gave_up(error: BaseException) -> bool:
@@ -299,9 +302,11 @@ class Executor:
         self._http.close()
 
     # -- plans ------------------------------------------------------------------------------
-    async def run(self, plan: Plan, scenario_code: int, intended_ns: int = 0) -> PlanOutcome:
+    async def run(self, plan: Plan, scenario_code: int, intended_ns: int = 0,
+                  task: asyncio.Task | None = None) -> PlanOutcome:
         """Run every step; `intended_ns` (open loop) is when the plan was due: its first request's
-        latency counts from then, so a server that falls behind cannot hide its queue."""
+        latency counts from then, so a server that falls behind cannot hide its queue. `task`: the
+        task this runs in, where the caller knows it (PlanDeadlines.start)."""
         outcome = PlanOutcome(plan.scenario)
         # A large first step waits for the host budget before the plan's clock starts: the draw is
         # honoured (the scenario keeps its weight among what is sent), only later; the wait is the
@@ -313,7 +318,7 @@ class Executor:
                 return outcome
             if first_lease is not None and self.budget is not None and self.budget.last_wait_s:
                 intended_ns = 0
-        token = self._deadlines.start(plan.deadline_s)
+        token = self._deadlines.start(plan.deadline_s, task)
         stream = None
         try:
             if ((plan.steps[0].protocol if plan.steps else "") or self.protocol) == "grpc_stream":
@@ -395,7 +400,11 @@ class Executor:
             self.in_flight.sequences[step.sequence_id] = (model, time.monotonic_ns(), index)
         start = intended_ns or time.monotonic_ns()
         token = self.in_flight.begin(start, model, step.start)
-        derived = self._derive(spec, step) if step.prebuilt else None
+        derived = None
+        if step.prebuilt:  # the lookup inline, _derive only the first time: this runs per request
+            derived = self._derived.get(id(step))
+            if derived is None or derived.step is not step:
+                derived = self._derive(spec, step)
         error: BaseException | None = None
         got: Any = None
         held: list[tuple[ShmPool, Slot, bool]] = []
@@ -434,7 +443,8 @@ class Executor:
         if failure and index and self._idled_out_on_the_way(step, error, previous_sent_ns, outcome):
             status, failure = STATUS_EXPECTED_ERROR, ""
         if lease is None:
-            self._give_back(held, gave_up=error is not None and _gave_up(error))
+            if held or self._quarantine:  # (_give_back's own first test, without the call per request)
+                self._give_back(held, gave_up=error is not None and _gave_up(error))
         else:
             self._end_lease(lease, held, error)
         self.sender.record(start, latency, model, scenario, status, seq_code, index)
@@ -442,7 +452,8 @@ class Executor:
             self.in_flight.sequences.pop(step.sequence_id, None)
         if failure and not outcome.failed:
             outcome.failed, outcome.failure = True, f"{step.model} step {index}: {failure}"
-        self.sweep()
+        if self._large_pending:
+            self.sweep()
         return not failure and not outcome.abandoned
 
     def _judge(self, spec: ModelSpec, step: Step, got: Any, error: BaseException | None,

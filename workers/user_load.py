@@ -218,6 +218,32 @@ def pooled_plans(ctx: PlanContext, load: ResolvedLoad) -> tuple[Plan, ...]:
                  for tensors in input_pool(ctx, load))
 
 
+def _worker_plans(ctx: PlanContext, load: ResolvedLoad) -> tuple[Plan, ...]:
+    """The worker's pooled plans of a single-request load (made by the first lane to ask)."""
+    return ctx.pooled(("plans", load.scenario), lambda _: pooled_plans(ctx, load))
+
+
+class UserPlanner:
+    """`plan_user` for one [[load]] entry, as a worker's planner: a single-request entry's pooled
+    plans are looked up once per pool store (the worker's, `ctx.ids.pools`), not on every request."""
+
+    __slots__ = ("load", "_pools", "_plans")
+
+    def __init__(self, load: ResolvedLoad) -> None:
+        self.load = load
+        self._pools: dict | None = None
+        self._plans: tuple[Plan, ...] = ()
+
+    def __call__(self, ctx: PlanContext) -> Plan:
+        load = self.load
+        if load.sequence or load.rows:
+            return plan_user(ctx, load)
+        if self._pools is not ctx.ids.pools:
+            self._plans, self._pools = _worker_plans(ctx, load), ctx.ids.pools
+        plans = self._plans
+        return plans[below(ctx.rng, len(plans))]
+
+
 def plan_user(ctx: PlanContext, load: ResolvedLoad) -> Plan:
     """One request (or one sequence, START ... END) of a user's model. Its inputs come from a
     pool (the random or zero pool, or a file's rows): the same arrays again and again, so shared
@@ -226,7 +252,7 @@ def plan_user(ctx: PlanContext, load: ResolvedLoad) -> Plan:
     A single request from the random or zero pool is one of a few plans made once per worker
     (`pooled_plans`), drawn with the same one number as its pooled input was."""
     if not load.sequence and not load.rows:
-        plans = ctx.pooled(("plans", load.scenario), lambda _: pooled_plans(ctx, load))
+        plans = _worker_plans(ctx, load)
         return plans[below(ctx.rng, len(plans))]
     steps_count = max(1, int(round(ctx.rng.normal(ctx.settings.sequence_length_mean,
                                                  ctx.settings.sequence_length_stddev)))) if load.sequence else 1

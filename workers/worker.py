@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import functools
 import multiprocessing
 import signal
 import time
@@ -40,7 +39,7 @@ from .process_scenarios import SteadyLoadController, run_crashing_client, run_st
 from .process_setup import enter_process, spawn
 from .sender import ClientKeys, TelemetrySender
 from .telemetry import Heartbeat, RecordBuffer
-from .user_load import ResolvedLoad, plan_user
+from .user_load import ResolvedLoad, UserPlanner
 
 HEARTBEAT_INTERVAL_S = 1.0
 FLUSH_TICK_S = 0.1
@@ -92,7 +91,7 @@ class WorkerSpec:
 
 def planners_for(user_loads: tuple[ResolvedLoad, ...]) -> dict[str, Callable[[PlanContext], Plan]]:
     """The built-in request planners plus one per `[[load]]` entry."""
-    return {**PLANNERS, **{load.scenario: functools.partial(plan_user, load=load) for load in user_loads}}
+    return {**PLANNERS, **{load.scenario: UserPlanner(load) for load in user_loads}}
 
 
 def all_weights(spec: WorkerSpec) -> dict[str, int]:
@@ -290,14 +289,16 @@ class Worker:
         pause = 0.0
         draw = ScenarioDraw(self.shared_p)
         names, planners, codes, run = self.shared_names, self.planners, self.codes, self.executor.run
+        task = asyncio.current_task()
+        only = names[0] if len(names) == 1 else ""  # nothing to draw (ScenarioDraw draws nothing either)
         while not self._stop.is_set() and time.monotonic() < deadline:
-            name = names[draw(rng)]
+            name = only or names[draw(rng)]
             # _run_one's work, inline: one coroutine frame less to suspend and resume per request
             try:
                 if name in _OWN_RUNNERS:
                     outcome = await self._run_own(name, ctx)
                 else:
-                    outcome = await run(planners[name](ctx), codes[name])
+                    outcome = await run(planners[name](ctx), codes[name], 0, task)
             except Exception as exc:
                 outcome = self._broke(name, exc)
             self._count(name, outcome)
