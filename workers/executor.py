@@ -401,7 +401,7 @@ class Executor:
         start = intended_ns or time.monotonic_ns()
         token = self.in_flight.begin(start, model, step.start)
         derived = None
-        if step.prebuilt:  # the lookup inline, _derive only the first time: this runs per request
+        if step.prebuilt:  # looked up here, per request; _derive only the first time
             derived = self._derived.get(id(step))
             if derived is None or derived.step is not step:
                 derived = self._derive(spec, step)
@@ -650,12 +650,11 @@ class Executor:
 
     # -- transports ---------------------------------------------------------------------------
     def _derive(self, spec: ModelSpec, step: Step) -> _Derived:
-        """What a prebuilt step always needs, worked out the first time it is sent."""
-        derived = self._derived.get(id(step))
-        if derived is None or derived.step is not step:
-            if len(self._derived) >= DERIVED_LIMIT:
-                self._derived.clear()  # a planner that prebuilds without end: start over rather than grow
-            derived = self._derived[id(step)] = _Derived(step, _output_names(spec, step), _expected(spec, step))
+        """What a prebuilt step always needs, worked out the first time it is sent (`_step` looks
+        it up in `_derived` and calls this only where it is not there yet)."""
+        if len(self._derived) >= DERIVED_LIMIT:
+            self._derived.clear()  # a planner that prebuilds without end: start over rather than grow
+        derived = self._derived[id(step)] = _Derived(step, _output_names(spec, step), _expected(spec, step))
         return derived
 
     def _message(self, spec: ModelSpec, step: Step, inputs: list[TensorRef], outputs: list[TensorRef],
